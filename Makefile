@@ -1,0 +1,64 @@
+# Every target runs inside .venv, which `make setup` builds from pyproject.toml.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+STUDY ?= default
+DEVICE ?= auto
+export CL_DATA_DIR ?= $(CURDIR)/data
+
+.PHONY: setup test test-slow lint search final-eval regenerate dashboard status fidelity \
+        bench-harness bench-generator bench-search gpu-check pretrain-trunk clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy continual-learning/clharness space search
+
+search: $(STAMP)
+	$(PY) -m search run --study $(STUDY) --auto-fallback
+
+status: $(STAMP)
+	$(PY) -m search status --study $(STUDY)
+
+regenerate: $(STAMP)
+	$(PY) -m search export --study $(STUDY) --out custom_regularization.py
+
+dashboard: $(STAMP)
+	$(PY) -m search dashboard --study $(STUDY)
+
+final-eval: $(STAMP)
+	$(PY) -m search final-eval --device $(DEVICE)
+
+fidelity: $(STAMP)
+	$(PY) -m search fidelity --study $(STUDY)
+
+pretrain-trunk: $(STAMP)
+	$(PY) continual-learning/pretrain_trunk.py --device $(DEVICE)
+
+bench-harness: $(STAMP)
+	$(PY) bench/harness_speed.py
+
+bench-generator: $(STAMP)
+	$(PY) bench/generator_speed.py
+
+bench-search: $(STAMP)
+	$(PY) bench/search_speed.py
+
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .mypy_cache
