@@ -7,7 +7,7 @@ import torch
 
 
 def estimate_importance(model, dataset, prev_params, device):
-    """Path integral W of this context divided by the squared total change plus damping; negatives clipped."""
+    """Path integral W of this context divided by the squared total change plus damping (published SI)."""
     omega = {}
     for named in model.param_list:
         for name, param in named():
@@ -15,7 +15,7 @@ def estimate_importance(model, dataset, prev_params, device):
                 continue
             key = name.replace(".", "__")
             delta = param.detach() - prev_params[key]
-            omega[key] = torch.clamp(model._custom_W[key] / (delta**2 + model.epsilon), min=0.0)
+            omega[key] = model._custom_W[key] / (delta**2 + model.epsilon)
     return omega
 
 
