@@ -3,8 +3,8 @@
 - Loading: the standard pickle layout (`cifar-100-python/`, `cifar-10-batches-py/`) is read directly with
   `pickle`, so everything after torchvision's MD5 check runs on small files the tests generate. Only when the
   files are absent is torchvision asked to download them (which checks the real files' MD5).
-- `ConvTrunk`: the published 5-layer conv trunk (32x32x3 -> 1,024 features), used frozen (`pretrained` mode) and
-  trained end to end (`scratch` mode).
+- `ConvTrunk`: the published 5-layer conv trunk (32x32x3 -> 1,024 features), used frozen (`pretrained` mode)
+  and trained end to end (`scratch` mode).
 - Pre-training the trunk on CIFAR-10 once, caching it on disk, and caching the CIFAR-100 features it produces
   (keyed by the sha256 of the trunk file and of the CIFAR-100 files).
 
@@ -126,7 +126,9 @@ def _unpickle(path: Path) -> dict[Any, Any]:
         with open(path, "rb") as fh:
             entry = pickle.load(fh, encoding="bytes")
     except Exception as exc:  # pickle raises many kinds (EOFError, UnpicklingError, ValueError, ...)
-        raise DataError(f"{path}: unreadable CIFAR file ({_one_line(exc)}); delete it and download again") from None
+        raise DataError(
+            f"{path}: unreadable CIFAR file ({_one_line(exc)}); delete it and download again"
+        ) from None
     if not isinstance(entry, dict):
         raise DataError(f"{path}: not a CIFAR file (holds a {type(entry).__name__}, expected a dict)")
     return entry
@@ -150,7 +152,9 @@ def _read_batch(path: Path, label_key: str, n_classes: int) -> tuple[np.ndarray,
     return data, labels_arr.astype(np.int64)
 
 
-def _read_split(folder: Path, files: Sequence[str], label_key: str, n_classes: int) -> tuple[torch.Tensor, ...]:
+def _read_split(
+    folder: Path, files: Sequence[str], label_key: str, n_classes: int
+) -> tuple[torch.Tensor, ...]:
     parts = [_read_batch(folder / name, label_key, n_classes) for name in files]
     data = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
@@ -171,7 +175,7 @@ def _read_classes(path: Path, key: str, n_classes: int) -> tuple[str, ...]:
 
 
 def _ensure_files(root: Path, folder: str, files: Sequence[str], dataset_name: str) -> None:
-    """Download through torchvision (which checks the MD5s) when a file is absent; else a one-line DataError."""
+    """When a file is absent: download through torchvision (it checks the MD5s), else a one-line DataError."""
     if all((root / folder / f).is_file() for f in files):
         return
     import torchvision.datasets  # deferred: only needed for the download
@@ -186,13 +190,13 @@ def _ensure_files(root: Path, folder: str, files: Sequence[str], dataset_name: s
         reason = "the download did not produce the files"
     raise DataError(
         f"{dataset_name} not found: put the folder {folder}/ (files {', '.join(files)}) into {root} "
-        f"(download failed: {reason}); on a machine with network run: python -c \"import torchvision; "
+        f'(download failed: {reason}); on a machine with network run: python -c "import torchvision; '
         f"torchvision.datasets.{dataset_name}('{root}', download=True)\" and copy {root / folder} here"
     )
 
 
 def load_cifar100(data_dir: Path) -> CifarArrays:
-    """CIFAR-100 (fine labels) from `<data_dir>/cifar-100-python/{train,test,meta}`; 50,000 / 10,000 images."""
+    """CIFAR-100 (fine labels) from `<data_dir>/cifar-100-python/{train,test,meta}` (50,000 / 10,000)."""
     root = Path(data_dir)
     files = (*CIFAR100_TRAIN_FILES, *CIFAR100_TEST_FILES, CIFAR100_META)
     _ensure_files(root, CIFAR100_FOLDER, files, "CIFAR100")
@@ -253,7 +257,9 @@ class ConvTrunk(nn.Module):
 
 
 def _pretrain_head() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(1024, 2000), nn.ReLU(), nn.Linear(2000, 2000), nn.ReLU(), nn.Linear(2000, 10))
+    return nn.Sequential(
+        nn.Linear(1024, 2000), nn.ReLU(), nn.Linear(2000, 2000), nn.ReLU(), nn.Linear(2000, 10)
+    )
 
 
 def augment_batch(x_uint8: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -280,7 +286,9 @@ def augment_batch(x_uint8: torch.Tensor, generator: torch.Generator, pad: int = 
 
 
 @torch.no_grad()
-def _accuracy(trunk: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+def _accuracy(
+    trunk: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> float:
     trunk.eval()
     head.eval()
     correct = 0
@@ -481,8 +489,10 @@ def extract_features(
     float32 (N, 1024) on the CPU."""
     was_training = trunk.training
     trunk.eval()
-    out = [trunk(normalize(x_uint8[i : i + batch].to(device), CIFAR100_MEAN, CIFAR100_STD)).float().cpu()
-           for i in range(0, len(x_uint8), batch)]
+    out = [
+        trunk(normalize(x_uint8[i : i + batch].to(device), CIFAR100_MEAN, CIFAR100_STD)).float().cpu()
+        for i in range(0, len(x_uint8), batch)
+    ]
     trunk.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 1024)
 
@@ -532,8 +542,10 @@ def cifar100_features(
         )
     except KeyError as exc:
         raise DataError(f"{path}: corrupt CIFAR-100 feature cache (no {exc.args[0]!r}); delete it") from None
-    if feats.trunk_sha256 != trunk_sha or feats.train_x.shape[1:] != (1024,) or len(feats.train_x) != len(
-        feats.train_y
+    if (
+        feats.trunk_sha256 != trunk_sha
+        or feats.train_x.shape[1:] != (1024,)
+        or len(feats.train_x) != len(feats.train_y)
     ):
         raise DataError(f"{path}: CIFAR-100 feature cache does not match its trunk or shapes; delete it")
     return feats
