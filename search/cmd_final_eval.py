@@ -1,0 +1,56 @@
+"""`python -m search final-eval`: the candidate and every baseline on the full benchmarks, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from search import final_eval as fe
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `final-eval` subcommand."""
+    p = sub.add_parser(
+        "final-eval",
+        help="score the candidate and the baselines on the full benchmarks over several seeds",
+        description=(
+            "Runs every (method, benchmark, seed) at the full published protocol on the test split, caching "
+            "each result as JSON under OUT/runs (a rerun skips what is done), then writes OUT/README.md "
+            "(table), OUT/summary.json and OUT/plots/."
+        ),
+    )
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--hooks", type=Path, help="candidate hook module (default: custom_regularization.py)")
+    who.add_argument("--study", help="take the candidate from this study's best trial")
+    p.add_argument("--benchmarks", nargs="+", default=list(fe.BENCHMARKS), choices=fe.BENCHMARKS)
+    p.add_argument("--seeds", nargs="+", type=int, default=list(fe.DEFAULT_SEEDS))
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        help="subset of: candidate, " + ", ".join(fe.PRESET_METHODS) + ", joint, tuned_<baseline> "
+        "(default: all, with every tuned baseline whose study exists)",
+    )
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", type=Path, default=fe.DEFAULT_OUT, help="results folder (default: results)")
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild the report from the cache, run nothing"
+    )
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    command = shlex.join(["python", "-m", "search", *sys.argv[1:]]) if sys.argv[1:] else "python -m search"
+    outcome, _ = fe.final_eval(
+        methods=args.methods,
+        hooks=args.hooks,
+        study=args.study,
+        benchmarks=args.benchmarks,
+        seeds=args.seeds,
+        device=args.device,
+        out_dir=args.out,
+        command=command,
+        report_only=args.report_only,
+    )
+    return 0 if outcome.complete else 2
