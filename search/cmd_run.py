@@ -1,0 +1,81 @@
+"""`python -m search run`: create or resume a study and run trials until its budget is spent."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from search.storage import default_storage_url
+from search.studies import StudyDef, load_study_def
+from search.workers import run_study
+
+FALLBACK_STUDY = "mnist"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `run` subcommand."""
+    p = sub.add_parser("run", help="run (or resume) a study until its trial budget is spent")
+    p.add_argument(
+        "--study", default="default", help="study name (studies/NAME.toml) or path to a study file"
+    )
+    p.add_argument(
+        "--n-trials", type=int, default=None, help="the study's total budget (default: its file's)"
+    )
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/NAME.db)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--data-dir", default=None, help="dataset root (default: $CL_DATA_DIR, else <repo>/data)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)"
+    )
+    p.add_argument(
+        "--auto-fallback",
+        action="store_true",
+        help="when the study needs CIFAR-100 and it is not in the data dir, run the mnist study instead",
+    )
+    p.set_defaults(func=main)
+
+
+def cifar100_present(data_dir: str | None) -> bool:
+    """Whether the torchvision CIFAR-100 folder is in the data dir (probed, never downloaded)."""
+    from clharness import paths
+
+    return (paths.data_dir(data_dir) / "cifar-100-python").is_dir()
+
+
+def fallback(study_def: StudyDef, data_dir: str | None) -> tuple[StudyDef, str | None]:
+    """The study to run instead when CIFAR-100 is missing, with the line that says so (None: no change)."""
+    if "CIFAR100" not in study_def.experiments or cifar100_present(data_dir):
+        return study_def, None
+    from clharness import paths
+
+    root = paths.data_dir(data_dir)
+    line = (
+        f"CIFAR-100 is not in {root}: running the '{FALLBACK_STUDY}' study (Split-MNIST, Permuted-MNIST) "
+        f"instead of '{study_def.name}'. For the full suite: python -c \"import torchvision as t; "
+        f"[d('{root}', download=True) for d in (t.datasets.CIFAR10, t.datasets.CIFAR100)]\", "
+        "then `make pretrain-trunk`, then `make search` again."
+    )
+    return load_study_def(FALLBACK_STUDY), line
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the study named by `args`."""
+    study_def = load_study_def(args.study)
+    if args.auto_fallback:
+        study_def, line = fallback(study_def, args.data_dir)
+        if line:
+            print(line, flush=True)
+    if args.n_trials is not None and args.n_trials < 1:
+        from search.cli import UserError
+
+        raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")
+    storage = args.storage or default_storage_url(study_def.name)
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    return run_study(
+        study_def,
+        storage,
+        n_trials=args.n_trials,
+        n_workers=args.workers,
+        data_dir=data_dir,
+        device=args.device,
+    )

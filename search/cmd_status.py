@@ -1,0 +1,83 @@
+"""`python -m search status`: trial counts by state and the best trials with their per-benchmark scores."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections import Counter
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.cli import UserError
+from search.objective import CRASH, counts_toward_budget
+from search.storage import default_storage_url, display_url, open_study
+from search.studies import load_study_def
+
+
+def study_name(arg: str) -> str:
+    """A study given by name or by the path of its file -> its name."""
+    return Path(arg).stem if arg.endswith(".toml") else arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `status` subcommand."""
+    p = sub.add_parser("status", help="trial counts by state and the best trials of a study")
+    p.add_argument("--study", default="default", help="study name or study file")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/NAME.db)")
+    p.add_argument("--top", type=int, default=5, help="how many of the best trials to list (default 5)")
+    p.set_defaults(func=main)
+
+
+def format_status(study: optuna.Study, budget: int | None, top: int = 5) -> str:
+    """The status report of a study as text."""
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name.lower() for t in trials)
+    counted = sum(counts_toward_budget(t) for t in trials)
+    crashed = sum(t.state == TrialState.FAIL and not counts_toward_budget(t) for t in trials)
+    budget_txt = f"/{budget}" if budget is not None else ""
+    lines = [f"study {study.study_name}: {counted}{budget_txt} trials counted toward the budget"]
+    order = ("complete", "pruned", "fail", "running", "waiting")
+    lines.append("  " + ", ".join(f"{s} {counts.get(s, 0)}" for s in order))
+    if crashed:
+        lines.append(f"  ({crashed} failed by a crash or Ctrl-C and re-queued; they do not count)")
+    complete = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-(t.value or 0.0), t.number)
+    )
+    if not complete:
+        lines.append("no complete trial yet")
+        return "\n".join(lines)
+    benches = list(study.user_attrs.get("benchmarks") or complete[0].user_attrs.get("scores", {}).keys())
+    lines.append(f"best {min(top, len(complete))} of {len(complete)} complete trials:")
+    header = f"  {'trial':>5}  {'value':>7}  " + "  ".join(f"{b:>10}" for b in benches) + "  time_s  note"
+    lines.append(header)
+    for t in complete[:top]:
+        scores = t.user_attrs.get("scores", {})
+        cells = "  ".join(f"{scores[b]:>10.4f}" if b in scores else f"{'-':>10}" for b in benches)
+        note = t.user_attrs.get("warm_start") or ""
+        wall = t.user_attrs.get("wall_time_s")
+        wall_txt = f"{wall:>6.0f}" if isinstance(wall, int | float) else f"{'-':>6}"
+        lines.append(f"  {t.number:>5}  {t.value:>7.4f}  {cells}  {wall_txt}  {note}")
+    failed = [t for t in trials if t.user_attrs.get("fail_reason") and t.user_attrs.get("fail_kind") != CRASH]
+    if failed:
+        lines.append(
+            f"{len(failed)} trial(s) failed or diverged by design; last: trial {failed[-1].number}: "
+            f"{failed[-1].user_attrs['fail_reason']}"
+        )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the status of the study named by `args`."""
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    name = study_name(args.study)
+    budget = None
+    with contextlib.suppress(UserError):  # a study kept only as storage (no file) still has a status
+        budget = load_study_def(args.study).n_trials
+    storage = args.storage or default_storage_url(name)
+    study = open_study(name, storage)
+    print(f"storage {display_url(storage)}")
+    print(format_status(study, budget, args.top))
+    return 0

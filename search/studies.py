@@ -1,0 +1,361 @@
+"""Study definitions: one TOML file per study in `studies/`, validated into a frozen `StudyDef`.
+
+A study file names the benchmarks and their proxy fidelity, the trial budget, the sampler and pruner, the
+presets to warm-start with and, optionally, a restriction of the space. Every key is checked: an unknown key
+or a bad value is a `UserError` naming the key and the file (a typo must never be silently ignored). The keys
+are documented in docs/search.md.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.cli import UserError
+
+# Proxy stream seeds must stay clear of the evaluation seeds (42, 43, 44, ...): every proxy seed is >= this.
+MIN_PROXY_SEED = 1000
+EXPERIMENTS = ("splitMNIST", "permMNIST", "CIFAR100")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "none", "successive_halving", "hyperband")
+# Study names reach file names and the generated module's header: keep them plain identifiers.
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+def repo_root() -> Path:
+    """The repository root, found from this package's location (never from the working directory)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def studies_dir() -> Path:
+    """The folder that holds study files and their default SQLite storages."""
+    return repo_root() / "studies"
+
+
+@dataclass(frozen=True)
+class BenchmarkProxy:
+    """The proxy fidelity of one benchmark; `None` means the published protocol's value."""
+
+    experiment: str
+    iters: int | None = None  # training iterations per context
+    contexts: int | None = None  # number of contexts (the first ones of the stream)
+    train_subset: int | None = None  # training images per context (seeded, stratified)
+    val_fraction: float = 0.1  # held out of training and scored instead of the test split
+    seeds: tuple[int, ...] = (MIN_PROXY_SEED,)  # stream seeds; the benchmark's score is their mean
+
+
+@dataclass(frozen=True)
+class SamplerDef:
+    """Which Optuna sampler and how it is set up."""
+
+    name: str = "tpe"
+    seed: int | None = None  # with several workers, worker i uses seed + i
+    n_startup_trials: int = 10  # random trials before TPE models the history (warm-start trials count)
+    multivariate: bool = True
+    constant_liar: bool = True  # parallel workers avoid proposing the same point
+
+
+@dataclass(frozen=True)
+class PrunerDef:
+    """Which Optuna pruner and how it is set up (steps are contexts, counted across benchmarks)."""
+
+    name: str = "median"
+    n_startup_trials: int = 5  # trials that finish before any pruning
+    n_warmup_steps: int = 2  # contexts reported before a trial can be pruned
+    min_resource: int = 2  # successive_halving / hyperband
+    reduction_factor: int = 3  # successive_halving / hyperband
+
+
+@dataclass(frozen=True)
+class WorkerDef:
+    """Crash detection: a trial whose worker stops beating for `grace_period` s is failed and retried."""
+
+    heartbeat_interval: int = 20
+    grace_period: int = 60
+    max_retry: int = 2
+
+
+@dataclass(frozen=True)
+class StudyDef:
+    """One study: benchmarks and their proxies, budget, sampler, pruner, warm start, space restriction."""
+
+    name: str
+    path: Path
+    benchmarks: tuple[BenchmarkProxy, ...]
+    n_trials: int
+    sampler: SamplerDef = field(default_factory=SamplerDef)
+    pruner: PrunerDef = field(default_factory=PrunerDef)
+    warm_start: tuple[str, ...] = ()
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    workers: WorkerDef = field(default_factory=WorkerDef)
+    description: str = ""
+
+    @property
+    def experiments(self) -> tuple[str, ...]:
+        """The benchmarks' experiment names, in order."""
+        return tuple(b.experiment for b in self.benchmarks)
+
+    @property
+    def n_steps(self) -> int | None:
+        """Contexts reported per trial, over all benchmarks and seeds (None when unknown)."""
+        total = 0
+        for b in self.benchmarks:
+            contexts = b.contexts if b.contexts is not None else _protocol_value(b.experiment, "contexts")
+            if contexts is None:
+                return None
+            total += contexts * len(b.seeds)
+        return total
+
+
+def available_studies() -> list[str]:
+    """Names of the study files shipped in `studies/`."""
+    return sorted(p.stem for p in studies_dir().glob("*.toml"))
+
+
+def study_path(name_or_path: str | Path) -> Path:
+    """The file of a study given by name (`studies/<name>.toml`) or by path."""
+    text = str(name_or_path)
+    if text.endswith(".toml") or "/" in text or "\\" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(f"study file {path} does not exist")
+        return path
+    path = studies_dir() / f"{text}.toml"
+    if not path.is_file():
+        names = ", ".join(available_studies()) or "none"
+        raise UserError(f"unknown study {text!r}: no file {path} (studies: {names})")
+    return path
+
+
+def load_study_def(name_or_path: str | Path) -> StudyDef:
+    """Read and validate a study file; an unknown key or a bad value raises `UserError` naming it."""
+    path = study_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_study_def(data, path)
+
+
+def parse_study_def(data: Mapping[str, Any], path: Path) -> StudyDef:
+    """Validate the parsed TOML of a study file (see `load_study_def`)."""
+    name = path.stem
+    if not _NAME_RE.match(name):
+        raise UserError(f"{path}: study name {name!r} must be a letter then letters, digits or '_' (<= 64)")
+    _check_keys(
+        data,
+        {
+            "description",
+            "n_trials",
+            "warm_start",
+            "preset",
+            "free",
+            "fixed",
+            "sampler",
+            "pruner",
+            "workers",
+            "benchmark",
+        },
+        "",
+        path,
+    )
+    n_trials = _int(data, "n_trials", path, minimum=1, required=True)
+    assert n_trials is not None
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"{path}: 'description' must be a string")
+
+    benchmarks_raw = data.get("benchmark")
+    if not isinstance(benchmarks_raw, list) or not benchmarks_raw:
+        raise UserError(f"{path}: needs at least one [[benchmark]] table")
+    benchmarks = tuple(_benchmark(b, i, path) for i, b in enumerate(benchmarks_raw))
+    seen = [b.experiment for b in benchmarks]
+    if len(set(seen)) != len(seen):
+        raise UserError(f"{path}: a benchmark appears twice in [[benchmark]] ({', '.join(seen)})")
+
+    sampler = SamplerDef(**_table(data, "sampler", SamplerDef, path))
+    if sampler.name not in SAMPLERS:
+        raise UserError(f"{path}: sampler.name {sampler.name!r} is not one of {', '.join(SAMPLERS)}")
+    pruner = PrunerDef(**_table(data, "pruner", PrunerDef, path))
+    if pruner.name not in PRUNERS:
+        raise UserError(f"{path}: pruner.name {pruner.name!r} is not one of {', '.join(PRUNERS)}")
+    workers = WorkerDef(**_table(data, "workers", WorkerDef, path))
+    if workers.grace_period <= workers.heartbeat_interval:
+        raise UserError(f"{path}: workers.grace_period must exceed workers.heartbeat_interval")
+
+    warm_start = _str_list(data, "warm_start", path)
+    fixed = _fixed(data, path)
+    _check_space(warm_start, fixed, path)
+    return StudyDef(
+        name=name,
+        path=path,
+        benchmarks=benchmarks,
+        n_trials=n_trials,
+        sampler=sampler,
+        pruner=pruner,
+        warm_start=warm_start,
+        fixed=fixed,
+        workers=workers,
+        description=description,
+    )
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, path: Path) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise UserError(f"{path}: unknown key {where}{unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _int(
+    table: Mapping[str, Any], key: str, path: Path, *, minimum: int, where: str = "", required: bool = False
+) -> int | None:
+    if key not in table:
+        if required:
+            raise UserError(f"{path}: missing key {where}{key!r}")
+        return None
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{path}: {where}{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _protocol_value(experiment: str, attr: str) -> Any:
+    try:
+        from clharness.protocol import PROTOCOLS
+    except ImportError:  # the harness is always installed with the product; keep loading usable without it
+        return None
+    protocol = PROTOCOLS.get(experiment)
+    return getattr(protocol, attr) if protocol is not None else None
+
+
+def _benchmark(raw: Any, index: int, path: Path) -> BenchmarkProxy:
+    where = f"benchmark[{index}]."
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: benchmark[{index}] must be a table")
+    _check_keys(
+        raw, {"experiment", "iters", "contexts", "train_subset", "val_fraction", "seeds"}, where, path
+    )
+    experiment = raw.get("experiment")
+    if experiment not in EXPERIMENTS:
+        raise UserError(
+            f"{path}: {where}experiment must be one of {', '.join(EXPERIMENTS)}, got {experiment!r}"
+        )
+    iters = _int(raw, "iters", path, minimum=1, where=where)
+    contexts = _int(raw, "contexts", path, minimum=2, where=where)
+    max_contexts = _protocol_value(experiment, "contexts")
+    if contexts is not None and max_contexts is not None and contexts > max_contexts:
+        raise UserError(f"{path}: {where}contexts must be <= {max_contexts} for {experiment}, got {contexts}")
+    batch = _protocol_value(experiment, "batch_size") or 1
+    train_subset = _int(raw, "train_subset", path, minimum=batch, where=where)
+    val_fraction = raw.get("val_fraction", 0.1)
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, int | float)
+        or not 0 < val_fraction <= 0.5
+    ):
+        raise UserError(f"{path}: {where}val_fraction must be a number in (0, 0.5], got {val_fraction!r}")
+    seeds_raw = raw.get("seeds", [MIN_PROXY_SEED])
+    if (
+        not isinstance(seeds_raw, list)
+        or not seeds_raw
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < MIN_PROXY_SEED for s in seeds_raw)
+        or len(set(seeds_raw)) != len(seeds_raw)
+    ):
+        raise UserError(
+            f"{path}: {where}seeds must be a non-empty list of distinct integers >= {MIN_PROXY_SEED} "
+            f"(disjoint from the evaluation seeds), got {seeds_raw!r}"
+        )
+    return BenchmarkProxy(experiment, iters, contexts, train_subset, float(val_fraction), tuple(seeds_raw))
+
+
+def _table(data: Mapping[str, Any], key: str, cls: type, path: Path) -> dict[str, Any]:
+    raw = data.get(key, {})
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: {key!r} must be a table ([{key}])")
+    defaults = cls()
+    _check_keys(raw, set(defaults.__dataclass_fields__), f"{key}.", path)
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        default = getattr(defaults, k)
+        if k == "seed":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise UserError(f"{path}: {key}.seed must be a non-negative integer, got {v!r}")
+        elif isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise UserError(f"{path}: {key}.{k} must be true or false, got {v!r}")
+        elif isinstance(default, int):
+            _int(raw, k, path, minimum=0 if k.startswith("n_") else 1, where=f"{key}.")
+        elif isinstance(default, str) and not isinstance(v, str):
+            raise UserError(f"{path}: {key}.{k} must be a string, got {v!r}")
+        out[k] = v
+    return out
+
+
+def _str_list(data: Mapping[str, Any], key: str, path: Path) -> tuple[str, ...]:
+    raw = data.get(key, [])
+    if not isinstance(raw, list) or any(not isinstance(x, str) for x in raw):
+        raise UserError(f"{path}: {key!r} must be a list of strings, got {raw!r}")
+    if len(set(raw)) != len(raw):
+        raise UserError(f"{path}: {key!r} lists a name twice: {raw!r}")
+    return tuple(raw)
+
+
+def _design_fields() -> tuple[str, ...]:
+    import dataclasses
+
+    import space
+
+    return tuple(f.name for f in dataclasses.fields(space.Design))
+
+
+def _fixed(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """`preset` (all of its fields except `free`) merged with explicit `fixed` values."""
+    fixed: dict[str, Any] = {}
+    free = _str_list(data, "free", path)
+    preset = data.get("preset")
+    if preset is not None:
+        import space
+
+        if preset not in space.PRESETS:
+            raise UserError(f"{path}: preset {preset!r} is not one of {', '.join(sorted(space.PRESETS))}")
+        names = _design_fields()
+        free_names = free or ("reg_strength_scale",)  # a tuned baseline: the preset plus its strength
+        for name in free_names:
+            if name not in names:
+                raise UserError(f"{path}: free lists {name!r}, which is not a design field")
+        fixed.update({k: v for k, v in space.PRESETS[preset].to_dict().items() if k not in free_names})
+    elif free:
+        raise UserError(f"{path}: 'free' needs 'preset' (the fields left free of that preset)")
+    explicit = data.get("fixed", {})
+    if not isinstance(explicit, dict):
+        raise UserError(f"{path}: 'fixed' must be a table of design fields")
+    if explicit:
+        names = _design_fields()
+        for k in explicit:
+            if k not in names:
+                raise UserError(f"{path}: unknown key 'fixed.{k}': not a design field")
+        fixed.update(explicit)
+    return fixed
+
+
+def _check_space(warm_start: tuple[str, ...], fixed: Mapping[str, Any], path: Path) -> None:
+    """Warm-start names are presets, and the fixed values form a valid design with each of them."""
+    if not warm_start and not fixed:
+        return
+    import space
+
+    for name in warm_start:
+        if name not in space.PRESETS:
+            raise UserError(
+                f"{path}: warm_start names {name!r}, not one of {', '.join(sorted(space.PRESETS))}"
+            )
+    if fixed:
+        base = space.PRESETS[warm_start[0]] if warm_start else next(iter(space.PRESETS.values()))
+        try:
+            space.Design.from_dict({**base.to_dict(), **fixed})
+        except ValueError as exc:
+            raise UserError(f"{path}: fixed: {exc}") from exc
