@@ -16,12 +16,12 @@ import time
 from clharness.cifar import (
     cifar100_features,
     get_pretrained_trunk,
-    resolve_cache_dir,
-    resolve_data_dir,
     resolve_device,
     trunk_cache_path,
 )
 from clharness.errors import HarnessError
+from clharness.paths import cache_dir as resolve_cache_dir
+from clharness.paths import data_dir as resolve_data_dir
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,9 +44,6 @@ CIFAR10_TRAIN_FILES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1,
 CIFAR10_TEST_FILES: tuple[str, ...] = ("test_batch",)
 CIFAR10_META = "batches.meta"
 
-# Repository root: continual-learning/clharness/cifar.py -> parents[2]. Computed, never chdir'd into.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 FEATURE_BATCH = 1000  # images per forward pass when extracting features (memory-bounded, speed-neutral)
 
 
@@ -73,23 +70,7 @@ class CifarFeatures:
     cache_file: Path | None = None
 
 
-# --------------------------------------------------------------------------------------------- paths, device
-
-
-def resolve_data_dir(flag: str | Path | None = None) -> Path:
-    """Data directory: the flag, else env `CL_DATA_DIR`, else `<repo>/data`."""
-    if flag:
-        return Path(flag).expanduser()
-    env = os.environ.get("CL_DATA_DIR")
-    return Path(env).expanduser() if env else REPO_ROOT / "data"
-
-
-def resolve_cache_dir(flag: str | Path | None = None) -> Path:
-    """Cache directory (trunk, features): the flag, else env `CL_CACHE_DIR`, else `<repo>/.cache`."""
-    if flag:
-        return Path(flag).expanduser()
-    env = os.environ.get("CL_CACHE_DIR")
-    return Path(env).expanduser() if env else REPO_ROOT / ".cache"
+# ----------------------------------------------------------------------------------------------------- device
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -369,7 +350,7 @@ def _pretrain(
         "cifar10_test_acc": test_acc,
         "train_s": train_s,
         "device": str(device),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     return _freeze(trunk)
 
