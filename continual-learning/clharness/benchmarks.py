@@ -116,7 +116,9 @@ def build_benchmark(
         train_x, train_y, test_x, test_y = images.train_x, images.train_y, images.test_x, images.test_y
         source = images.source
     else:
-        train_x, train_y, test_x, test_y, source = _cifar100_inputs(data_dir, cache_dir, device, cifar_trunk, progress)
+        train_x, train_y, test_x, test_y, source = _cifar100_inputs(
+            data_dir, cache_dir, device, cifar_trunk, progress
+        )
 
     train_pool, val_pool = streams.stratified_holdout(train_y, val_fraction, seed)
     if eval_split == "val":
@@ -168,7 +170,13 @@ def _cifar100_inputs(
 
     if trunk_mode == "pretrained":
         feats = cifar.cifar100_features(data_dir, cache_dir, device, progress=progress)
-        return feats.train_x, feats.train_y, feats.test_x, feats.test_y, f"cifar100-features:{feats.trunk_sha256[:16]}"
+        return (
+            feats.train_x,
+            feats.train_y,
+            feats.test_x,
+            feats.test_y,
+            f"cifar100-features:{feats.trunk_sha256[:16]}",
+        )
     arrays = cifar.load_cifar100(data_dir)
     mean, std = cifar.CIFAR100_MEAN, cifar.CIFAR100_STD
     return (
@@ -180,7 +188,9 @@ def _cifar100_inputs(
     )
 
 
-def build_model(protocol: Protocol, in_dim: int, cifar_trunk: str | None, seed: int, device: torch.device) -> ContinualNet:
+def build_model(
+    protocol: Protocol, in_dim: int, cifar_trunk: str | None, seed: int, device: torch.device
+) -> ContinualNet:
     """The benchmark's network with PyTorch's default initialisation, drawn from `seed`."""
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the global RNG
         torch.manual_seed(seed)

@@ -508,14 +508,14 @@ def cifar100_features(
     path = features_cache_path(cache_dir, trunk_sha, cifar100_data_sha256(data_dir))
     if not path.is_file():
         data = load_cifar100(data_dir)
-        obj = {
+        fresh: dict[str, Any] = {
             "train_x": extract_features(trunk, data.train_x, dev),
             "train_y": data.train_y.clone(),
             "test_x": extract_features(trunk, data.test_x, dev),
             "test_y": data.test_y.clone(),
             "trunk_sha256": trunk_sha,
         }
-        _atomic_save(obj, path)
+        _atomic_save(fresh, path)
     obj = _load_cache(path, "CIFAR-100 feature")
     try:
         feats = CifarFeatures(
@@ -523,8 +523,10 @@ def cifar100_features(
         )
     except KeyError as exc:
         raise DataError(f"{path}: corrupt CIFAR-100 feature cache (no {exc.args[0]!r}); delete it") from None
+    tensors = (feats.train_x, feats.train_y, feats.test_x, feats.test_y)
     if (
-        feats.trunk_sha256 != trunk_sha
+        not all(isinstance(t, torch.Tensor) for t in tensors)
+        or feats.trunk_sha256 != trunk_sha
         or feats.train_x.shape[1:] != (1024,)
         or len(feats.train_x) != len(feats.train_y)
     ):

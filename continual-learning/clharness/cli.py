@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--experiment", required=True, choices=EXPERIMENTS)
     p.add_argument("--hooks", default="custom_regularization.py", help="hook module path")
-    p.add_argument("--joint", action="store_true", help="train on all contexts together (upper bound); no hooks")
+    p.add_argument(
+        "--joint", action="store_true", help="train on all contexts together (upper bound); no hooks"
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--iters", type=int, default=None, help="iterations per context (default: the protocol's)")
     p.add_argument("--contexts", type=int, default=None, help="first N contexts only (default: all)")
@@ -30,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", choices=("val", "test"), default="test")
     p.add_argument("--train-subset", type=int, default=None, help="at most N training images per context")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--data-dir", default=None, help="torchvision dataset root (default: $CL_DATA_DIR, else ./data)")
+    p.add_argument(
+        "--data-dir", default=None, help="torchvision dataset root (default: $CL_DATA_DIR, else ./data)"
+    )
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.add_argument("--acc-matrix", action="store_true", help="evaluate every seen context after each context")
     p.add_argument("--cifar-trunk", choices=("pretrained", "scratch"), default="pretrained")
@@ -57,12 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         acc_matrix=args.acc_matrix, cifar_trunk=args.cifar_trunk, train_subset=args.train_subset,
     )  # fmt: skip
     try:
-        result = run_joint(cfg, progress=not args.no_progress) if args.joint else run(args.hooks, cfg, progress=not args.no_progress)
+        result = (
+            run_joint(cfg, progress=not args.no_progress)
+            if args.joint
+            else run(args.hooks, cfg, progress=not args.no_progress)
+        )
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     what = "joint training" if args.joint else f"{args.hooks} (reg_strength {result['reg_strength']:g})"
-    print(f"{args.experiment}, seed {args.seed}, {what}, {result['eval_split']} split, device {result['device']}")
+    print(
+        f"{args.experiment}, seed {args.seed}, {what}, {result['eval_split']} split, device {result['device']}"
+    )
     for k, acc in enumerate(result["per_context_accuracy"], start=1):
         print(f"  context {k:2d}: {acc:.4f}")
     print(f"average accuracy: {result['average_accuracy']:.4f}  ({result['timing']['total_s']:.1f} s)")

