@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 from search import final_eval as fe
@@ -41,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    command = shlex.join(["python", "-m", "search", *sys.argv[1:]]) if sys.argv[1:] else "python -m search"
+    command = shlex.join(command_line(args))
     outcome, _ = fe.final_eval(
         methods=args.methods,
         hooks=args.hooks,
@@ -54,3 +53,17 @@ def _main(args: argparse.Namespace) -> int:
         report_only=args.report_only,
     )
     return 0 if outcome.complete else 2
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The full command, defaults spelled out, so the report says exactly what produced it."""
+    argv = ["python", "-m", "search", "final-eval"]
+    if args.hooks is not None:
+        argv += ["--hooks", str(args.hooks)]
+    if args.study is not None:
+        argv += ["--study", args.study]
+    argv += ["--benchmarks", *args.benchmarks, "--seeds", *map(str, args.seeds)]
+    if args.methods:
+        argv += ["--methods", *args.methods]
+    argv += ["--device", args.device, "--out", str(args.out)]
+    return [*argv, "--report-only"] if args.report_only else argv

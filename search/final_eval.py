@@ -322,10 +322,10 @@ def estimate_remaining(jobs: Iterable[Job], durations: Mapping[str, list[float]]
             total += sum(measured) / len(measured)
         else:
             unknown.add(job.experiment)
-    text = f"ETA {_format_duration(total)}"
-    if unknown:
-        text += f" + unknown for {', '.join(sorted(unknown))} (no finished run yet)"
-    return text
+    if not unknown:
+        return f"ETA {_format_duration(total)}"
+    text = f"ETA {_format_duration(total)} + " if total else "ETA "
+    return text + f"unknown for {', '.join(sorted(unknown))} (no finished run yet)"
 
 
 def execute(

@@ -1,0 +1,221 @@
+"""Final evaluation: cache keys, cache hits, resuming an interrupted run, a missing dataset, the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+from clharness.errors import DataError
+from clharness.protocol import PROTOCOLS
+
+from search import cmd_final_eval
+from search import final_eval as fe
+
+REPO = Path(__file__).resolve().parents[1]
+HOOKS = REPO / "tests" / "hooks"
+TINY = {"iters": 20, "contexts": 2}
+# Accuracies the fake harness returns for the candidate, per seed; their SE is checked against the report.
+CANDIDATE_ACC = {42: 0.90, 43: 0.92, 44: 0.97}
+
+
+class FakeHarness:
+    """Stands in for clharness.runner: returns result records, counts calls, can fail on demand."""
+
+    def __init__(self, *, fail_after: int | None = None, missing: tuple[str, ...] = ()) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+        self.fail_after = fail_after
+        self.missing = missing
+
+    def run(self, hooks_path: str, cfg: object, *, progress: bool = True, **kw: object) -> dict:
+        return self._result(Path(hooks_path).stem, cfg)
+
+    def run_joint(self, cfg: object, *, progress: bool = True) -> dict:
+        return self._result("joint", cfg)
+
+    def _result(self, name: str, cfg: object) -> dict:
+        experiment, seed = cfg.experiment, cfg.seed  # type: ignore[attr-defined]
+        if experiment in self.missing:
+            raise DataError(f"CIFAR-100 not found under /nowhere: put cifar-100-python there ({experiment})")
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise RuntimeError("power cut")
+        self.calls.append((name, experiment, seed))
+        acc = CANDIDATE_ACC[seed] if name == "candidate" else 0.5 + 0.01 * (seed - 42)
+        k = cfg.contexts or PROTOCOLS[experiment].contexts  # type: ignore[attr-defined]
+        matrix = [[acc + 0.02 * (i - j) for j in range(i + 1)] for i in range(k)]
+        matrix[-1] = [acc] * k  # the final row averages to exactly `acc`
+        return {
+            "experiment": experiment,
+            "seed": seed,
+            "average_accuracy": acc,
+            "per_context_accuracy": matrix[-1],
+            "acc_matrix": matrix,
+            "device": "cpu",
+            "data_source": "torchvision",
+            "timing": {"total_s": 0.01},
+        }
+
+
+@pytest.fixture
+def none_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `none` preset's source, without depending on the generator."""
+    monkeypatch.setattr(fe, "preset_source", lambda name: (HOOKS / "no_reg.py").read_text())
+
+
+def _eval(tmp_path: Path, fake: FakeHarness, **kw: object) -> tuple[fe.Outcome, Path]:
+    args: dict = {
+        "methods": ["candidate", "none", "joint"],
+        "hooks": HOOKS / "scaffold_ewc.py",
+        "benchmarks": ["splitMNIST"],
+        "seeds": [42, 43, 44],
+        "out_dir": tmp_path / "results",
+        "overrides": TINY,
+        "run_fn": fake.run,
+        "joint_fn": fake.run_joint,
+        "log": lambda line: None,
+    }
+    args.update(kw)
+    return fe.final_eval(**args)
+
+
+def test_cache_key_covers_module_protocol_and_seed_but_not_device() -> None:
+    version = fe.code_version()
+    cfg = fe.make_config("splitMNIST", 42, device="cpu")
+    key, fields = fe.run_key("a" * 64, cfg, version)
+    assert fields["config"]["iters"] == 2000 and fields["config"]["eval_split"] == "test"
+    assert fields["config"]["acc_matrix"] is True and "cifar_trunk" not in fields["config"]
+    assert fe.run_key("a" * 64, fe.make_config("splitMNIST", 43, device="cuda"), version)[0] == key
+    assert fe.run_key("b" * 64, cfg, version)[0] != key
+    tiny = fe.make_config("splitMNIST", 42, device="cpu", overrides=TINY)
+    assert fe.run_key("a" * 64, tiny, version)[0] != key
+    assert fe.run_key("a" * 64, cfg, "harness-other")[0] != key
+    # None and the published value are the same protocol, so they share results
+    explicit = fe.make_config("splitMNIST", 42, device="cpu", overrides={"iters": 2000, "contexts": 5})
+    assert fe.run_key("a" * 64, explicit, version)[0] == key
+
+
+def test_end_to_end_then_cache_hit(tmp_path: Path, none_preset: None) -> None:
+    fake = FakeHarness()
+    outcome, readme = _eval(tmp_path, fake)
+    assert outcome.complete and len(outcome.ran) == 9 and len(fake.calls) == 9
+    runs = sorted((tmp_path / "results" / "runs" / "splitMNIST").glob("*.json"))
+    assert len(runs) == 9
+    record = json.loads(runs[0].read_text())
+    assert record["key_fields"]["config"]["iters"] == 20 and record["result"]["average_accuracy"] > 0
+
+    # rerun: everything is cached, the harness is not called again
+    again = FakeHarness(fail_after=0)
+    outcome2, _ = _eval(tmp_path, again)
+    assert again.calls == [] and len(outcome2.cached) == 9 and outcome2.complete
+
+    # the table: standard error = sample std (ddof=1) / sqrt(n)
+    values = list(CANDIDATE_ACC.values())
+    se = statistics.stdev(values) / math.sqrt(3)
+    assert se == pytest.approx(0.0208167, abs=1e-6)
+    text = readme.read_text()
+    assert f"| `candidate` | {statistics.fmean(values):.4f} ± {se:.4f} | 3 |" in text
+    assert "Permuted-MNIST: no results" in text and "Split-CIFAR100: no results" in text
+    assert "[harness]" not in text.split("Sources")[0]  # published numbers only on their methods' rows
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    cell = summary["results"]["splitMNIST"]["candidate"]
+    assert cell["n"] == 3 and cell["se"] == pytest.approx(se) and cell["mean"] == pytest.approx(0.93)
+    for png in ("splitMNIST_contexts.png", "splitMNIST_average.png"):
+        data = (tmp_path / "results" / "plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    stored = (tmp_path / "results" / "modules" / "candidate.py").read_text()
+    assert stored == (HOOKS / "scaffold_ewc.py").read_text()
+
+
+def test_one_seed_shows_n1_without_error(tmp_path: Path, none_preset: None) -> None:
+    _, readme = _eval(tmp_path, FakeHarness(), seeds=[43], methods=["candidate"])
+    assert "| `candidate` | 0.9200 (n=1) | 1 |" in readme.read_text()
+
+
+def test_interrupted_run_resumes(tmp_path: Path, none_preset: None) -> None:
+    with pytest.raises(RuntimeError, match="power cut"):
+        _eval(tmp_path, FakeHarness(fail_after=2))
+    assert len(list((tmp_path / "results" / "runs" / "splitMNIST").glob("*.json"))) == 2
+    assert not list((tmp_path / "results" / "runs").rglob("*.tmp"))  # nothing half-written
+    fake = FakeHarness()
+    outcome, _ = _eval(tmp_path, fake)
+    assert len(fake.calls) == 7 and len(outcome.cached) == 2 and outcome.complete
+    # seed-major order: the two finished runs were the first two methods of seed 42
+    assert {(j.method.name, j.seed) for j in outcome.cached} == {("candidate", 42), ("none", 42)}
+
+
+def test_missing_dataset_skips_that_benchmark_only(tmp_path: Path, none_preset: None) -> None:
+    logs: list[str] = []
+    fake = FakeHarness(missing=("CIFAR100",))
+    outcome, readme = _eval(
+        tmp_path, fake, benchmarks=["CIFAR100", "splitMNIST"], seeds=[42, 43], log=logs.append
+    )
+    assert not outcome.complete and set(outcome.data_errors) == {"CIFAR100"}
+    assert len(outcome.skipped) == 6 and len(outcome.ran) == 6
+    assert {c[1] for c in fake.calls} == {"splitMNIST"}
+    messages = [line for line in logs if line.startswith("CIFAR100: dataset missing")]
+    assert len(messages) == 1 and "cifar-100-python" in messages[0] and "\n" not in messages[0]
+    text = readme.read_text()
+    assert "Split-CIFAR100: no results** (dataset missing: CIFAR-100 not found" in text
+    assert "| `candidate` | 0.9300 ± 0.0208 | 2 |" not in text  # two seeds here: 0.91 ± 0.01
+    assert "| `candidate` | 0.9100 ± 0.0100 | 2 |" in text
+
+
+def test_cli_exit_code_2_when_something_could_not_run(
+    tmp_path: Path, none_preset: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    fake = FakeHarness(missing=("permMNIST",))
+    monkeypatch.setattr(fe, "_default_runners", lambda: (fake.run, fake.run_joint))
+    monkeypatch.setattr(fe, "check_data", lambda experiment, data_dir=None: None)
+    parser = argparse.ArgumentParser()
+    cmd_final_eval.register(parser.add_subparsers())
+    out = tmp_path / "r"
+    argv = ["final-eval", "--hooks", str(HOOKS / "scaffold_ewc.py"), "--methods", "candidate", "joint"]
+    argv += ["--benchmarks", "splitMNIST", "permMNIST", "--seeds", "42", "--out", str(out)]
+    args = parser.parse_args(argv)
+    # the published protocol, but the fake harness makes it instant
+    assert args.func(args) == 2
+    assert len(list((out / "runs" / "splitMNIST").glob("*.json"))) == 2
+    assert "permMNIST: dataset missing" in capsys.readouterr().out
+    args = parser.parse_args([*argv[:-2], "--out", str(out), "--benchmarks", "splitMNIST"])
+    assert args.func(args) == 0
+
+
+def test_unknown_method_and_missing_candidate_are_user_errors(tmp_path: Path) -> None:
+    from search.cli import UserError
+
+    with pytest.raises(UserError, match="unknown method 'ewk'"):
+        fe.resolve_methods(["ewk"], module_dir=tmp_path)
+    with pytest.raises(UserError, match=r"nope\.py not found"):
+        fe.resolve_methods(["candidate"], hooks=tmp_path / "nope.py", module_dir=tmp_path)
+
+
+def test_real_harness_tiny_final_eval(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real harness end to end at 5 iterations x 2 contexts; the rerun is all cache hits."""
+    monkeypatch.setenv("CL_DATA_DIR", str(mnist_root))
+
+    def refuse(*a: object, **k: object) -> dict:
+        raise AssertionError("the harness was called on a cached run")
+
+    kw = {"methods": ["candidate", "joint"], "hooks": HOOKS / "no_reg.py", "seeds": [42, 43]}
+    kw["overrides"] = {"iters": 5, "contexts": 2}
+    outcome, readme = _eval(tmp_path, FakeHarness(), run_fn=None, joint_fn=None, **kw)
+    assert outcome.complete and len(outcome.ran) == 4
+    records = {
+        (r["method"], r["seed"]): r
+        for r in (json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").rglob("*.json"))
+    }
+    assert set(records) == {("candidate", 42), ("candidate", 43), ("joint", 42), ("joint", 43)}
+    cand = records["candidate", 42]["result"]
+    assert cand["eval_split"] == "test" and cand["iters"] == 5 and cand["contexts"] == 2
+    assert len(cand["acc_matrix"]) == 2 and cand["acc_matrix"][-1] == cand["per_context_accuracy"]
+    assert 0.5 < cand["average_accuracy"] <= 1.0  # two-way tasks: 5 Adam steps already beat chance
+    outcome2, _ = _eval(tmp_path, FakeHarness(), run_fn=refuse, joint_fn=refuse, **kw)
+    assert len(outcome2.cached) == 4 and not outcome2.ran
+    values = [records["candidate", s]["result"]["average_accuracy"] for s in (42, 43)]
+    se = statistics.stdev(values) / math.sqrt(2)
+    assert f"| `candidate` | {statistics.fmean(values):.4f} ± {se:.4f} | 2 |" in readme.read_text()
