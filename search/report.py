@@ -83,7 +83,7 @@ def format_summary(summary: Summary) -> str:
 def format_references(experiment: str, method: str) -> str:
     """The published numbers for one cell, each with its source tag."""
     refs = REFERENCES.get(experiment, {}).get(method, [])
-    return ", ".join(f"{value:.4g} [{tag}]" for tag, value in refs) or ""
+    return ", ".join(f"{value:.4g} [{tag}]" for tag, value in refs) or "—"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,6 +155,7 @@ def plot_benchmark(
         xs = np.arange(1, curves.shape[1] + 1)
         mean = curves.mean(axis=0)
         ax.plot(xs, mean, marker="o", ms=3, label=method)
+        ax.set_xticks(xs)
         if len(curves) > 1:
             se = curves.std(axis=0, ddof=1) / math.sqrt(len(curves))
             ax.fill_between(xs, mean - se, mean + se, alpha=0.2)
