@@ -207,7 +207,7 @@ def parse_study_def(data: Mapping[str, Any], path: Path) -> StudyDef:
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, path: Path) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise UserError(f"{path}: unknown key {where}{unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        raise UserError(f"{path}: unknown key '{where}{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
 
 
 def _int(

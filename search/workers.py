@@ -240,7 +240,10 @@ def run_worker(spec: WorkerSpec) -> int:
             time.sleep(poll_s)
             continue
         waiting_said = False
-        trial = study.ask()
+        with warnings.catch_warnings():
+            # optuna warns that heartbeats are meant for Study.optimize; this loop records them itself
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
         if _is_surplus(study, trial, spec.n_trials):
             storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)  # another worker got the slot
             continue

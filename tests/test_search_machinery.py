@@ -1,0 +1,343 @@
+"""The search machinery with a stand-in objective: study files, budget, workers, heartbeat retry, Ctrl-C,
+status, export and the dashboard. The real objective (space + harness) is tested in test_search_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cli import UserError
+from search.cmd_dashboard import free_port
+from search.cmd_status import format_status
+from search.export import trial_source
+from search.objective import counts_toward_budget
+from search.storage import default_storage_url, open_study
+from search.studies import load_study_def, repo_root
+from search.workers import run_study
+
+TESTS = Path(__file__).resolve().parent
+FAKE = "search_fakes:make_fake_objective"
+
+
+def write_study(tmp_path: Path, name: str = "fake", n_trials: int = 6, extra: str = "") -> Path:
+    """A study file for the fake objective: random sampler, no pruner, 1 s heartbeat, 3 s grace period."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            n_trials = {n_trials}
+            {extra}
+            [sampler]
+            name = "random"
+            seed = 0
+            [pruner]
+            name = "none"
+            [workers]
+            heartbeat_interval = 1
+            grace_period = 3
+            [[benchmark]]
+            experiment = "splitMNIST"
+            iters = 10
+            contexts = 2
+            """
+        )
+    )
+    return path
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+def trials_of(name: str, url: str) -> list[optuna.trial.FrozenTrial]:
+    return open_study(name, url).get_trials(deepcopy=False)
+
+
+def fake_env(step_s: float, steps: int = 3) -> dict[str, str]:
+    env = dict(os.environ, FAKE_STEP_S=str(step_s), FAKE_STEPS=str(steps))
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    return env
+
+
+# A worker command as `python -m search run` would start it, with the fake objective injected.
+RUN_FAKE = textwrap.dedent(
+    """\
+    import sys
+    from search.studies import load_study_def
+    from search.workers import run_study
+    try:
+        code = run_study(load_study_def(sys.argv[1]), sys.argv[2], n_workers=int(sys.argv[3]),
+                         objective="search_fakes:make_fake_objective")
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+    """
+)
+
+
+def start_fake_run(study: Path, url: str, workers: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN_FAKE, str(study), url, str(workers)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal job
+    )
+
+
+def wait_for_running_trial(name: str, url: str, timeout: float = 60) -> list[optuna.trial.FrozenTrial]:
+    """Poll until some trial is RUNNING and has reported at least one step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            running = [
+                t for t in trials_of(name, url) if t.state == TrialState.RUNNING and t.intermediate_values
+            ]
+        except UserError:
+            running = []
+        if running:
+            return running
+        time.sleep(0.2)
+    raise AssertionError("no trial started running in time")
+
+
+# ------------------------------------------------------------------------------------------------ study files
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = write_study(tmp_path, extra="n_trails = 5")
+    with pytest.raises(UserError, match=r"unknown key 'n_trails'") as info:
+        load_study_def(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('name = "none"', 'name = "none"\nwarmup = 3', r"unknown key 'pruner.warmup'"),
+        ("contexts = 2", "contexts = 2\nepochs = 3", r"unknown key 'benchmark\[0\].epochs'"),
+        ("contexts = 2", "contexts = 2\nseeds = [42]", r"benchmark\[0\].seeds must be .* >= 1000"),
+        ("contexts = 2", "contexts = 11", r"contexts must be <= 5 for splitMNIST"),
+        ('experiment = "splitMNIST"', 'experiment = "splitmnist"', r"experiment must be one of"),
+        ('name = "random"', 'name = "cmaes"', r"sampler.name 'cmaes'"),
+        ("grace_period = 3", "grace_period = 1", r"grace_period must exceed"),
+        ("n_trials = 6", "n_trials = 0", r"n_trials must be an integer >= 1"),
+        ("iters = 10", 'iters = "10"', r"benchmark\[0\].iters must be an integer"),
+    ],
+)
+def test_bad_study_values_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    path = write_study(tmp_path)
+    path.write_text(path.read_text().replace(old, new))
+    with pytest.raises(UserError, match=message):
+        load_study_def(path)
+
+
+def test_unknown_study_lists_the_shipped_ones() -> None:
+    with pytest.raises(UserError, match=r"unknown study 'nope'.*mnist"):
+        load_study_def("nope")
+
+
+def test_default_storage_is_the_studys_file_in_the_repo() -> None:
+    url = default_storage_url("mnist")
+    assert url == f"sqlite:///{repo_root() / 'studies' / 'mnist.db'}"
+
+
+# ------------------------------------------------------------------------------------------- budget, workers
+
+
+def test_two_workers_finish_the_budget_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    study = load_study_def(write_study(tmp_path, n_trials=7))
+    url = sqlite_url(tmp_path)
+    assert run_study(study, url, n_workers=2, objective=FAKE) == 0
+    trials = trials_of("fake", url)
+    counted = [t for t in trials if counts_toward_budget(t)]
+    assert len(counted) == 7
+    assert all(t.state == TrialState.COMPLETE for t in counted)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    xs = [t.params["x"] for t in counted]
+    assert len(set(xs)) == 7  # no design run twice
+    assert len({t.user_attrs["worker_pid"] for t in counted}) == 2  # both processes did work
+    # A rerun of a complete study runs nothing more.
+    assert run_study(study, url, n_workers=2, objective=FAKE) == 0
+    assert len(trials_of("fake", url)) == len(trials)
+
+
+def test_resume_continues_until_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_STEP_S", "0")
+    study = load_study_def(write_study(tmp_path, n_trials=5))
+    url = sqlite_url(tmp_path)
+    assert run_study(study, url, n_trials=2, objective=FAKE) == 0
+    assert sum(map(counts_toward_budget, trials_of("fake", url))) == 2
+    assert run_study(study, url, objective=FAKE) == 0
+    assert sum(map(counts_toward_budget, trials_of("fake", url))) == 5
+
+
+def test_killed_worker_trial_is_retried_and_study_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study_path = write_study(tmp_path, n_trials=3)
+    url = sqlite_url(tmp_path)
+    proc = start_fake_run(study_path, url, 1, fake_env(step_s=2.0, steps=5))
+    try:
+        killed = wait_for_running_trial("fake", url)[0]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert [t.state for t in trials_of("fake", url) if t.number == killed.number] == [TrialState.RUNNING]
+    monkeypatch.setenv("FAKE_STEP_S", "0.05")
+    t0 = time.time()
+    assert run_study(load_study_def(study_path), url, objective=FAKE) == 0
+    assert time.time() - t0 < 30
+    trials = trials_of("fake", url)
+    by_number = {t.number: t for t in trials}
+    assert by_number[killed.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1
+    assert retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == by_number[killed.number].params  # the same design ran again
+    assert sum(map(counts_toward_budget, trials)) == 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_ctrl_c_leaves_storage_consistent(tmp_path: Path) -> None:
+    study_path = write_study(tmp_path, n_trials=6)
+    url = sqlite_url(tmp_path)
+    proc = start_fake_run(study_path, url, 2, fake_env(step_s=1.0, steps=20))
+    try:
+        wait_for_running_trial("fake", url)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the job
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out
+    trials = trials_of("fake", url)
+    assert not [t for t in trials if t.state == TrialState.RUNNING], out
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert interrupted, out
+    for t in interrupted:
+        assert t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+        retry = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
+        assert [r.state for r in retry] == [TrialState.WAITING]
+        assert retry[0].params == t.params
+    assert "marked failed; re-queued as trial" in out
+
+
+# ---------------------------------------------------------------------------------------- status and export
+
+
+def test_status_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_STEP_S", "0")
+    study = load_study_def(write_study(tmp_path, n_trials=4))
+    url = sqlite_url(tmp_path)
+    run_study(study, url, objective=FAKE)
+    opened = open_study("fake", url)
+    best = max(opened.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    text = format_status(opened, 4)
+    assert "study fake: 4/4 trials counted" in text
+    assert "complete 4, pruned 0, fail 0, running 0, waiting 0" in text
+    best_line = text.splitlines()[
+        text.splitlines().index(next(line for line in text.splitlines() if "splitMNIST" in line)) + 1
+    ]
+    assert best_line.split()[:3] == [str(best.number), f"{best.value:.4f}", f"{best.value:.4f}"]
+    assert trial_source("fake", url) == f"X = {best.params['x']!r}\n"
+    assert trial_source("fake", url, trial=0) == f"X = {opened.trials[0].params['x']!r}\n"
+    with pytest.raises(UserError, match="has no trial 99"):
+        trial_source("fake", url, trial=99)
+    with pytest.raises(UserError, match="no study 'other'"):
+        trial_source("other", url)
+
+
+# ------------------------------------------------------------------------------------------------- dashboard
+
+
+def test_dashboard_serves_the_study_and_trial_attributes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_STEP_S", "0")
+    study = load_study_def(write_study(tmp_path, n_trials=2))
+    url = sqlite_url(tmp_path)
+    run_study(study, url, objective=FAKE)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            DASH,
+            "dashboard",
+            "--study",
+            "fake",
+            "--storage",
+            url,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 60
+        studies = None
+        while time.time() < deadline and studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.load(r)["study_summaries"]
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.3)
+        assert studies is not None
+        [entry] = [s for s in studies if s["study_name"] == "fake"]
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/studies/{entry['study_id']}", timeout=10
+        ) as r:
+            detail = json.load(r)
+        assert len(detail["trials"]) == 2
+        stored = trials_of("fake", url)
+        for served, trial in zip(sorted(detail["trials"], key=lambda t: t["number"]), stored, strict=True):
+            attrs = {a["key"]: a["value"] for a in served["user_attrs"]}
+            assert json.loads(attrs["scores"]) == trial.user_attrs["scores"]
+            assert attrs["module_source"] == trial.user_attrs["module_source"]
+            assert {"per_context", "wall_time_s"} <= set(attrs)
+        assert {a["key"] for a in entry["user_attrs"]} >= {"study_file", "benchmarks"}
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert f"http://127.0.0.1:{port}/dashboard/studies/" in out
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+
+@pytest.mark.postgres
+def test_two_workers_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = os.environ.get("CL_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("CL_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)")
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    name = f"pg_{uuid.uuid4().hex[:12]}"  # the server outlives the test: a fresh study every time
+    study = load_study_def(write_study(tmp_path, name=name, n_trials=6))
+    assert run_study(study, url, n_workers=2, objective=FAKE) == 0
+    trials = trials_of(name, url)
+    counted = [t for t in trials if counts_toward_budget(t)]
+    assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted)
+    assert len({t.params["x"] for t in counted}) == 6
+    assert len({t.user_attrs["worker_pid"] for t in counted}) == 2
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+
+
+DASH = "import argparse,sys; from search import cmd_dashboard as c; p=argparse.ArgumentParser(); s=p.add_subparsers(); c.register(s); a=p.parse_args(sys.argv[1:]); a.func(a)"
