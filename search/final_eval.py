@@ -338,6 +338,11 @@ def execute(
         result = joint_fn(cfg, progress=False)
     else:
         result = run_fn(str(job.method.path), cfg, progress=False)
+    return _store(job, cfg, result, time.perf_counter() - start)
+
+
+def _store(job: Job, cfg: Any, result: dict, wall_s: float) -> dict:
+    """Check where the data came from, then write the record atomically; returns it."""
     if result.get("data_source") == OFFLINE_SOURCE:
         raise _offline_error(cfg.data_dir)
     record = {
@@ -348,7 +353,7 @@ def execute(
         "seed": job.seed,
         "key": job.key,
         "key_fields": job.key_fields,
-        "wall_s": time.perf_counter() - start,
+        "wall_s": wall_s,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "result": result,
     }
@@ -535,3 +540,28 @@ def final_eval(
     if outcome.skipped:
         log(f"final-eval: {len(outcome.skipped)} runs could not run (see above); everything else is written")
     return outcome, readme
+
+
+def run_cached(
+    name: str,
+    module_path: Path,
+    module_sha256: str,
+    cfg: Any,
+    *,
+    cache_dir: Path,
+    run_fn: RunFn | None = None,
+) -> tuple[dict, bool]:
+    """Run one hook module with an arbitrary RunConfig through the same cache; returns (record, was_cached)."""
+    key, fields = run_key(module_sha256, cfg, code_version())
+    path = result_path(cache_dir, name, cfg.experiment, key, cfg.seed)
+    record = load_record(path)
+    if record is not None:
+        return record, True
+    if run_fn is None:
+        run_fn = _default_runners()[0]
+        check_data(cfg.experiment, cfg.data_dir)
+    method = Method(name, "hooks", module_path, module_sha256, name)
+    job = Job(method, cfg.experiment, cfg.seed, key, fields, path)
+    start = time.perf_counter()
+    result = run_fn(str(module_path), cfg, progress=False)
+    return _store(job, cfg, result, time.perf_counter() - start), False

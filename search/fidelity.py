@@ -1,0 +1,326 @@
+"""Proxy fidelity: does a study's short proxy rank designs as the full protocol does?
+
+The study's top designs and some random designs of its space are run twice on the validation split with the
+study's proxy seed and held-out fraction: once at the proxy settings, once at the full published protocol. The
+Spearman rank correlation between the two scores, per benchmark, says how far the proxy can be trusted. Every
+run goes through the final evaluation's cache, so the command resumes and alternative proxy settings
+(`proxy_overrides`) can be compared against the same full runs at the cost of the proxy runs only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.final_eval import LogFn, RunFn, run_cached, sha256_text, write_atomic
+
+DEFAULT_OUT = Path("results") / "fidelity"
+PROXY_FIELDS = ("iters", "contexts", "train_subset", "seeds")
+
+
+@dataclass
+class DesignRun:
+    """One design: where it came from, its module, and its proxy and full scores per benchmark."""
+
+    label: str
+    origin: str  # "top" (a trial of the study) or "random" (drawn from the space)
+    trial: int | None
+    trial_value: float | None
+    source: str
+    design: dict
+    proxy: dict[str, float] = field(default_factory=dict)
+    full: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def spearman(proxy: Sequence[float], full: Sequence[float]) -> tuple[float, float]:
+    """Spearman's rho and its two-sided p-value (NaN for fewer than 3 designs or constant scores)."""
+    if len(proxy) < 3 or len(set(proxy)) < 2 or len(set(full)) < 2:
+        return math.nan, math.nan
+    from scipy.stats import spearmanr
+
+    res = spearmanr(proxy, full)
+    return float(res.statistic), float(res.pvalue)
+
+
+def top_designs(study: Any, k: int) -> list[DesignRun]:
+    """The `k` best complete trials with a stored design (identical designs counted once)."""
+    from optuna.trial import TrialState
+
+    import space
+
+    trials = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None
+    ]
+    trials.sort(key=lambda t: (-t.value, t.number))
+    out: list[DesignRun] = []
+    seen: set[str] = set()
+    for t in trials:
+        design = t.user_attrs.get("design")
+        if not isinstance(design, dict):
+            continue
+        canonical = json.dumps(design, sort_keys=True)
+        if canonical in seen:
+            continue
+        seen.add(canonical)
+        source = t.user_attrs.get("module_source")
+        if not isinstance(source, str):  # what was scored is preferred; else regenerate it from the design
+            source = space.generate_source(space.Design.from_dict(design))
+        out.append(DesignRun(f"trial_{t.number}", "top", t.number, float(t.value), source, design))
+        if len(out) == k:
+            break
+    return out
+
+
+def random_designs(m: int, *, seed: int, fixed: Mapping[str, Any], exclude: set[str]) -> list[DesignRun]:
+    """`m` designs drawn uniformly from the study's space (a seeded RandomSampler on an in-memory study)."""
+    import optuna
+
+    import space
+
+    sampler = optuna.samplers.RandomSampler(seed=seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    scratch = optuna.create_study(sampler=sampler, direction="maximize")
+    out: list[DesignRun] = []
+    for _attempt in range(50 * max(m, 1)):
+        if len(out) == m:
+            break
+        trial = scratch.ask()
+        try:
+            design = space.suggest(trial, fixed=fixed)
+            source = space.generate_source(design)
+        except ValueError:  # space.DesignError: a combination the generator refuses; draw another
+            scratch.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        scratch.tell(trial, 0.0)
+        canonical = json.dumps(design.to_dict(), sort_keys=True)
+        if canonical in exclude:
+            continue
+        exclude.add(canonical)
+        out.append(DesignRun(f"random_{len(out)}", "random", None, None, source, design.to_dict()))
+    return out
+
+
+def _configs(bench: Any, *, full: bool, device: str, overrides: Mapping[str, Any]) -> list[Any]:
+    """RunConfigs of one benchmark: the proxy (one per proxy seed) or the full protocol (first proxy seed)."""
+    from clharness.runner import RunConfig
+
+    common = {"experiment": bench.experiment, "val_fraction": bench.val_fraction, "eval_split": "val"}
+    if full:
+        return [RunConfig(seed=bench.seeds[0], device=device, **common)]
+    settings = {name: getattr(bench, name) for name in PROXY_FIELDS}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    seeds = settings.pop("seeds")
+    return [RunConfig(seed=s, device=device, **settings, **common) for s in seeds]
+
+
+def fidelity(
+    study_name: str,
+    *,
+    top: int = 8,
+    random: int = 4,
+    benchmarks: Sequence[str] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    out_dir: Path = DEFAULT_OUT,
+    proxy_overrides: Mapping[str, Any] | None = None,
+    storage: str | None = None,
+    run_fn: RunFn | None = None,
+    log: LogFn = print,
+    command: str = "",
+) -> dict:
+    """Run (or resume) the fidelity measurement of one study; writes `<out>/<study>.md` and `.json`."""
+    from clharness.errors import DataError, HarnessError
+
+    from search.cli import UserError
+    from search.storage import open_study
+    from search.studies import load_study_def
+
+    study_def = load_study_def(study_name)
+    benches = [b for b in study_def.benchmarks if benchmarks is None or b.experiment in benchmarks]
+    if not benches:
+        raise UserError(
+            f"study {study_def.name!r} has no benchmark among {', '.join(benchmarks or [])} "
+            f"(it has {', '.join(study_def.experiments)})"
+        )
+    overrides = dict(proxy_overrides or {})
+    unknown = set(overrides) - set(PROXY_FIELDS)
+    if unknown:
+        raise UserError(f"unknown proxy override {sorted(unknown)[0]!r}; allowed: {', '.join(PROXY_FIELDS)}")
+    if top < 0 or random < 0 or top + random < 3:
+        raise UserError("--top and --random must be >= 0 and give at least 3 designs together")
+    study = open_study(study_def.name, storage)
+    designs = top_designs(study, top)
+    if len(designs) < top:
+        log(f"fidelity: study {study_def.name!r} has only {len(designs)} distinct complete designs")
+    seen = {json.dumps(d.design, sort_keys=True) for d in designs}
+    designs += random_designs(random, seed=seed, fixed=study_def.fixed, exclude=seen)
+
+    module_dir = out_dir / "modules" / study_def.name
+    runs_dir = out_dir / "runs"
+    paths = {}
+    for d in designs:
+        path = module_dir / f"{d.label}.py"
+        if not path.is_file() or path.read_text(encoding="utf-8") != d.source:
+            write_atomic(path, d.source)
+        paths[d.label] = path
+
+    # the proxy runs first (cheap), then the full runs; progress with an estimate from measured durations
+    plan = [(d, b, full) for full in (False, True) for b in benches for d in designs]
+    durations: dict[tuple[str, bool], list[float]] = {}
+    data_errors: dict[str, str] = {}
+    for index, (d, bench, full) in enumerate(plan):
+        phase = "full" if full else "proxy"
+        if bench.experiment in data_errors:
+            continue
+        scores = []
+        for cfg in _configs(bench, full=full, device=device, overrides=overrides):
+            tag = f"[{index + 1}/{len(plan)}] {phase} {bench.experiment} {d.label} seed {cfg.seed}"
+            try:
+                t0 = time.perf_counter()
+                record, cached = run_cached(
+                    d.label, paths[d.label], sha256_text(d.source), cfg, cache_dir=runs_dir, run_fn=run_fn
+                )
+            except DataError as exc:
+                data_errors[bench.experiment] = str(exc)
+                log(f"{bench.experiment}: dataset missing, skipped: {exc}")
+                break
+            except HarnessError as exc:  # a diverged or broken design has no rank: left out, with the reason
+                d.notes.append(f"{phase} {bench.experiment} seed {cfg.seed}: {exc}")
+                log(f"{tag}: failed: {exc}")
+                scores = []
+                break
+            scores.append(float(record["result"]["average_accuracy"]))
+            if not cached:
+                durations.setdefault((bench.experiment, full), []).append(time.perf_counter() - t0)
+                left = [(x, b, f) for x, b, f in plan[index + 1 :] if b.experiment not in data_errors]
+                log(f"{tag}: {scores[-1]:.4f} in {time.perf_counter() - t0:.0f} s; {_eta(left, durations)}")
+        if scores:
+            (d.full if full else d.proxy)[bench.experiment] = statistics.fmean(scores)
+
+    summary = _summarize(study_def, benches, designs, overrides, data_errors, command)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / f"{study_def.name}.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_atomic(out_dir / f"{study_def.name}.md", render(summary))
+    for b, res in summary["benchmarks"].items():
+        log(
+            f"fidelity {study_def.name} {b}: Spearman rho = {res['spearman_rho']:.3f} over {res['n']} designs"
+        )
+    summary["complete"] = not data_errors
+    return summary
+
+
+def _eta(
+    left: Sequence[tuple[DesignRun, Any, bool]], durations: Mapping[tuple[str, bool], list[float]]
+) -> str:
+    total, unknown = 0.0, 0
+    for _d, bench, full in left:
+        measured = durations.get((bench.experiment, full))
+        if measured:
+            total += statistics.fmean(measured) * (1 if full else len(bench.seeds))
+        else:
+            unknown += 1
+    text = f"{len(left)} left, ETA {total / 60:.0f} min"
+    return text + (f" + {unknown} runs of unknown length" if unknown else "")
+
+
+def _summarize(
+    study_def: Any,
+    benches: Sequence[Any],
+    designs: Sequence[DesignRun],
+    overrides: Mapping[str, Any],
+    data_errors: Mapping[str, str],
+    command: str,
+) -> dict:
+    out: dict = {
+        "study": study_def.name,
+        "command": command,
+        "proxy_overrides": dict(overrides),
+        "benchmarks": {},
+    }
+    for bench in benches:
+        b = bench.experiment
+        proxy_settings = {name: getattr(bench, name) for name in PROXY_FIELDS}
+        proxy_settings.update({k: v for k, v in overrides.items() if v is not None})
+        pairs = [(d.proxy[b], d.full[b]) for d in designs if b in d.proxy and b in d.full]
+        rho, p = spearman([x for x, _ in pairs], [y for _, y in pairs])
+        out["benchmarks"][b] = {
+            "proxy": {
+                **proxy_settings,
+                "val_fraction": bench.val_fraction,
+                "seeds": list(proxy_settings["seeds"]),
+            },
+            "full": {"seed": bench.seeds[0], "val_fraction": bench.val_fraction, "eval_split": "val"},
+            "spearman_rho": rho,
+            "p_value": p,
+            "n": len(pairs),
+            "data_error": data_errors.get(b),
+            "designs": [
+                {
+                    "label": d.label,
+                    "origin": d.origin,
+                    "trial": d.trial,
+                    "trial_value": d.trial_value,
+                    "proxy": d.proxy.get(b),
+                    "full": d.full.get(b),
+                    "notes": d.notes,
+                }
+                for d in designs
+            ],
+        }
+    return out
+
+
+def render(summary: Mapping[str, Any]) -> str:
+    """Markdown: per benchmark, the settings, Spearman's rho and the table of designs (ranked by full score)."""
+    lines = [f"# Proxy fidelity of study `{summary['study']}`", ""]
+    if summary.get("command"):
+        lines += [f"Produced by: `{summary['command']}`", ""]
+    for b, res in summary["benchmarks"].items():
+        lines += [f"## {b}", ""]
+        if res.get("data_error"):
+            lines += [f"No result: dataset missing ({res['data_error']}).", ""]
+            continue
+        rho = res["spearman_rho"]
+        rho_text = "n/a (fewer than 3 designs with both scores)" if math.isnan(rho) else f"**{rho:.3f}**"
+        p_text = "" if math.isnan(res["p_value"]) else f" (p = {res['p_value']:.2g})"
+        lines += [
+            f"Spearman rank correlation between proxy and full scores: {rho_text}{p_text}, "
+            f"over {res['n']} designs.",
+            "",
+            f"- proxy: `{json.dumps(res['proxy'], sort_keys=True)}` (validation split)",
+            f"- full: published protocol, `{json.dumps(res['full'], sort_keys=True)}`",
+            "",
+            "| design | origin | proxy score | full score | proxy rank | full rank | notes |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows = res["designs"]
+        proxy_rank = _ranks([r["proxy"] for r in rows])
+        full_rank = _ranks([r["full"] for r in rows])
+        order = sorted(range(len(rows)), key=lambda i: (rows[i]["full"] is None, -(rows[i]["full"] or 0.0)))
+        for i in order:
+            r = rows[i]
+            cells = [
+                f"`{r['label']}`",
+                r["origin"],
+                "—" if r["proxy"] is None else f"{r['proxy']:.4f}",
+                "—" if r["full"] is None else f"{r['full']:.4f}",
+                str(proxy_rank[i] or "—"),
+                str(full_rank[i] or "—"),
+                "; ".join(r["notes"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _ranks(values: Sequence[float | None]) -> list[int | None]:
+    """1 = best; None stays None."""
+    present = sorted((v for v in values if v is not None), reverse=True)
+    return [None if v is None else present.index(v) + 1 for v in values]
