@@ -1,0 +1,139 @@
+"""Proxy fidelity: the right runs (proxy and full, validation split), Spearman's rho, caching, random designs."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+import space
+from search import fidelity as fid
+from search.storage import open_study
+
+# Four designs whose proxy ranks are 1, 2, 3, 4 and full ranks 2, 1, 3, 4:
+# rho = 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = 0.8
+PROXY = {0.1: 0.95, 0.2: 0.90, 0.3: 0.85, 0.4: 0.80}
+FULL = {0.1: 0.97, 0.2: 0.98, 0.3: 0.96, 0.4: 0.91}
+
+
+class FakeDesign:
+    def __init__(self, q: float) -> None:
+        self.q = q
+
+    def to_dict(self) -> dict:
+        return {"q": self.q}
+
+
+@pytest.fixture(autouse=True)
+def fake_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-parameter space: design {"q": x} -> source `Q = x`."""
+    monkeypatch.setattr(
+        space, "suggest", lambda trial, fixed=None: FakeDesign(trial.suggest_float("q", 0, 1)), raising=False
+    )
+    monkeypatch.setattr(
+        space, "generate_source", lambda design, provenance=None: f"Q = {design.q!r}\n", raising=False
+    )
+
+
+class FakeRunner:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list = []
+        self.fail = fail
+
+    def __call__(self, hooks_path: str, cfg: object, **kw: object) -> dict:
+        if self.fail:
+            raise AssertionError("a cached run was run again")
+        self.calls.append(cfg)
+        q = float(re.search(r"Q = (\S+)", Path(hooks_path).read_text()).group(1))
+        full = cfg.iters is None  # type: ignore[attr-defined]
+        acc = (FULL if full else PROXY).get(q, q)
+        return {"average_accuracy": acc, "per_context_accuracy": [acc], "data_source": "torchvision"}
+
+
+def make_study(tmp_path: Path, qs: list[float]) -> tuple[Path, str]:
+    study_file = tmp_path / "fid.toml"
+    study_file.write_text(
+        textwrap.dedent(
+            """\
+            n_trials = 10
+            [sampler]
+            name = "random"
+            [pruner]
+            name = "none"
+            [[benchmark]]
+            experiment = "splitMNIST"
+            iters = 10
+            contexts = 2
+            val_fraction = 0.2
+            seeds = [1000, 1001]
+            """
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'fid.db'}"
+    study = open_study("fid", url, create=True)
+    for q in qs:
+        value = PROXY[q]
+        attrs = {"design": {"q": q}, "module_source": f"Q = {q!r}\n", "scores": {"splitMNIST": value}}
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    study.add_trial(
+        optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"design": {"q": 9}})
+    )
+    return study_file, url
+
+
+def test_spearman_of_known_ranks_and_the_runs_made(tmp_path: Path) -> None:
+    study_file, url = make_study(tmp_path, [0.4, 0.3, 0.2, 0.1])
+    runner = FakeRunner()
+    out = tmp_path / "out"
+    summary = fid.fidelity(
+        str(study_file), top=4, random=0, storage=url, out_dir=out, run_fn=runner, log=lambda s: None
+    )
+    res = summary["benchmarks"]["splitMNIST"]
+    assert res["spearman_rho"] == pytest.approx(0.8) and res["n"] == 4
+    # proxy: 2 seeds x 4 designs at the study's settings; full: 1 run each at the published protocol
+    proxy = [c for c in runner.calls if c.iters is not None]
+    full = [c for c in runner.calls if c.iters is None]
+    assert len(proxy) == 8 and len(full) == 4
+    assert {(c.iters, c.contexts, c.seed) for c in proxy} == {(10, 2, 1000), (10, 2, 1001)}
+    assert {(c.contexts, c.seed, c.train_subset) for c in full} == {(None, 1000, None)}
+    assert all(c.eval_split == "val" and c.val_fraction == 0.2 for c in runner.calls)
+    text = (out / "fid.md").read_text()
+    assert "**0.800**" in text and "| `trial_3` | top | 0.9500 | 0.9700 | 1 | 2 |" in text
+    assert json.loads((out / "fid.json").read_text())["benchmarks"]["splitMNIST"]["n"] == 4
+
+    # rerun: everything cached; other proxy settings rerun only the proxy runs
+    fid.fidelity(str(study_file), top=4, random=0, storage=url, out_dir=out, run_fn=FakeRunner(fail=True))
+    again = FakeRunner()
+    fid.fidelity(
+        str(study_file), top=4, random=0, storage=url, out_dir=out, run_fn=again, proxy_overrides={"iters": 5}
+    )
+    assert len(again.calls) == 8 and {c.iters for c in again.calls} == {5}
+
+
+def test_random_designs_are_seeded_and_distinct_from_the_top(tmp_path: Path) -> None:
+    study_file, url = make_study(tmp_path, [0.1, 0.2])
+    kw = {"top": 1, "random": 3, "storage": url, "log": lambda s: None}
+    a = fid.fidelity(str(study_file), out_dir=tmp_path / "a", run_fn=FakeRunner(), seed=7, **kw)
+    b = fid.fidelity(str(study_file), out_dir=tmp_path / "b", run_fn=FakeRunner(), seed=7, **kw)
+    rows_a = a["benchmarks"]["splitMNIST"]["designs"]
+    assert [r["label"] for r in rows_a] == ["trial_0", "random_0", "random_1", "random_2"]
+    assert rows_a == b["benchmarks"]["splitMNIST"]["designs"]
+    sources = {p.read_text() for p in (tmp_path / "a" / "modules" / "fid").glob("*.py")}
+    assert len(sources) == 4
+
+
+def test_too_few_designs_is_a_user_error(tmp_path: Path) -> None:
+    from search.cli import UserError
+
+    study_file, url = make_study(tmp_path, [0.1])
+    with pytest.raises(UserError, match="at least 3 designs"):
+        fid.fidelity(str(study_file), top=1, random=1, storage=url, out_dir=tmp_path, run_fn=FakeRunner())
+
+
+def test_spearman_undefined_below_three() -> None:
+    rho, p = fid.spearman([0.1, 0.2], [0.3, 0.4])
+    assert rho != rho and p != p  # NaN
