@@ -1,0 +1,57 @@
+"""`python -m search export`: write a design (a preset, a JSON file, or a study's trial) as a hook module."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from search.cli import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `export` subcommand."""
+    parser = sub.add_parser(
+        "export",
+        help="write a design as a standalone custom_regularization.py",
+        description="Write a preset, a design JSON file or a study's trial as a standalone hook module.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="a preset name (ewc, online_ewc, si, mas, l2, none)")
+    source.add_argument("--design", metavar="FILE.json", help="a JSON file holding one design")
+    source.add_argument(
+        "--study", help="a study name: exports the source its trial scored (the best by default)"
+    )
+    parser.add_argument("--trial", type=int, help="trial number within --study (default: the best trial)")
+    parser.add_argument("--storage", help="storage URL of --study (default: sqlite:///studies/<name>.db)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the module to write (atomically)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate (or fetch) the source and write it atomically."""
+    import space
+
+    if (args.trial is not None or args.storage) and not args.study:
+        raise UserError("--trial and --storage go with --study")
+    if args.preset is not None:
+        if args.preset not in space.PRESETS:
+            raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(space.PRESETS)}")
+        source = space.generate_source(space.PRESETS[args.preset], {"preset": args.preset})
+    elif args.design is not None:
+        path = Path(args.design)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read design file {path}: {exc.strerror or exc}") from exc
+        try:
+            design = space.Design.from_json(text)
+        except space.DesignError as exc:
+            raise UserError(f"{path}: {exc}") from exc
+        source = space.generate_source(design)
+    else:
+        from search.export import trial_source  # the search part owns study storage
+
+        source = trial_source(args.study, args.storage, args.trial)
+    space.write_module(args.out, source)
+    print(f"wrote {args.out}")
+    return 0
