@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,10 +163,14 @@ def _mnist_flat(images: torch.Tensor, pad: int) -> torch.Tensor:
     return x.reshape(len(x), -1)
 
 
+@functools.lru_cache(maxsize=2)
 def _cifar100_inputs(
     data_dir: Path, cache_dir: Path, device: torch.device, trunk_mode: str, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """CIFAR-100 as the continual learner sees it: trunk features (pretrained) or normalized images (scratch)."""
+    """CIFAR-100 as the continual learner sees it: trunk features (pretrained) or normalized images (scratch).
+
+    Cached per process, like MNIST, so that a search worker reads the feature file once.
+    """
     from clharness import cifar
 
     if trunk_mode == "pretrained":
