@@ -148,11 +148,12 @@ def train_context(
         optimizer.step()
         with torch.no_grad():
             # W += -grad * (p_new - p_old) for parameters with a grad; then p_old <- p_new for all.
+            # In place, no temporaries: p_old becomes -(step taken), W += grad * that, then p_old <- p.
             has_grad = [i for i, p in enumerate(plist) if p.grad is not None]
             if has_grad:
-                steps = torch._foreach_sub([plist[i] for i in has_grad], [old_list[i] for i in has_grad])
-                torch._foreach_mul_(steps, [plist[i].grad for i in has_grad])  # type: ignore[misc]
-                torch._foreach_sub_([w_list[i] for i in has_grad], steps)
+                neg_steps = [old_list[i] for i in has_grad]
+                torch._foreach_sub_(neg_steps, [plist[i] for i in has_grad])
+                torch._foreach_addcmul_([w_list[i] for i in has_grad], [plist[i].grad for i in has_grad], neg_steps)  # type: ignore[misc]
             torch._foreach_copy_(old_list, plist)
         if slot == CHECK_EVERY - 1 or step == settings.iters:
             _raise_if_diverged(bad_loss, bad_reg, slot, step, context)
