@@ -24,7 +24,7 @@ from typing import Any
 BENCHMARKS: tuple[str, ...] = ("splitMNIST", "permMNIST", "CIFAR100")
 PRESET_METHODS: tuple[str, ...] = ("none", "ewc", "online_ewc", "si", "mas", "l2")
 # Baselines that get a search budget of their own (DESIGN.md): method `tuned_<name>` is the best trial of the
-# study named by `tuned_study_name(name)`, when that study exists and has a completed trial.
+# study `studies/<name>.toml` (the preset with its strength searched), when its storage has a completed trial.
 TUNED_BASELINES: tuple[str, ...] = ("ewc", "online_ewc", "si", "mas")
 DEFAULT_SEEDS: tuple[int, ...] = (42, 43, 44)
 DEFAULT_OUT = Path("results")
@@ -38,7 +38,7 @@ LogFn = Callable[[str], None]
 
 def tuned_study_name(baseline: str) -> str:
     """Name of the study that tunes one baseline preset."""
-    return f"tuned_{baseline}"
+    return baseline
 
 
 @dataclass(frozen=True)

@@ -219,3 +219,31 @@ def test_real_harness_tiny_final_eval(
     values = [records["candidate", s]["result"]["average_accuracy"] for s in (42, 43)]
     se = statistics.stdev(values) / math.sqrt(2)
     assert f"| `candidate` | {statistics.fmean(values):.4f} ± {se:.4f} | 2 |" in readme.read_text()
+
+
+def test_presets_are_generated_modules_the_harness_loads(tmp_path: Path) -> None:
+    from clharness.hooks import load_hooks
+
+    methods = fe.resolve_methods(list(fe.PRESET_METHODS), module_dir=tmp_path)
+    assert [m.name for m in methods] == list(fe.PRESET_METHODS)
+    assert len({m.sha256 for m in methods}) == len(methods)
+    for m in methods:
+        assert m.path == tmp_path / f"{m.name}.py" and load_hooks(m.path).sha256 == m.sha256
+
+
+def test_tuned_baseline_comes_from_its_studys_best_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from search import storage
+
+    monkeypatch.setattr(storage, "default_storage_url", lambda name: f"sqlite:///{tmp_path / name}.db")
+    assert "tuned_si" not in fe.available_methods()
+    study = storage.open_study("si", create=True)
+    for value, source in ((0.5, "worse = 1\n"), (0.9, (HOOKS / "si_handwritten.py").read_text())):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"module_source": source}))
+    assert fe.available_methods() == ["candidate", "tuned_si", *fe.PRESET_METHODS, "joint"]
+    (method,) = fe.resolve_methods(["tuned_si"], module_dir=tmp_path / "m")
+    assert method.path.read_text() == (HOOKS / "si_handwritten.py").read_text()
+    assert "study `si`" in method.label
