@@ -1,4 +1,4 @@
-# mypy: disable-error-code="union-attr, index, operator, assignment, arg-type"
+# mypy: disable-error-code="union-attr, index, operator, assignment, arg-type, attr-defined"
 # (hook code reads the attributes the harness attaches to the model, which nn.Module does not declare)
 """The building blocks of every regularizer in the space, one small function each.
 
@@ -15,7 +15,6 @@ return the mean over the examples they are given.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 
@@ -325,7 +324,7 @@ class _QuadraticPenalty(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
+        ctx: torch.autograd.function.FunctionCtx,
         weight: torch.Tensor,
         center: torch.Tensor,
         *params: torch.Tensor,
@@ -338,7 +337,7 @@ class _QuadraticPenalty(torch.autograd.Function):
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, grad_out: torch.Tensor
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         (weighted,) = ctx.saved_tensors
         grad = weighted * (2.0 * grad_out)

@@ -1,0 +1,398 @@
+"""The code generator: presets against the formulas they implement, determinism, safety, lint, golden file."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+import space
+from search.cli import main as search_main
+
+ROOT = Path(__file__).resolve().parents[1]
+RUFF = Path(sys.executable).with_name("ruff")
+GOLDEN = ROOT / "tests" / "golden" / "generated_mix.py"
+# A design that uses most components; its generated source is pinned byte for byte in tests/golden.
+GOLDEN_DESIGN = space.Design(
+    fisher_weight=0.6,
+    fisher_labels="sampled",
+    mas_weight=0.3,
+    si_weight=0.2,
+    si_clamp=True,
+    uniform_weight=0.05,
+    data_examples=64,
+    data_subset="random",
+    data_seed=7,
+    norm="rms",
+    rescale="fisher",
+    power=0.5,
+    clip_quantile=0.99,
+    floor=0.01,
+    accumulate="max",
+    penalty_coef=1.0,
+    reg_strength_scale=0.003,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class TinyNet(nn.Module):
+    """Harness attributes on a small MLP; `model(x)` returns only the active units 1..2 (task-incremental)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fcs = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 4))
+        self.double()
+        self.param_list = [self.named_parameters]
+        self._custom_W = {self.key(n): torch.rand_like(p) - 0.3 for n, p in self.named_parameters()}
+        self._custom_p_old: dict[str, torch.Tensor] = {}
+        self._custom_importance: dict[str, torch.Tensor] = {}
+        self._custom_prev_params = {self.key(n): p.detach() + 0.05 for n, p in self.named_parameters()}
+        self.gamma = 1.0
+        self.epsilon = 0.1
+
+    @staticmethod
+    def key(name: str) -> str:
+        return name.replace(".", "__")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fcs(x)[:, 1:3]
+
+
+def data(n: int = 30, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(5, generator=g, dtype=torch.double), torch.tensor(i % 2)) for i in range(n)]
+
+
+def load(path: Path, name: str = "generated_hooks") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def generated(tmp_path: Path, design: space.Design, name: str = "hooks") -> ModuleType:
+    path = tmp_path / f"{name}.py"
+    space.write_module(path, space.generate_source(design))
+    return load(path, name)
+
+
+def random_designs(n: int, seed: int) -> list[space.Design]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [space.suggest(study.ask()) for _ in range(n)]
+
+
+def reference(model: TinyNet, imp: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(
+        (imp[model.key(n)] * (p - anchor[model.key(n)]) ** 2).sum() for n, p in model.named_parameters()
+    )
+
+
+# ------------------------------------------------------------------------------ presets against their formulas
+
+
+def test_ewc_preset_equals_the_scaffold(tmp_path: Path) -> None:
+    scaffold = load(ROOT / "tests" / "hooks" / "scaffold_ewc.py", "scaffold_ewc")
+    hooks = generated(tmp_path, space.PRESETS["ewc"])
+    assert hooks.CONFIG_OVERRIDES == scaffold.CONFIG_OVERRIDES == {"reg_strength_scale": 1.0}
+    model = TinyNet()
+    ds = data(230)  # more than 200: both use the first 200 in order
+    expected = scaffold.estimate_importance(model, ds, model._custom_prev_params, torch.device("cpu"))
+    for mode in (True, False):
+        model.train(mode)
+        got = hooks.estimate_importance(model, ds, model._custom_prev_params, torch.device("cpu"))
+        assert model.training is mode  # the previous mode is restored
+        assert list(got) == list(expected)
+        for k in expected:
+            torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=0.0)
+    anchor = {k: v - 0.1 for k, v in model._custom_prev_params.items()}
+    torch.testing.assert_close(
+        hooks.compute_regularization_loss(model, expected, anchor),
+        scaffold.compute_regularization_loss(model, expected, anchor),
+    )
+
+
+def test_si_preset_is_w_over_delta_squared_plus_epsilon(tmp_path: Path) -> None:
+    hooks = generated(tmp_path, space.PRESETS["si"])
+    model = TinyNet()
+    model.epsilon = 0.25
+    got = hooks.estimate_importance(model, data(), model._custom_prev_params, torch.device("cpu"))
+    for n, p in model.named_parameters():
+        k = model.key(n)
+        delta = p.detach() - model._custom_prev_params[k]
+        torch.testing.assert_close(got[k], model._custom_W[k] / (delta**2 + 0.25))
+    assert any((v < 0).any() for v in got.values())  # published SI does not clamp
+    anchor = {k: v - 0.1 for k, v in model._custom_prev_params.items()}
+    torch.testing.assert_close(
+        hooks.compute_regularization_loss(model, got, anchor), reference(model, got, anchor)
+    )
+
+
+def test_online_ewc_is_the_decayed_sum_over_three_contexts(tmp_path: Path) -> None:
+    scaffold = load(ROOT / "tests" / "hooks" / "scaffold_ewc.py", "scaffold_ewc")
+    hooks = generated(tmp_path, space.PRESETS["online_ewc"])
+    model = TinyNet()
+    fishers = []
+    for context in range(3):
+        ds = data(40, seed=context)
+        with torch.no_grad():  # each context moves the network
+            for p in model.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+        fishers.append(scaffold.estimate_importance(model, ds, None, torch.device("cpu")))
+        returned = hooks.estimate_importance(model, ds, model._custom_prev_params, torch.device("cpu"))
+        carried = model._custom_importance
+        model._custom_importance = {
+            k: carried.get(k, 0) + v for k, v in returned.items()
+        }  # the loop's addition
+    f1, f2, f3 = fishers
+    for k in f1:
+        torch.testing.assert_close(model._custom_importance[k], 0.9 * (0.9 * f1[k] + f2[k]) + f3[k])
+    anchor = {k: v - 0.1 for k, v in model._custom_prev_params.items()}
+    penalty = hooks.compute_regularization_loss(model, model._custom_importance, anchor)
+    torch.testing.assert_close(penalty, 0.5 * 0.9 * reference(model, model._custom_importance, anchor))
+
+
+def test_mas_l2_and_none_presets(tmp_path: Path) -> None:
+    model = TinyNet()
+    ds = data()
+    mas = generated(tmp_path, space.PRESETS["mas"], "mas").estimate_importance(
+        model, ds, {}, torch.device("cpu")
+    )
+    expected = {model.key(n): torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x, _ in ds:  # mean over examples of |d ||f(x)||^2 / d theta|, one backward pass each
+        model.zero_grad()
+        model(x[None]).square().sum().backward()
+        for n, p in model.named_parameters():
+            expected[model.key(n)] += p.grad.abs() / len(ds)
+    for k in expected:
+        torch.testing.assert_close(mas[k], expected[k])
+    l2 = generated(tmp_path, space.PRESETS["l2"], "l2")
+    ones = l2.estimate_importance(model, ds, {}, torch.device("cpu"))
+    assert all(torch.equal(v, torch.ones_like(v)) for v in ones.values())
+    anchor = {k: v - 0.1 for k, v in model._custom_prev_params.items()}
+    torch.testing.assert_close(
+        l2.compute_regularization_loss(model, ones, anchor), 0.5 * reference(model, ones, anchor)
+    )
+    none = generated(tmp_path, space.PRESETS["none"], "none")
+    zeros = none.estimate_importance(model, ds, {}, torch.device("cpu"))
+    assert set(zeros) == set(expected) and all((v == 0).all() for v in zeros.values())
+    assert none.compute_regularization_loss(model, ones, anchor).item() == 0.0
+    assert "_per_example_sums" not in space.generate_source(space.PRESETS["none"])
+
+
+def test_max_accumulation_keeps_the_elementwise_maximum(tmp_path: Path) -> None:
+    hooks = generated(tmp_path, space.PRESETS["ewc"].replace(accumulate="max"))
+    scaffold = load(ROOT / "tests" / "hooks" / "scaffold_ewc.py", "scaffold_ewc")
+    model = TinyNet()
+    fishers = []
+    for context in range(2):
+        ds = data(40, seed=context)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        fishers.append(scaffold.estimate_importance(model, ds, None, torch.device("cpu")))
+        returned = hooks.estimate_importance(model, ds, {}, torch.device("cpu"))
+        model._custom_importance = {k: model._custom_importance.get(k, 0) + v for k, v in returned.items()}
+    for k, f in fishers[0].items():
+        torch.testing.assert_close(model._custom_importance[k], torch.maximum(f, fishers[1][k]))
+
+
+# ----------------------------------------------------------------------------------- random designs, any point
+
+
+def test_random_designs_generate_modules_that_run_three_contexts_on_a_tiny_model(tmp_path: Path) -> None:
+    for i, design in enumerate(random_designs(12, seed=5)):
+        hooks = generated(tmp_path, design, f"random_{i}")
+        model = TinyNet(seed=i)
+        assert hooks.compute_regularization_loss(model, {}, model._custom_prev_params).item() == 0.0
+        for context in range(3):
+            returned = hooks.estimate_importance(
+                model, data(50, seed=context), model._custom_prev_params, "cpu"
+            )
+            assert set(returned) == {model.key(n) for n, _ in model.named_parameters()}
+            for k, v in returned.items():
+                carried = model._custom_importance.get(k, 0) + v
+                assert torch.isfinite(carried).all()
+                if design.si_weight == 0 or design.si_clamp:
+                    assert (carried >= -1e-12).all(), (design, k)
+            model._custom_importance = {
+                k: model._custom_importance.get(k, 0) + v for k, v in returned.items()
+            }
+            model._custom_prev_params = {k: p.detach().clone() for k, p in hooks._regularized(model)}
+            loss = hooks.compute_regularization_loss(
+                model, model._custom_importance, model._custom_prev_params
+            )
+            assert loss.item() == 0.0  # at the anchor
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01)
+            loss = hooks.compute_regularization_loss(
+                model, model._custom_importance, model._custom_prev_params
+            )
+            assert loss.shape == () and torch.isfinite(loss)
+            loss.backward()
+
+
+def _harness_streams(tmp_path: Path, designs: list[space.Design]) -> None:
+    data_dir = os.environ.get("CL_DATA_DIR")
+    if not data_dir or not Path(data_dir, "MNIST").exists():
+        pytest.skip("CL_DATA_DIR with MNIST is not set: the harness stream needs real data")
+    from clharness.runner import RunConfig, run
+
+    cfg = RunConfig(
+        "splitMNIST",
+        iters=20,
+        contexts=2,
+        train_subset=500,
+        eval_split="val",
+        device="cpu",
+        data_dir=data_dir,
+    )
+    for i, design in enumerate(designs):
+        path = tmp_path / f"stream_{i}.py"
+        space.write_module(path, space.generate_source(design))
+        result = run(path, cfg, progress=False)
+        assert len(result["per_context_accuracy"]) == 2
+        assert all(0.0 <= a <= 1.0 for a in result["per_context_accuracy"])
+        assert result["reg_strength_scale"] == design.reg_strength_scale
+
+
+def test_a_random_design_generates_a_module_that_runs_a_short_harness_stream(tmp_path: Path) -> None:
+    """Randomly sampled designs load, run a short Split-MNIST stream and give finite results (one here)."""
+    _harness_streams(tmp_path, random_designs(1, seed=11))
+
+
+@pytest.mark.slow
+def test_random_designs_generate_modules_that_run_a_short_harness_stream(tmp_path: Path) -> None:
+    """The same over more random designs and every preset (minutes on a busy CPU)."""
+    _harness_streams(tmp_path, [*random_designs(6, seed=12), *space.PRESETS.values()])
+
+
+# ------------------------------------------------------------------------ source: determinism, lint, safety
+
+
+def test_generation_is_deterministic_and_the_design_is_in_the_file(tmp_path: Path) -> None:
+    for design in [*space.PRESETS.values(), *random_designs(5, seed=2)]:
+        source = space.generate_source(design, {"study": "s1", "trial": 4, "score": 0.93})
+        assert source == space.generate_source(design, {"trial": 4, "score": 0.93, "study": "s1"})
+        module = ast.parse(source)
+        literal = next(
+            node.value
+            for node in module.body
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DESIGN"
+        )
+        assert space.Design.from_dict(ast.literal_eval(literal)) == design
+        assert "python -m search export --study s1 --trial 4 --out custom_regularization.py" in source
+        imports = {
+            a.name.split(".")[0] for n in ast.walk(module) if isinstance(n, ast.Import) for a in n.names
+        }
+        imports |= {
+            n.module.split(".")[0] for n in ast.walk(module) if isinstance(n, ast.ImportFrom) and n.module
+        }
+        assert imports <= {"torch", "collections", "__future__"}
+
+
+def test_generated_sources_pass_ruff_format_and_check(tmp_path: Path) -> None:
+    designs = [*space.PRESETS.values(), GOLDEN_DESIGN, *random_designs(25, seed=9)]
+    paths = []
+    for i, design in enumerate(designs):
+        path = tmp_path / f"gen_{i}.py"
+        path.write_text(space.generate_source(design, {"preset": "x", "trial": i}))
+        assert max(len(line) for line in path.read_text().splitlines()) <= 110, path
+        paths.append(str(path))
+    config = ["--config", str(ROOT / "pyproject.toml"), "--no-cache"]
+    fmt = subprocess.run([RUFF, "format", "--check", *config, *paths], capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+    check = subprocess.run([RUFF, "check", *config, *paths], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_golden_generated_file() -> None:
+    source = space.generate_source(GOLDEN_DESIGN, {"study": "golden", "trial": 3})
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        space.write_module(GOLDEN, source)
+    assert source == GOLDEN.read_text(), "regenerate with UPDATE_GOLDEN=1 if the change is intended"
+
+
+@pytest.mark.parametrize(
+    "provenance",
+    [
+        {"study": 'x"""\nimport os; os.system("echo pwned")\n"""'},
+        {"study": "a'b"},
+        {"study": "ok\nimport os"},
+        {'bad"key': "x"},
+        {"trial": True},
+        {"study": ["a"]},
+    ],
+)
+def test_hostile_provenance_cannot_inject_code(provenance: dict) -> None:
+    with pytest.raises(space.DesignError, match="provenance"):
+        space.generate_source(space.PRESETS["ewc"], provenance)
+
+
+def test_names_and_numbers_enter_only_as_themselves_and_repr() -> None:
+    source = space.generate_source(
+        space.PRESETS["si"], {"study": "perm-mnist.v2", "score": 0.1 + 0.2, "trial": 7}
+    )
+    assert "study=perm-mnist.v2" in source and "score=0.30000000000000004" in source
+    compile(source, "generated", "exec")
+
+
+def test_write_module_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "custom_regularization.py"
+    space.write_module(target, "A = 1\n")
+    space.write_module(target, "A = 2\n")
+    assert target.read_text() == "A = 2\n"
+    assert [p.name for p in target.parent.iterdir()] == ["custom_regularization.py"]
+
+
+# ------------------------------------------------------------------------------------------- export command
+
+
+def test_export_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "si.py"
+    assert search_main(["export", "--preset", "si", "--out", str(out)]) == 0
+    assert out.read_text() == space.generate_source(space.PRESETS["si"], {"preset": "si"})
+    design_file = tmp_path / "d.json"
+    design_file.write_text(GOLDEN_DESIGN.to_json())
+    assert search_main(["export", "--design", str(design_file), "--out", str(out)]) == 0
+    assert out.read_text() == space.generate_source(GOLDEN_DESIGN)
+    design_file.write_text('{"fisher_weight": 0.5, "colour": "red"}')
+    assert search_main(["export", "--design", str(design_file), "--out", str(out)]) == 2
+    assert search_main(["export", "--preset", "ewc2", "--out", str(out)]) == 2
+    assert search_main(["export", "--design", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "colour" in err and "ewc2" in err and "missing.json" in err
+
+    import search.export
+
+    calls = []
+
+    def fake_trial_source(study: str, storage: str | None = None, trial: int | None = None) -> str:
+        calls.append((study, storage, trial))
+        return "# exact stored bytes\r\nA = 1\n"
+
+    monkeypatch.setattr(search.export, "trial_source", fake_trial_source)
+    args = ["export", "--study", "s", "--trial", "3", "--storage", "sqlite:///x.db", "--out", str(out)]
+    assert search_main(args) == 0
+    assert out.read_bytes() == b"# exact stored bytes\r\nA = 1\n" and calls == [("s", "sqlite:///x.db", 3)]
+
+
+def test_shipped_module_is_the_generated_ewc_preset() -> None:
+    shipped = ROOT / "custom_regularization.py"
+    assert shipped.read_text() == space.generate_source(space.PRESETS["ewc"], {"preset": "ewc"}), (
+        "regenerate: python -m search export --preset ewc --out custom_regularization.py"
+    )
