@@ -179,7 +179,7 @@ def fidelity(
         phase = "full" if full else "proxy"
         if bench.experiment in data_errors:
             continue
-        scores = []
+        scores: list[float] = []
         for cfg in _configs(bench, full=full, device=device, overrides=overrides):
             tag = f"[{index + 1}/{len(plan)}] {phase} {bench.experiment} {d.label} seed {cfg.seed}"
             try:

@@ -203,7 +203,8 @@ def render_markdown(
         "standard error is the sample standard deviation, ddof=1, divided by sqrt(n)), full published "
         "protocol, test split. Published numbers are beside ours, each tagged with its source below.",
         "",
-        f"Produced by: `{command}`",
+        f"Produced by: `{command}` (with every seed the cache already held for each method's current "
+        "configuration, from earlier invocations too).",
         "",
     ]
     if with_results:
