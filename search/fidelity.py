@@ -155,8 +155,8 @@ def fidelity(
         raise UserError(f"unknown proxy override {sorted(unknown)[0]!r}; allowed: {', '.join(PROXY_FIELDS)}")
     if top < 0 or random < 0 or top + random < 3:
         raise UserError("--top and --random must be >= 0 and give at least 3 designs together")
-    study = open_study(study_def.name, storage)
-    designs = top_designs(study, top)
+    # random designs alone need no storage: the proxy can be measured before the study has run
+    designs = top_designs(open_study(study_def.name, storage), top) if top else []
     if len(designs) < top:
         log(f"fidelity: study {study_def.name!r} has only {len(designs)} distinct complete designs")
     seen = {json.dumps(d.design, sort_keys=True) for d in designs}

@@ -137,3 +137,13 @@ def test_too_few_designs_is_a_user_error(tmp_path: Path) -> None:
 def test_spearman_undefined_below_three() -> None:
     rho, p = fid.spearman([0.1, 0.2], [0.3, 0.4])
     assert rho != rho and p != p  # NaN
+
+
+def test_random_designs_alone_need_no_storage(tmp_path: Path) -> None:
+    study_file, _ = make_study(tmp_path, [])
+    absent = f"sqlite:///{tmp_path / 'absent.db'}"
+    summary = fid.fidelity(
+        str(study_file), top=0, random=3, storage=absent, out_dir=tmp_path / "o", run_fn=FakeRunner()
+    )
+    assert summary["benchmarks"]["splitMNIST"]["n"] == 3
+    assert summary["benchmarks"]["splitMNIST"]["spearman_rho"] == pytest.approx(1.0)  # proxy = full = q
