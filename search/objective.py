@@ -3,8 +3,8 @@
 The design sampled from the trial is turned into module source by `space.generate_source`; that exact source
 is written to a temporary file, run by the harness on every benchmark of the study (validation split, proxy
 seeds) and stored on the trial, so what was scored is what `search export` writes. The value is the mean over
-benchmarks of the proxy average accuracy. After every context the trial reports a running estimate of that
-value (step = contexts so far, counted across benchmarks) and asks the pruner.
+benchmarks of the proxy average accuracy. After every context the trial reports the objective so far, with
+contexts not yet trained counted as 0 (step = contexts so far, counted across benchmarks), and asks the pruner.
 """
 
 from __future__ import annotations
@@ -43,9 +43,15 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
 def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: str = "auto") -> Objective:
     """The objective of `study_def`'s trials (the harness caches data per process: reuse it for many)."""
     from clharness.errors import DivergenceError, HookError
+    from clharness.protocol import PROTOCOLS
     from clharness.runner import RunConfig, run
 
     import space
+
+    n_bench = len(study_def.benchmarks)
+    total_steps = sum(
+        (b.contexts or PROTOCOLS[b.experiment].contexts) * len(b.seeds) for b in study_def.benchmarks
+    )
 
     def objective(trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
@@ -62,27 +68,29 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
         scores: dict[str, float] = {}
         per_context: dict[str, list[float]] = {}
         step = 0
+        finished = 0.0  # the objective's share already earned by finished runs (benchmark x seed)
         try:
             with tempfile.TemporaryDirectory(prefix="cl-trial-") as tmp:
                 path = Path(tmp) / "custom_regularization.py"
                 path.write_text(source, encoding="utf-8")
                 for bench in study_def.benchmarks:
+                    n_contexts = bench.contexts or PROTOCOLS[bench.experiment].contexts
+                    weight = 1.0 / (n_bench * len(bench.seeds))  # of one run in the objective
                     seed_scores: list[float] = []
                     seed_accs: list[list[float]] = []
                     for seed in bench.seeds:
 
                         def on_context_end(
-                            k: int,
-                            accs: list[float],
-                            exp: str = bench.experiment,
-                            done: list[float] = seed_scores,
-                        ) -> None:
+                            k: int, accs: list[float], exp: str = bench.experiment, w: float = weight,
+                            n: int = n_contexts, base: float = finished,
+                        ) -> None:  # fmt: skip
                             nonlocal step
                             step += 1
-                            # running estimate of the objective: finished benchmarks plus this one so far
-                            current = fmean([*done, fmean(accs)])
-                            trial.report(fmean([*scores.values(), current]), step)
-                            if trial.should_prune():
+                            # The objective so far with every context not yet trained counted as 0: it equals
+                            # the objective at the last step and rises as contexts are learned, the shape the
+                            # median pruner expects (it compares a trial's best value over steps).
+                            trial.report(base + w * sum(accs) / n, step)
+                            if step < total_steps and trial.should_prune():  # the last step is paid for
                                 raise optuna.TrialPruned(f"pruned after context {k} of {exp} (step {step})")
 
                         cfg = RunConfig(
@@ -99,8 +107,8 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                         try:
                             result = run(path, cfg, progress=False, on_context_end=on_context_end)
                         except DivergenceError as exc:
-                            # A diverged network has no meaningful accuracy: count it as 0 at the context
-                            # where it diverged so the sampler learns to avoid the region, then prune.
+                            # A diverged network has no meaningful accuracy on any context: report 0 so the
+                            # sampler learns to avoid the region, then prune.
                             trial.report(0.0, step + 1)
                             _fail(trial, f"{bench.experiment} seed {seed}: {exc}", kind=None)
                             raise optuna.TrialPruned(str(exc)) from exc
@@ -109,6 +117,7 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                             raise DesignFailed(str(exc)) from exc
                         seed_scores.append(float(result["average_accuracy"]))
                         seed_accs.append([float(a) for a in result["per_context_accuracy"]])
+                        finished += weight * seed_scores[-1]
                     scores[bench.experiment] = fmean(seed_scores)
                     per_context[bench.experiment] = [fmean(col) for col in zip(*seed_accs, strict=True)]
         finally:
