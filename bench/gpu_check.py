@@ -51,7 +51,7 @@ def _trunk_cached() -> bool:
     return any(paths.cache_dir().glob("cifar10-trunk-*.pt"))
 
 
-def synthetic_contexts(experiment: str, trunk: str, device: torch.device, n: int = 4096) -> list[ContextData]:
+def synthetic_contexts(experiment: str, trunk: str, device: torch.device, n: int = 2048) -> list[ContextData]:
     """Random inputs and labels of the benchmark's shapes, on `device`: two contexts, as the harness builds them."""
     p = PROTOCOLS[experiment]
     g = torch.Generator().manual_seed(0)
