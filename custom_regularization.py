@@ -180,11 +180,15 @@ def _penalty_buffers(
     importance: dict[str, torch.Tensor],
     anchor: dict[str, torch.Tensor],
     coef: float,
-) -> tuple[list[torch.nn.Parameter], torch.Tensor, torch.Tensor]:
-    """The penalized parameters and flat buffers coef * importance and anchor, rebuilt only when they change.
+) -> tuple[
+    list[torch.nn.Parameter], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]
+]:
+    """The penalized parameters and the flat buffers of the penalty, rebuilt only when their inputs change.
 
-    The cache lives on the model; it is stale when any importance or anchor tensor was replaced (identity; the
-    cache holds a reference, so an id cannot be reused) or modified in place (its `_version` counter moved).
+    Buffers: coef * importance and a scratch buffer for theta - anchor (flat), with per-parameter views of the
+    scratch and of the flat anchor. The cache lives on the model; it is stale when any importance or anchor
+    tensor was replaced (identity; the cache holds a reference, so an id cannot be reused) or modified in
+    place (its `_version` counter moved).
     """
     params = [(k, p) for k, p in _regularized(model) if k in importance]
     stamp = [(t, t._version) for k, _ in params for t in (importance[k], anchor[k])]
@@ -194,24 +198,29 @@ def _penalty_buffers(
         or len(cache[0]) != len(stamp)
         or any(t is not u or v != u._version for (t, v), (u, _) in zip(cache[0], stamp, strict=True))
     ):
+        sizes = [p.numel() for _, p in params]
         weight = torch.cat([(coef * importance[k]).flatten() for k, _ in params]).detach()
         center = torch.cat([anchor[k].flatten() for k, _ in params]).detach()
-        cache = (stamp, weight, center)
+        scratch = torch.empty_like(center)
+        cache = (stamp, (weight, scratch, list(scratch.split(sizes)), list(center.split(sizes))))
         model._custom_penalty_cache = cache
-    return [p for _, p in params], cache[1], cache[2]
+    return [p for _, p in params], cache[1]
 
 
 class _QuadraticPenalty(torch.autograd.Function):
-    """sum w (theta - theta*)^2 over one flat buffer, with its gradient 2 w (theta - theta*) in one pass."""
+    """sum w (theta - theta*)^2 over flat buffers; the gradient 2 w (theta - theta*) comes from the forward."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
-        weight: torch.Tensor,
-        center: torch.Tensor,
+        buffers: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]],
         *params: torch.Tensor,
     ) -> torch.Tensor:
-        diff = torch.cat([p.detach().flatten() for p in params]).sub_(center)
+        weight, diff, diff_views, center_views = buffers
+        for p, d, c in zip(params, diff_views, center_views, strict=True):
+            torch.sub(
+                p.detach().reshape(-1), c, out=d
+            )  # theta - theta*, written into the flat scratch buffer
         weighted = weight * diff
         ctx.save_for_backward(weighted)
         ctx.shapes = [p.shape for p in params]
@@ -222,9 +231,10 @@ class _QuadraticPenalty(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         (weighted,) = ctx.saved_tensors
-        grad = weighted * (2.0 * grad_out)
+        # In place: nothing else reads this buffer (a second backward through it raises torch's version error).
+        grad = weighted.mul_(2.0 * grad_out)
         sizes = [s.numel() for s in ctx.shapes]
-        return (None, None, *(g.view(s) for g, s in zip(grad.split(sizes), ctx.shapes, strict=True)))
+        return (None, *(g.view(s) for g, s in zip(grad.split(sizes), ctx.shapes, strict=True)))
 
 
 def _quadratic_penalty(
@@ -233,8 +243,8 @@ def _quadratic_penalty(
     """coef * sum importance (theta - anchor)^2, one fused pass; exactly 0 while nothing is carried."""
     if not importance:
         return torch.zeros((), device=next(model.parameters()).device)
-    params, weight, center = _penalty_buffers(model, importance, anchor, coef)
-    return _QuadraticPenalty.apply(weight, center, *params)
+    params, buffers = _penalty_buffers(model, importance, anchor, coef)
+    return _QuadraticPenalty.apply(buffers, *params)
 
 
 def estimate_importance(

@@ -309,7 +309,6 @@ def test_generated_sources_pass_ruff_format_and_check(tmp_path: Path) -> None:
     for i, design in enumerate(designs):
         path = tmp_path / f"gen_{i}.py"
         path.write_text(space.generate_source(design, {"preset": "x", "trial": i}))
-        assert max(len(line) for line in path.read_text().splitlines()) <= 110, path
         paths.append(str(path))
     config = ["--config", str(ROOT / "pyproject.toml"), "--no-cache"]
     fmt = subprocess.run([RUFF, "format", "--check", *config, *paths], capture_output=True, text=True)
