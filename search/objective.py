@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from statistics import fmean
@@ -42,7 +43,7 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
 
 def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: str = "auto") -> Objective:
     """The objective of `study_def`'s trials (the harness caches data per process: reuse it for many)."""
-    from clharness.errors import DivergenceError, HookError
+    from clharness.errors import DataError, DivergenceError, HookError
     from clharness.protocol import PROTOCOLS
     from clharness.runner import RunConfig, run
 
@@ -115,6 +116,14 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                         except HookError as exc:
                             _fail(trial, f"{bench.experiment} seed {seed}: {exc}")
                             raise DesignFailed(str(exc)) from exc
+                        except (optuna.TrialPruned, DataError, MemoryError):
+                            raise  # pruned, or the environment's fault: not the design's
+                        except Exception as exc:  # the module itself raised (its code, not its outputs)
+                            where = _last_frame(exc)
+                            _fail(
+                                trial, f"{bench.experiment} seed {seed}: {type(exc).__name__}: {exc}{where}"
+                            )
+                            raise DesignFailed(str(exc)) from exc
                         seed_scores.append(float(result["average_accuracy"]))
                         seed_accs.append([float(a) for a in result["per_context_accuracy"]])
                         finished += weight * seed_scores[-1]
@@ -128,6 +137,12 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
         return fmean(scores.values())
 
     return objective
+
+
+def _last_frame(exc: BaseException) -> str:
+    """' (file:line)' of the innermost frame of the exception, to find the failing line of a module."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
 
 
 def _fail(trial: optuna.Trial, reason: str, kind: str | None = DESIGN) -> None:

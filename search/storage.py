@@ -8,6 +8,7 @@ several machines share a study through a PostgreSQL URL.
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -100,12 +101,20 @@ def make_storage(
             "grace_period": grace_period,
             "heartbeat_stale_trial_callback": RetryCrashedTrial(max_retry),
         }
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        raise UserError(f"cannot open storage {display_url(url)}: {str(exc).splitlines()[0]}") from exc
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
+        except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
+            # Two processes creating a fresh storage at once race on its schema tables; the second try finds
+            # them made. Anything still failing is reported.
+            if attempt == 2 or ("UNIQUE constraint" not in str(exc) and "already exists" not in str(exc)):
+                raise UserError(
+                    f"cannot open storage {display_url(url)}: {str(exc).splitlines()[0]}"
+                ) from exc
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def open_study(

@@ -35,6 +35,8 @@ from search.storage import RetryCrashedTrial, display_url, make_storage
 from search.studies import PrunerDef, SamplerDef, StudyDef, load_study_def
 
 DEFAULT_OBJECTIVE = "search.objective:make_objective"
+# Failed designs are recorded and the study goes on, but this many failures in a row stop the worker.
+MAX_FAILURES_IN_A_ROW = 5
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,7 @@ def run_worker(spec: WorkerSpec) -> int:
     progress = _Progress(spec)
     poll_s = max(1, min(5, w.heartbeat_interval))
     waiting_said = False
+    failures_in_a_row = 0
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -247,7 +250,13 @@ def run_worker(spec: WorkerSpec) -> int:
         if _is_surplus(study, trial, spec.n_trials):
             storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)  # another worker got the slot
             continue
-        _run_trial(study, trial, objective, retry, w.heartbeat_interval, progress)
+        state = _run_trial(study, trial, objective, retry, w.heartbeat_interval, progress)
+        failures_in_a_row = failures_in_a_row + 1 if state == TrialState.FAIL else 0
+        if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise RuntimeError(
+                f"{failures_in_a_row} trials in a row failed (last: trial {trial.number}); that looks like a bug "
+                "rather than bad designs: see their fail_reason with `python -m search status`"
+            )
 
 
 def _run_trial(
@@ -257,7 +266,8 @@ def _run_trial(
     retry: RetryCrashedTrial,
     heartbeat_interval: int,
     progress: _Progress,
-) -> None:
+) -> TrialState:
+    """Run one trial under a heartbeat and tell its result; return its final state."""
     t0 = time.perf_counter()
     state, value = TrialState.COMPLETE, None
     try:
@@ -297,8 +307,9 @@ def _run_trial(
         progress.say(
             f"trial {trial.number} was failed as stale by another worker meanwhile; its retry reruns it"
         )
-        return
+        return TrialState.FAIL
     progress.trial_done(study, frozen, time.perf_counter() - t0)
+    return frozen.state
 
 
 # ----------------------------------------------------------------------------------------------------------

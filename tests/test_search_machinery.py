@@ -98,10 +98,14 @@ def start_fake_run(study: Path, url: str, workers: int, env: dict[str, str]) -> 
     )
 
 
-def wait_for_running_trial(name: str, url: str, timeout: float = 60) -> list[optuna.trial.FrozenTrial]:
-    """Poll until some trial is RUNNING and has reported at least one step."""
+def wait_for_running_trial(
+    name: str, url: str, proc: subprocess.Popen[str], timeout: float = 120
+) -> list[optuna.trial.FrozenTrial]:
+    """Poll until some trial is RUNNING and has reported at least one step (the machine may be busy)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early ({proc.returncode}): {proc.communicate()[0]}")
         try:
             running = [
                 t for t in trials_of(name, url) if t.state == TrialState.RUNNING and t.intermediate_values
@@ -193,7 +197,7 @@ def test_killed_worker_trial_is_retried_and_study_completes(
     url = sqlite_url(tmp_path)
     proc = start_fake_run(study_path, url, 1, fake_env(step_s=2.0, steps=5))
     try:
-        killed = wait_for_running_trial("fake", url)[0]
+        killed = wait_for_running_trial("fake", url, proc)[0]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -218,7 +222,7 @@ def test_ctrl_c_leaves_storage_consistent(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
     proc = start_fake_run(study_path, url, 2, fake_env(step_s=1.0, steps=20))
     try:
-        wait_for_running_trial("fake", url)
+        wait_for_running_trial("fake", url, proc)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the job
         out, _ = proc.communicate(timeout=60)
     finally:

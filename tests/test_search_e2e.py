@@ -1,0 +1,168 @@
+"""The search with its real parts (space, generator, harness) on real MNIST, at tiny proxies.
+
+A tiny study runs end to end (warm-start presets first, pruning, per-trial attributes), its best trial is
+exported and the exported module, run by the harness, reproduces the trial's score; a diverging module and a
+module that breaks the hook contract end their trials with the reason recorded while the study goes on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from clharness.runner import RunConfig, run
+from optuna.trial import TrialState
+
+import space
+from search.export import trial_source
+from search.objective import counts_toward_budget
+from search.storage import open_study
+from search.studies import load_study_def
+from search.workers import run_study
+
+# 3 contexts so that a trial can be pruned before its last step; 32 examples keep importance estimation cheap.
+TINY = """\
+n_trials = {n_trials}
+warm_start = {warm_start}
+[fixed]
+data_examples = 32
+[sampler]
+name = "tpe"
+seed = 0
+n_startup_trials = 4
+[pruner]
+name = "median"
+n_startup_trials = 2
+n_warmup_steps = 1
+[workers]
+heartbeat_interval = 5
+grace_period = 20
+[[benchmark]]
+experiment = "splitMNIST"
+iters = 10
+contexts = 3
+train_subset = 256
+val_fraction = 0.1
+seeds = [1000]
+"""
+PROXY = {
+    "seed": 1000,
+    "iters": 10,
+    "contexts": 3,
+    "train_subset": 256,
+    "val_fraction": 0.1,
+    "eval_split": "val",
+}
+
+
+def tiny_study(tmp_path: Path, name: str, n_trials: int, warm_start: list[str]) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY.format(n_trials=n_trials, warm_start=str(warm_start).replace("'", '"')))
+    return path
+
+
+def test_tiny_study_end_to_end(tmp_path: Path, mnist_root: Path) -> None:
+    study_def = load_study_def(tiny_study(tmp_path, "tiny_e2e", 6, ["ewc", "si"]))
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+    assert run_study(study_def, url, data_dir=str(mnist_root), device="cpu") == 0
+    trials = sorted(open_study("tiny_e2e", url).get_trials(), key=lambda t: t.number)
+    assert sum(map(counts_toward_budget, trials)) == 6
+
+    # The warm-start presets ran first, with exactly their parameters.
+    for t, name in zip(trials[:2], ["ewc", "si"], strict=True):
+        assert t.user_attrs["warm_start"] == name
+        assert t.params == space.trial_params(space.PRESETS[name], study_def.fixed)
+        assert t.datetime_start <= min(u.datetime_start for u in trials[2:])
+
+    states = [t.state for t in trials]
+    assert TrialState.PRUNED in states, [(t.number, t.intermediate_values) for t in trials]
+    for t in trials:
+        if t.state == TrialState.PRUNED:
+            assert max(t.intermediate_values) < 3  # stopped before its last context
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        accs = t.user_attrs["per_context"]["splitMNIST"]
+        assert len(accs) == 3 and all(0.0 <= a <= 1.0 for a in accs)
+        assert t.value == pytest.approx(t.user_attrs["scores"]["splitMNIST"])
+        assert t.value == pytest.approx(sum(accs) / 3)
+        assert t.intermediate_values[3] == pytest.approx(t.value)  # the last report is the objective
+        assert t.user_attrs["design"] == space.Design.from_dict(t.user_attrs["design"]).to_dict()
+        assert t.user_attrs["wall_time_s"] > 0
+
+    # The best trial exports to the very bytes it scored, and that module reproduces its score in the harness.
+    best = max(complete, key=lambda t: t.value)
+    out = tmp_path / "custom_regularization.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "search",
+            "export",
+            "--study",
+            "tiny_e2e",
+            "--storage",
+            url,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == best.user_attrs["module_source"] == trial_source("tiny_e2e", url)
+    result = run(
+        out, RunConfig("splitMNIST", device="cpu", data_dir=str(mnist_root), **PROXY), progress=False
+    )
+    assert result["average_accuracy"] == pytest.approx(best.value, abs=1e-6)
+
+
+def test_diverging_and_broken_modules_are_recorded_and_the_study_goes_on(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 0's module gets a huge strength (beyond the space's range, so it is injected into the generated
+    source): it diverges and is pruned. Trial 1's module returns importance for a parameter that does not
+    exist: the harness refuses it and the trial fails by design. Trials 2-3 run normally."""
+    generate = space.generate_source
+
+    def sabotaged(design: space.Design, provenance: dict[str, object] | None = None) -> str:
+        source = generate(design, provenance)
+        trial = (provenance or {}).get("trial")
+        if trial == 0:
+            source = source.replace(
+                f'CONFIG_OVERRIDES = {{"reg_strength_scale": {design.reg_strength_scale!r}}}',
+                'CONFIG_OVERRIDES = {"reg_strength_scale": 1e38}',
+            )
+            assert "1e38" in source
+        if trial == 1:
+            source += textwrap.dedent(
+                """
+                def estimate_importance(model, dataset, prev_params, device):
+                    return {"no_such_parameter": torch.zeros(1)}
+                """
+            )
+        return source
+
+    monkeypatch.setattr(space, "generate_source", sabotaged)
+    study_def = load_study_def(tiny_study(tmp_path, "tiny_diverge", 4, []))
+    url = f"sqlite:///{tmp_path / 'div.db'}"
+    assert run_study(study_def, url, data_dir=str(mnist_root), device="cpu") == 0
+    trials = sorted(open_study("tiny_diverge", url).get_trials(), key=lambda t: t.number)
+    assert sum(map(counts_toward_budget, trials)) == 4
+
+    diverged = trials[0]
+    assert diverged.state == TrialState.PRUNED
+    assert "diverged" in diverged.user_attrs["fail_reason"]
+    assert diverged.intermediate_values[max(diverged.intermediate_values)] == 0.0
+    assert "1e38" in diverged.user_attrs["module_source"]
+
+    broken = trials[1]
+    assert broken.state == TrialState.FAIL
+    assert broken.user_attrs["fail_kind"] == "design"
+    assert "no_such_parameter" in broken.user_attrs["fail_reason"]
+
+    assert [t.state for t in trials[2:]].count(TrialState.FAIL) == 0
+    assert all(t.user_attrs.get("scores") for t in trials[2:] if t.state == TrialState.COMPLETE)
