@@ -166,7 +166,7 @@ def fidelity(
     runs_dir = out_dir / "runs"
     paths = {}
     for d in designs:
-        path = module_dir / f"{d.label}.py"
+        path = module_dir / f"{d.label}-{sha256_text(d.source)[:12]}.py"  # named by content: never rewritten
         if not path.is_file() or path.read_text(encoding="utf-8") != d.source:
             write_atomic(path, d.source)
         paths[d.label] = path

@@ -104,11 +104,16 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def _module_method(name: str, source: str, module_dir: Path, label: str) -> Method:
-    """Store `source` as `<module_dir>/<name>.py` (kept with the results: the exact code that was scored)."""
-    path = module_dir / f"{name}.py"
+    """Store `source` as `<module_dir>/<name>-<sha256[:12]>.py` and run it from there.
+
+    The file is named by its content, so it is never overwritten while a run (of this or another process)
+    uses it, and it is kept with the results: the exact code that was scored.
+    """
+    sha = sha256_text(source)
+    path = module_dir / f"{name}-{sha[:12]}.py"
     if not path.is_file() or path.read_text(encoding="utf-8") != source:
         write_atomic(path, source)
-    return Method(name=name, kind="hooks", path=path, sha256=sha256_text(source), label=label)
+    return Method(name=name, kind="hooks", path=path, sha256=sha, label=label)
 
 
 def preset_source(name: str) -> str:
@@ -345,6 +350,13 @@ def _store(job: Job, cfg: Any, result: dict, wall_s: float) -> dict:
     """Check where the data came from, then write the record atomically; returns it."""
     if result.get("data_source") == OFFLINE_SOURCE:
         raise _offline_error(cfg.data_dir)
+    ran = result.get("hooks_sha256")
+    if job.method.kind == "hooks" and ran is not None and ran != job.method.sha256:
+        # never file a result under a key it does not belong to
+        raise RuntimeError(
+            f"{job.method.path} changed during the run (sha256 {ran[:12]}, expected "
+            f"{job.method.sha256[:12]}); nothing was written"
+        )
     record = {
         "format": 1,
         "method": job.method.name,

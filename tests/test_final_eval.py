@@ -31,7 +31,7 @@ class FakeHarness:
         self.missing = missing
 
     def run(self, hooks_path: str, cfg: object, *, progress: bool = True, **kw: object) -> dict:
-        return self._result(Path(hooks_path).stem, cfg)
+        return self._result(Path(hooks_path).stem.split("-")[0], cfg)
 
     def run_joint(self, cfg: object, *, progress: bool = True) -> dict:
         return self._result("joint", cfg)
@@ -125,8 +125,8 @@ def test_end_to_end_then_cache_hit(tmp_path: Path, none_preset: None) -> None:
     for png in ("splitMNIST_contexts.png", "splitMNIST_average.png"):
         data = (tmp_path / "results" / "plots" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    stored = (tmp_path / "results" / "modules" / "candidate.py").read_text()
-    assert stored == (HOOKS / "scaffold_ewc.py").read_text()
+    (stored,) = (tmp_path / "results" / "modules").glob("candidate-*.py")
+    assert stored.read_text() == (HOOKS / "scaffold_ewc.py").read_text()
 
 
 def test_one_seed_shows_n1_without_error(tmp_path: Path, none_preset: None) -> None:
@@ -228,7 +228,7 @@ def test_presets_are_generated_modules_the_harness_loads(tmp_path: Path) -> None
     assert [m.name for m in methods] == list(fe.PRESET_METHODS)
     assert len({m.sha256 for m in methods}) == len(methods)
     for m in methods:
-        assert m.path == tmp_path / f"{m.name}.py" and load_hooks(m.path).sha256 == m.sha256
+        assert m.path == tmp_path / f"{m.name}-{m.sha256[:12]}.py" and load_hooks(m.path).sha256 == m.sha256
 
 
 def test_tuned_baseline_comes_from_its_studys_best_trial(
@@ -247,3 +247,14 @@ def test_tuned_baseline_comes_from_its_studys_best_trial(
     (method,) = fe.resolve_methods(["tuned_si"], module_dir=tmp_path / "m")
     assert method.path.read_text() == (HOOKS / "si_handwritten.py").read_text()
     assert "study `si`" in method.label
+
+
+def test_a_result_of_another_module_is_never_filed(tmp_path: Path, none_preset: None) -> None:
+    fake = FakeHarness()
+
+    def run_other(hooks_path: str, cfg: object, **kw: object) -> dict:
+        return {**fake.run(hooks_path, cfg), "hooks_sha256": "f" * 64}
+
+    with pytest.raises(RuntimeError, match="changed during the run"):
+        _eval(tmp_path, fake, run_fn=run_other)
+    assert not list((tmp_path / "results" / "runs").rglob("*.json"))
