@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from clharness.benchmarks import ContextData
 from clharness.hooks import load_hooks
 from clharness.loop import LoopSettings, train_context
@@ -70,7 +69,9 @@ def loop_steps(name: str, steps: int, device: torch.device, hooks_file: str, wit
     model._custom_prev_params = {n: p.detach().clone() for n, p in params.items()}
     model._custom_importance = {n: torch.rand_like(p) for n, p in params.items()} if with_importance else {}
     p = PROTOCOLS[name]
-    settings = LoopSettings(iters=steps, batch_size=p.batch_size, lr=p.lr, reg_strength=p.reg_strength, seed=0, progress=False)
+    settings = LoopSettings(
+        iters=steps, batch_size=p.batch_size, lr=p.lr, reg_strength=p.reg_strength, seed=0, progress=False
+    )
     _sync(device)
     t0 = time.perf_counter()
     train_context(model, ctx, hooks, opt, settings, 2, 2)
@@ -97,8 +98,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats} interleaved repeats x {args.steps} steps")
-    print(f"{'benchmark':12s} {'bare ms':>8s} {'loop ms':>8s} {'loop+EWC ms':>11s} {'bookkeeping':>11s} {'EWC penalty':>11s} {'importance s':>12s}")
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats} interleaved repeats x {args.steps} steps"
+    )
+    print(
+        f"{'benchmark':12s} {'bare ms':>8s} {'loop ms':>8s} {'loop+EWC ms':>11s} {'bookkeeping':>11s} {'EWC penalty':>11s} {'importance s':>12s}"
+    )
     for name in PROTOCOLS:
         bare, loop, ewc = [], [], []
         for _ in range(args.repeats):
@@ -107,7 +112,9 @@ def main() -> None:
             ewc.append(loop_steps(name, args.steps, device, "tests/hooks/scaffold_ewc.py", True))
         b, lo, e = statistics.median(bare), statistics.median(loop), statistics.median(ewc)
         imp = importance_time(name, device)  # one call: the scaffold loop takes minutes on the big nets
-        print(f"{name:12s} {b:8.2f} {lo:8.2f} {e:11.2f} {(lo - b) / b:+11.1%} {(e - lo) / lo:+11.1%} {imp:12.2f}")
+        print(
+            f"{name:12s} {b:8.2f} {lo:8.2f} {e:11.2f} {(lo - b) / b:+11.1%} {(e - lo) / lo:+11.1%} {imp:12.2f}"
+        )
 
 
 if __name__ == "__main__":

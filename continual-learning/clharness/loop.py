@@ -121,7 +121,7 @@ def train_context(
     """Steps 1-2 of the loop for context `context` (1-based)."""
     params = regularized_parameters(model)
     names = list(params)
-    plist = [params[n] for n in names]
+    plist: list[torch.Tensor] = [params[n] for n in names]
     model._custom_W = {n: torch.zeros_like(p) for n, p in params.items()}
     model._custom_p_old = _snapshot(params)
     w_list = [model._custom_W[n] for n in names]
@@ -153,7 +153,8 @@ def train_context(
             if has_grad:
                 neg_steps = [old_list[i] for i in has_grad]
                 torch._foreach_sub_(neg_steps, [plist[i] for i in has_grad])
-                torch._foreach_addcmul_([w_list[i] for i in has_grad], [plist[i].grad for i in has_grad], neg_steps)  # type: ignore[misc]
+                grads = [plist[i].grad for i in has_grad]
+                torch._foreach_addcmul_([w_list[i] for i in has_grad], grads, neg_steps)  # type: ignore[arg-type]
             torch._foreach_copy_(old_list, plist)
         if slot == CHECK_EVERY - 1 or step == settings.iters:
             _raise_if_diverged(bad_loss, bad_reg, slot, step, context)
@@ -227,7 +228,7 @@ def train_joint(model: ContinualNet, train: list[ContextData], settings: LoopSet
     idx = torch.cat([c.idx for c in train])
     y = torch.cat([c.y for c in train])
     ctx_id = torch.cat([torch.full((len(c),), k, device=device) for k, c in enumerate(train)])
-    perms = torch.stack([c.perm for c in train]) if train[0].perm is not None else None
+    perms = torch.stack([c.perm for c in train if c.perm is not None]) if train[0].perm is not None else None
     units = train[0].units
     width = None if units is None else units[1] - units[0]
     lo = None if units is None else torch.tensor([c.units[0] for c in train], device=device)  # type: ignore[index]

@@ -54,7 +54,7 @@ class ContinualNet(nn.Module):
 def regularized_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The parameters hook code regularizes, keyed by their name with '.' replaced by '__'."""
     out: dict[str, nn.Parameter] = {}
-    for named in model.param_list:  # type: ignore[attr-defined]
+    for named in model.param_list:  # type: ignore[attr-defined,union-attr]
         for name, param in named():
             if param.requires_grad:
                 out[name.replace(".", "__")] = param
