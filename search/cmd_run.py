@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from search.cli import UserError
 from search.storage import default_storage_url
 from search.studies import StudyDef, load_study_def
 from search.workers import run_study
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/NAME.db)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (docs/search.md)")
     p.add_argument("--data-dir", default=None, help="dataset root (default: $CL_DATA_DIR, else <repo>/data)")
     p.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)"
@@ -66,11 +68,11 @@ def main(args: argparse.Namespace) -> int:
         if line:
             print(line, flush=True)
     if args.n_trials is not None and args.n_trials < 1:
-        from search.cli import UserError
-
         raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")
     storage = args.storage or default_storage_url(study_def.name)
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     return run_study(
         study_def,
         storage,
@@ -78,4 +80,5 @@ def main(args: argparse.Namespace) -> int:
         n_workers=args.workers,
         data_dir=data_dir,
         device=args.device,
+        threads=args.threads,
     )

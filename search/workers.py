@@ -52,6 +52,17 @@ class WorkerSpec:
     worker_index: int = 0
     n_workers: int = 1
     started_at: float = 0.0  # epoch seconds when the command began (for the trials-per-hour rate)
+    threads: int = 1  # torch CPU threads of this worker
+
+
+def default_threads(n_workers: int) -> int:
+    """Torch threads per worker: half the cores shared out, at least 1.
+
+    Measured on the 2-core machine (docs/search.md): with other processes busy, 2 threads made a tiny trial
+    50x slower than 1 thread (OpenMP threads spin-waiting on an oversubscribed CPU), so cores are never
+    all claimed; `--threads` overrides.
+    """
+    return max(1, (os.cpu_count() or 1) // n_workers // 2)
 
 
 def make_sampler(d: SamplerDef, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -203,6 +214,17 @@ class _Progress:
 
 def run_worker(spec: WorkerSpec) -> int:
     """Run trials of the study until its budget is spent; return 0 (KeyboardInterrupt propagates)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    try:
+        return _worker_loop(spec)
+    finally:
+        torch.set_num_threads(previous)  # run in-process (tests, one worker): leave the process as found
+
+
+def _worker_loop(spec: WorkerSpec) -> int:
     study_def = load_study_def(spec.study_file)
     w = study_def.workers
     storage = make_storage(
@@ -319,9 +341,6 @@ def _run_trial(
 def _worker_process(spec: WorkerSpec) -> None:
     """Entry point of a spawned worker: share the cores, run the loop, exit 0 / 2 (user error) / 130 / 1."""
     signal.signal(signal.SIGINT, _sigint_once)
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.n_workers))
     from clharness.errors import HarnessError
 
     try:
@@ -394,6 +413,7 @@ def run_study(
     data_dir: str | None = None,
     device: str = "auto",
     objective: str = DEFAULT_OBJECTIVE,
+    threads: int | None = None,
 ) -> int:
     """Create or resume the study and run workers until `n_trials` (default: the study's) are counted."""
     budget = n_trials if n_trials is not None else study_def.n_trials
@@ -411,7 +431,8 @@ def run_study(
             )
             return 0
         print(
-            f"study {study_def.name}: {done}/{budget} trials done, storage {where}, {n_workers} worker(s), "
+            f"study {study_def.name}: {done}/{budget} trials done, storage {where}, {n_workers} worker(s) "
+            f"x {threads if threads is not None else default_threads(n_workers)} thread(s), "
             f"benchmarks {', '.join(study_def.experiments)}",
             flush=True,
         )
@@ -423,6 +444,7 @@ def run_study(
             device=device,
             objective=objective,
             started_at=time.time(),
+            threads=threads if threads is not None else default_threads(n_workers),
         )
         code = run_workers(spec, n_workers)
         if code == 0:

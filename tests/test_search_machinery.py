@@ -280,8 +280,8 @@ def test_dashboard_serves_the_study_and_trial_attributes(
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-c",
-            DASH,
+            "-m",
+            "search",
             "dashboard",
             "--study",
             "fake",
@@ -342,6 +342,3 @@ def test_two_workers_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert len({t.params["x"] for t in counted}) == 6
     assert len({t.user_attrs["worker_pid"] for t in counted}) == 2
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
-
-
-DASH = "import argparse,sys; from search import cmd_dashboard as c; p=argparse.ArgumentParser(); s=p.add_subparsers(); c.register(s); a=p.parse_args(sys.argv[1:]); a.func(a)"
