@@ -12,11 +12,14 @@ counted trials however many workers share it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import importlib
 import multiprocessing as mp
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -24,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -160,6 +164,30 @@ def prepare_study(study_def: StudyDef, storage_url: str) -> optuna.Study:
 # The worker loop
 
 
+@contextlib.contextmanager
+def claim_lock(storage_url: str) -> Iterator[None]:
+    """Serialize taking a trial among the processes of this machine that share one SQLite file.
+
+    SQLite has no row locks (`SELECT ... FOR UPDATE`), so two workers popping the same WAITING trial (a
+    warm-start preset) could both set it RUNNING; measured: two workers started together both ran trial 0.
+    PostgreSQL locks the row, and SQLite files are only shared within one machine, so a file lock suffices.
+    """
+    if not storage_url.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(storage_url[len("sqlite:///") :]).resolve()
+    digest = hashlib.sha1(str(db).encode()).hexdigest()[:16]
+    lock_path = (
+        Path(tempfile.gettempdir()) / f"search-claim-{digest}.lock"
+    )  # not beside the db: no repo clutter
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _sigint_once(signum: int, frame: Any) -> None:
     """First Ctrl-C raises KeyboardInterrupt; later ones are ignored so the cleanup can finish."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -265,14 +293,18 @@ def _worker_loop(spec: WorkerSpec) -> int:
             time.sleep(poll_s)
             continue
         waiting_said = False
-        with warnings.catch_warnings():
+        with claim_lock(spec.storage_url), warnings.catch_warnings():
             # optuna warns that heartbeats are meant for Study.optimize; this loop records them itself
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
-        if _is_surplus(study, trial, spec.n_trials):
-            storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)  # another worker got the slot
+            surplus = _is_surplus(study, trial, spec.n_trials)
+            if surplus:  # another worker took the last slot in the same instant
+                storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        if surplus:
             continue
         state = _run_trial(study, trial, objective, retry, w.heartbeat_interval, progress)
+        if state is None:
+            continue
         failures_in_a_row = failures_in_a_row + 1 if state == TrialState.FAIL else 0
         if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             raise RuntimeError(
@@ -288,8 +320,8 @@ def _run_trial(
     retry: RetryCrashedTrial,
     heartbeat_interval: int,
     progress: _Progress,
-) -> TrialState:
-    """Run one trial under a heartbeat and tell its result; return its final state."""
+) -> TrialState | None:
+    """Run one trial under a heartbeat and tell its result; return its final state (None: dropped)."""
     t0 = time.perf_counter()
     state, value = TrialState.COMPLETE, None
     try:
@@ -300,6 +332,11 @@ def _run_trial(
                 state = TrialState.PRUNED
             except DesignFailed:
                 state = TrialState.FAIL
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Another worker finished this trial meanwhile (it judged our heartbeat stale and re-queued it): the
+        # retry runs the design again, so this run is dropped and the worker goes on.
+        progress.say(f"trial {trial.number} was closed by another worker meanwhile; dropping this run")
+        return None
     except BaseException as exc:  # Ctrl-C, missing data, a bug: fail the trial, re-queue it, stop this worker
         previous = signal.getsignal(signal.SIGINT)
         if threading.current_thread() is threading.main_thread():
@@ -329,7 +366,7 @@ def _run_trial(
         progress.say(
             f"trial {trial.number} was failed as stale by another worker meanwhile; its retry reruns it"
         )
-        return TrialState.FAIL
+        return None
     progress.trial_done(study, frozen, time.perf_counter() - t0)
     return frozen.state
 

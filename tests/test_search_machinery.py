@@ -23,7 +23,7 @@ from search.cmd_dashboard import free_port
 from search.cmd_status import format_status
 from search.export import trial_source
 from search.objective import counts_toward_budget
-from search.storage import default_storage_url, open_study
+from search.storage import default_storage_url, make_storage, open_study
 from search.studies import load_study_def, repo_root
 from search.workers import run_study
 
@@ -166,6 +166,11 @@ def test_two_workers_finish_the_budget_exactly(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("FAKE_STEP_S", "0.1")
     study = load_study_def(write_study(tmp_path, n_trials=7))
     url = sqlite_url(tmp_path)
+    # Enqueued trials (as warm-start presets are) must each be taken by one worker only.
+    enqueued = [0.11, 0.22, 0.33, 0.44]
+    created = optuna.create_study(study_name="fake", storage=make_storage(url), direction="maximize")
+    for x in enqueued:
+        created.enqueue_trial({"x": x})
     assert run_study(study, url, n_workers=2, objective=FAKE) == 0
     trials = trials_of("fake", url)
     counted = [t for t in trials if counts_toward_budget(t)]
@@ -174,6 +179,7 @@ def test_two_workers_finish_the_budget_exactly(tmp_path: Path, monkeypatch: pyte
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
     xs = [t.params["x"] for t in counted]
     assert len(set(xs)) == 7  # no design run twice
+    assert sorted(x for x in xs if x in enqueued) == enqueued
     assert len({t.user_attrs["worker_pid"] for t in counted}) == 2  # both processes did work
     # A rerun of a complete study runs nothing more.
     assert run_study(study, url, n_workers=2, objective=FAKE) == 0
