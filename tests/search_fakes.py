@@ -2,7 +2,8 @@
 
 It behaves like the proxy objective: suggests one parameter, reports after every "context", asks the pruner
 and stores the same user attributes. Its pace comes from the environment so a test can slow it down:
-FAKE_STEP_S (seconds per context, default 0.05) and FAKE_STEPS (contexts per trial, default 3).
+FAKE_STEP_S (seconds per context, default 0.05) and FAKE_STEPS (contexts per trial, default 3); FAKE_FAIL
+makes every design fail.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 import optuna
 
+from search.objective import DESIGN, DesignFailed
 from search.studies import StudyDef
 
 
@@ -25,6 +27,10 @@ def make_fake_objective(
 
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0.0, 1.0)
+        if os.environ.get("FAKE_FAIL"):  # every design fails, as a systematic bug would make them
+            trial.set_user_attr("fail_reason", "broken on purpose")
+            trial.set_user_attr("fail_kind", DESIGN)
+            raise DesignFailed("broken on purpose")
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("module_source", f"X = {x!r}\n")
         value = 0.0

@@ -247,6 +247,22 @@ def test_ctrl_c_leaves_storage_consistent(tmp_path: Path) -> None:
     assert "marked failed; re-queued as trial" in out
 
 
+def test_failed_designs_count_and_a_run_of_failures_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_STEP_S", "0")
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    study = load_study_def(write_study(tmp_path, n_trials=10))
+    url = sqlite_url(tmp_path)
+    with pytest.raises(RuntimeError, match="5 trials in a row failed"):
+        run_study(study, url, objective=FAKE)
+    trials = trials_of("fake", url)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 5
+    assert all(t.user_attrs["fail_reason"] == "broken on purpose" for t in trials)
+    assert sum(map(counts_toward_budget, trials)) == 5  # failed designs used their budget slots
+    assert not [t for t in trials if t.system_attrs.get("failed_trial") is not None]  # and are not retried
+
+
 # ---------------------------------------------------------------------------------------- status and export
 
 
