@@ -391,7 +391,7 @@ def _worker_process(spec: WorkerSpec) -> None:
         traceback.print_exc()
         code = 1
     sys.stdout.flush()
-    os._exit(code)  # skip interpreter teardown: nothing is left to flush and torch threads can slow it
+    sys.exit(code)
 
 
 def run_workers(spec: WorkerSpec, n_workers: int) -> int:
