@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from search import fidelity as fid
-from search.final_eval import BENCHMARKS
+from search.final_eval import BENCHMARKS, set_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random designs (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, default=fid.DEFAULT_OUT, help="default: results/fidelity")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's; 1 on a busy machine, docs/final-eval.md)",
+    )
     p.add_argument("--storage", help="storage URL (default: the study's file under studies/)")
     g = p.add_argument_group(
         "alternative proxy settings (to tune a study's proxy against the same full runs)"
@@ -40,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     overrides = {
         "iters": args.proxy_iters,
         "contexts": args.proxy_contexts,
@@ -72,4 +78,5 @@ def command_line(args: argparse.Namespace) -> list[str]:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     if args.proxy_seeds:
         argv += ["--proxy-seeds", *map(str, args.proxy_seeds)]
-    return [*argv, "--device", args.device, "--out", str(args.out)]
+    argv += ["--device", args.device, "--out", str(args.out)]
+    return [*argv, "--threads", str(args.threads)] if args.threads is not None else argv

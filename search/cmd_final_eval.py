@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from search import final_eval as fe
+from search.final_eval import set_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,12 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, default=fe.DEFAULT_OUT, help="results folder (default: results)")
     p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's; 1 on a busy machine, docs/final-eval.md)",
+    )
+    p.add_argument(
         "--report-only", action="store_true", help="rebuild the report from the cache, run nothing"
     )
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     command = shlex.join(command_line(args))
     outcome, _ = fe.final_eval(
         methods=args.methods,
@@ -66,4 +73,6 @@ def command_line(args: argparse.Namespace) -> list[str]:
     if args.methods:
         argv += ["--methods", *args.methods]
     argv += ["--device", args.device, "--out", str(args.out)]
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
     return [*argv, "--report-only"] if args.report_only else argv
