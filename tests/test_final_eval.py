@@ -258,3 +258,16 @@ def test_a_result_of_another_module_is_never_filed(tmp_path: Path, none_preset: 
     with pytest.raises(RuntimeError, match="changed during the run"):
         _eval(tmp_path, fake, run_fn=run_other)
     assert not list((tmp_path / "results" / "runs").rglob("*.json"))
+
+
+def test_a_module_equal_to_a_preset_is_not_run_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fe, "preset_source", lambda name: (HOOKS / "scaffold_ewc.py").read_text())
+    fake = FakeHarness()
+    _eval(tmp_path, fake, methods=["ewc"], seeds=[42])
+    again = FakeHarness(fail_after=0)
+    outcome, readme = _eval(tmp_path, again, methods=["candidate", "ewc"], seeds=[42])
+    assert again.calls == [] and len(outcome.cached) == 2
+    (copy,) = (tmp_path / "results" / "runs" / "splitMNIST").glob("candidate__*.json")
+    record = json.loads(copy.read_text())
+    assert record["method"] == "candidate" and record["copied_from"].startswith("ewc__")
+    assert "| `candidate` | 0.5000 (n=1) | 1 |" in readme.read_text()
