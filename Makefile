@@ -6,7 +6,7 @@ DEVICE ?= auto
 export CL_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: setup test test-slow lint search final-eval regenerate dashboard status fidelity \
-        bench-harness bench-generator bench-search gpu-check pretrain-trunk clean
+        bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,9 @@ bench-generator: $(STAMP)
 
 bench-search: $(STAMP)
 	$(PY) bench/search_speed.py
+
+bench-pruners: $(STAMP)
+	$(PY) bench/search_pruners.py
 
 gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py
