@@ -206,8 +206,13 @@ def fidelity(
 
     summary = _summarize(study_def, benches, designs, overrides, data_errors, command)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / f"{study_def.name}.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    write_atomic(out_dir / f"{study_def.name}.md", render(summary))
+    # alternative proxy settings get files of their own, beside the study's shipped proxy
+    stem = study_def.name + "".join(
+        f"__{k}{'-'.join(map(str, v)) if isinstance(v, tuple | list) else v}"
+        for k, v in sorted(overrides.items())
+    )
+    write_atomic(out_dir / f"{stem}.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_atomic(out_dir / f"{stem}.md", render(summary))
     for b, res in summary["benchmarks"].items():
         log(
             f"fidelity {study_def.name} {b}: Spearman rho = {res['spearman_rho']:.3f} over {res['n']} designs"

@@ -112,6 +112,7 @@ def test_spearman_of_known_ranks_and_the_runs_made(tmp_path: Path) -> None:
         str(study_file), top=4, random=0, storage=url, out_dir=out, run_fn=again, proxy_overrides={"iters": 5}
     )
     assert len(again.calls) == 8 and {c.iters for c in again.calls} == {5}
+    assert (out / "fid__iters5.md").is_file() and "**0.800**" in (out / "fid.md").read_text()
 
 
 def test_random_designs_are_seeded_and_distinct_from_the_top(tmp_path: Path) -> None:
