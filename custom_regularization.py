@@ -1,14 +1,14 @@
-"""Continual-learning regularizer generated from the preset ewc by space/generator.py.
+"""Continual-learning regularizer generated from study mnist, trial 0 by space/generator.py.
 
 importance = exact Fisher; across contexts summed; penalty 0.5 x quadratic, reg_strength_scale 1.0.
 
 Edit the design rather than this file. Regenerate it with:
 
-    python -m search export --preset ewc --out custom_regularization.py
+    python -m search export --study mnist --trial 0 --out custom_regularization.py
 
 Hook contract: HARNESS.md sections 1-2. Imports only torch and the standard library.
 
-Provenance: preset=ewc
+Provenance: study=mnist, trial=0
 """
 
 from __future__ import annotations
