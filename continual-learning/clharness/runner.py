@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -79,9 +79,19 @@ def _settings(cfg: RunConfig) -> tuple[Protocol, int, int, float]:
     return protocol, iters, contexts, val
 
 
-def _prepare(
-    cfg: RunConfig, progress: bool
-) -> tuple[Protocol, int, int, float, torch.device, Benchmark, float]:
+class _Prepared(NamedTuple):
+    """A run's resolved settings and its built benchmark."""
+
+    protocol: Protocol
+    iters: int
+    contexts: int
+    val: float
+    device: torch.device
+    bench: Benchmark
+    data_s: float
+
+
+def _prepare(cfg: RunConfig, progress: bool) -> _Prepared:
     protocol, iters, contexts, val = _settings(cfg)
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
@@ -90,12 +100,18 @@ def _prepare(
         train_subset=cfg.train_subset, data_dir=paths.data_dir(cfg.data_dir), cache_dir=paths.cache_dir(),
         device=device, cifar_trunk=cfg.cifar_trunk, progress=progress,
     )  # fmt: skip
-    return protocol, iters, contexts, val, device, bench, time.perf_counter() - t0
+    return _Prepared(protocol, iters, contexts, val, device, bench, time.perf_counter() - t0)
 
 
-def _record(cfg: RunConfig, protocol: Protocol, iters: int, contexts: int, val: float, device: torch.device,
-            bench: Benchmark, per_context: list[float], matrix: list[list[float]], timing: Timing,
-            data_s: float, t_start: float) -> dict[str, Any]:  # fmt: skip
+def _record(
+    cfg: RunConfig,
+    prep: _Prepared,
+    per_context: list[float],
+    matrix: list[list[float]],
+    timing: Timing,
+    t_start: float,
+) -> dict[str, Any]:
+    protocol, iters, contexts, val, device, bench, data_s = prep
     record: dict[str, Any] = {
         "harness_version": HARNESS_VERSION,
         "experiment": cfg.experiment,
@@ -146,31 +162,19 @@ def run(
     """Train the benchmark's stream with the hook module at `hooks_path`; return the result record."""
     t_start = time.perf_counter()
     hooks = load_hooks(hooks_path)
-    protocol, iters, contexts, val, device, bench, data_s = _prepare(cfg, progress)
-    model = build_model(protocol, bench.in_dim, bench.trunk, cfg.seed, device)
+    prep = _prepare(cfg, progress)
+    protocol, bench = prep.protocol, prep.bench
+    model = build_model(protocol, bench.in_dim, bench.trunk, cfg.seed, prep.device)
     strength = protocol.reg_strength * hooks.reg_strength_scale
     settings = LoopSettings(
-        iters=iters, batch_size=protocol.batch_size, lr=protocol.lr, reg_strength=strength, seed=cfg.seed,
+        iters=prep.iters, batch_size=protocol.batch_size, lr=protocol.lr, reg_strength=strength, seed=cfg.seed,
         progress=progress, label=cfg.experiment, evaluate_each_context=cfg.acc_matrix, on_context_end=on_context_end,
     )  # fmt: skip
     matrix = train_sequence(model, bench.train, bench.evaluation, hooks, settings)
     t0 = time.perf_counter()
     per_context = matrix[-1] if matrix else [evaluate(model, c) for c in bench.evaluation]
     settings.timing.eval_s += time.perf_counter() - t0
-    record = _record(
-        cfg,
-        protocol,
-        iters,
-        contexts,
-        val,
-        device,
-        bench,
-        per_context,
-        matrix,
-        settings.timing,
-        data_s,
-        t_start,
-    )
+    record = _record(cfg, prep, per_context, matrix, settings.timing, t_start)
     record.update(
         method="hooks",
         hooks_path=str(Path(hooks_path)),
@@ -184,10 +188,11 @@ def run(
 def run_joint(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Joint training on all contexts at once (the upper bound), evaluated like a hook run."""
     t_start = time.perf_counter()
-    protocol, iters, contexts, val, device, bench, data_s = _prepare(cfg, progress)
-    model = build_model(protocol, bench.in_dim, bench.trunk, cfg.seed, device)
+    prep = _prepare(cfg, progress)
+    protocol, bench = prep.protocol, prep.bench
+    model = build_model(protocol, bench.in_dim, bench.trunk, cfg.seed, prep.device)
     settings = LoopSettings(
-        iters=iters, batch_size=protocol.batch_size, lr=protocol.lr, reg_strength=0.0, seed=cfg.seed,
+        iters=prep.iters, batch_size=protocol.batch_size, lr=protocol.lr, reg_strength=0.0, seed=cfg.seed,
         progress=progress, label=cfg.experiment,
     )  # fmt: skip
     train_joint(model, bench.train, settings)
@@ -195,20 +200,7 @@ def run_joint(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     per_context = [evaluate(model, c) for c in bench.evaluation]
     settings.timing.eval_s += time.perf_counter() - t0
     matrix = [per_context] if cfg.acc_matrix else []
-    record = _record(
-        cfg,
-        protocol,
-        iters,
-        contexts,
-        val,
-        device,
-        bench,
-        per_context,
-        matrix,
-        settings.timing,
-        data_s,
-        t_start,
-    )
+    record = _record(cfg, prep, per_context, matrix, settings.timing, t_start)
     record.update(
         method="joint", hooks_path=None, hooks_sha256=None, reg_strength_scale=None, reg_strength=0.0
     )
