@@ -3,6 +3,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 STUDY ?= default
 DEVICE ?= auto
+THREADS ?=
 export CL_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: setup test test-slow lint search final-eval regenerate dashboard status fidelity \
@@ -40,10 +41,10 @@ dashboard: $(STAMP)
 	$(PY) -m search dashboard --study $(STUDY)
 
 final-eval: $(STAMP)
-	$(PY) -m search final-eval --device $(DEVICE)
+	$(PY) -m search final-eval --device $(DEVICE) $(if $(THREADS),--threads $(THREADS))
 
 fidelity: $(STAMP)
-	$(PY) -m search fidelity --study $(STUDY)
+	$(PY) -m search fidelity --study $(STUDY) $(if $(THREADS),--threads $(THREADS))
 
 pretrain-trunk: $(STAMP)
 	$(PY) continual-learning/pretrain_trunk.py --device $(DEVICE)
