@@ -179,28 +179,18 @@ def test_bad_settings_are_harness_errors(mnist_root):
         run(HOOKS / "no_reg.py", RunConfig("splitMNIST", eval_split="val", val_fraction=0.0), progress=False)
 
 
+def _main_py(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `continual-learning/main.py` as a user would, with `args` after the script."""
+    cmd = [sys.executable, str(REPO / "continual-learning" / "main.py"), "--experiment", "splitMNIST", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
 def test_cli_prints_accuracies_and_writes_json(mnist_root, tmp_path):
     out = tmp_path / "r.json"
-    cmd = [
-        sys.executable,
-        str(REPO / "continual-learning" / "main.py"),
-        "--experiment",
-        "splitMNIST",
-        "--hooks",
-        str(HOOKS / "scaffold_ewc.py"),
-        "--iters",
-        "30",
-        "--contexts",
-        "2",
-        "--device",
-        "cpu",
-        "--data-dir",
-        str(mnist_root),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = _main_py(
+        "--hooks", str(HOOKS / "scaffold_ewc.py"), "--iters", "30", "--contexts", "2", "--device", "cpu",
+        "--data-dir", str(mnist_root), "--out", str(out), "--no-progress", check=True,
+    )  # fmt: skip
     assert "context  2:" in proc.stdout and "average accuracy:" in proc.stdout
     result = json.loads(out.read_text())
     assert isinstance(result["average_accuracy"], float) and len(result["per_context_accuracy"]) == 2
@@ -209,15 +199,7 @@ def test_cli_prints_accuracies_and_writes_json(mnist_root, tmp_path):
 def test_cli_bad_hook_module_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def estimate_importance(:\n")
-    cmd = [
-        sys.executable,
-        str(REPO / "continual-learning" / "main.py"),
-        "--experiment",
-        "splitMNIST",
-        "--hooks",
-        str(bad),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = _main_py("--hooks", str(bad))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "syntax error" in proc.stderr
 
