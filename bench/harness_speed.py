@@ -1,7 +1,7 @@
 """Speed of the harness loop, per benchmark network, on synthetic data of the benchmark's shapes.
 
 Prints milliseconds per training step (bare forward/backward/Adam; the loop with a zero penalty; the loop
-with the scaffold EWC penalty), the time of one importance estimation by the scaffold EWC module, and the share
+with the scaffold EWC penalty; the loop with the generated `ewc` preset's penalty), the time of one importance estimation by the scaffold EWC module, and the share
 of a step the loop spends outside forward, backward and the optimizer (sampling, `_custom_W`, `_custom_p_old`,
 finiteness flags). Medians of interleaved repeats, so that machine noise hits every variant alike.
 Usage: .venv/bin/python bench/harness_speed.py [--repeats 7] [--steps 40] [--device cpu]
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from clharness.hooks import load_hooks
 from clharness.loop import LoopSettings, train_context
 from clharness.models import ContinualNet, mlp, regularized_parameters
 from clharness.protocol import PROTOCOLS
+
+import space
 
 ROOT = Path(__file__).resolve().parents[1]
 # CIFAR100 (pretrained trunk) trains the MLP on 1,024 stored features per image, so synthetic features time it exactly.
@@ -61,10 +64,10 @@ def bare_steps(name: str, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / steps * 1e3
 
 
-def loop_steps(name: str, steps: int, device: torch.device, hooks_file: str, with_importance: bool) -> float:
+def loop_steps(name: str, steps: int, device: torch.device, hooks_file: Path, with_importance: bool) -> float:
     """ms per step of the harness loop (`train_context`) with the given hook module."""
     model, ctx, opt = _setup(name, device)
-    hooks = load_hooks(ROOT / hooks_file)
+    hooks = load_hooks(hooks_file)
     params = regularized_parameters(model)
     model._custom_prev_params = {n: p.detach().clone() for n, p in params.items()}
     model._custom_importance = {n: torch.rand_like(p) for n, p in params.items()} if with_importance else {}
@@ -102,19 +105,26 @@ def main() -> None:
         f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats} interleaved repeats x {args.steps} steps"
     )
     print(
-        f"{'benchmark':12s} {'bare ms':>8s} {'loop ms':>8s} {'loop+EWC ms':>11s} {'bookkeeping':>11s} {'EWC penalty':>11s} {'importance s':>12s}"
+        f"{'benchmark':12s} {'bare ms':>8s} {'loop ms':>8s} {'loop+EWC ms':>11s} {'loop+gen ms':>11s} "
+        f"{'bookkeeping':>11s} {'EWC penalty':>11s} {'gen penalty':>11s} {'importance s':>12s}"
     )
-    for name in PROTOCOLS:
-        bare, loop, ewc = [], [], []
-        for _ in range(args.repeats):
-            bare.append(bare_steps(name, args.steps, device))
-            loop.append(loop_steps(name, args.steps, device, "tests/hooks/no_reg.py", False))
-            ewc.append(loop_steps(name, args.steps, device, "tests/hooks/scaffold_ewc.py", True))
-        b, lo, e = statistics.median(bare), statistics.median(loop), statistics.median(ewc)
-        imp = importance_time(name, device)  # one call: the scaffold loop takes minutes on the big nets
-        print(
-            f"{name:12s} {b:8.2f} {lo:8.2f} {e:11.2f} {(lo - b) / b:+11.1%} {(e - lo) / lo:+11.1%} {imp:12.2f}"
-        )
+    with tempfile.TemporaryDirectory() as tmp:
+        generated = Path(tmp) / "generated_ewc.py"
+        space.write_module(generated, space.generate_source(space.PRESETS["ewc"], {"preset": "ewc"}))
+        for name in PROTOCOLS:
+            bare, loop, ewc, gen = [], [], [], []
+            for _ in range(args.repeats):
+                bare.append(bare_steps(name, args.steps, device))
+                loop.append(loop_steps(name, args.steps, device, ROOT / "tests/hooks/no_reg.py", False))
+                ewc.append(loop_steps(name, args.steps, device, ROOT / "tests/hooks/scaffold_ewc.py", True))
+                gen.append(loop_steps(name, args.steps, device, generated, True))
+            b, lo = statistics.median(bare), statistics.median(loop)
+            e, g = statistics.median(ewc), statistics.median(gen)
+            imp = importance_time(name, device)  # one call: the scaffold loop takes minutes on the big nets
+            print(
+                f"{name:12s} {b:8.2f} {lo:8.2f} {e:11.2f} {g:11.2f} {(lo - b) / b:+11.1%} {(e - lo) / lo:+11.1%} "
+                f"{(g - lo) / lo:+11.1%} {imp:12.2f}"
+            )
 
 
 if __name__ == "__main__":

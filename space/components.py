@@ -24,6 +24,10 @@ import torch
 # (256 MiB in float32), so that memory stays bounded whatever the network.
 _GENERIC_CHUNK_FLOATS = 2**26
 
+# On a CPU the penalty runs over blocks of at most this many floats (512 KiB in float32), so that
+# theta - theta* of a block stays in the L2 cache between its write and its two reads.
+_PENALTY_BLOCK_FLOATS = 2**17
+
 
 def _regularized(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
     """The regularized parameters (requires_grad, from `model.param_list`) with their '__' keys."""
@@ -293,66 +297,107 @@ def _accumulate_max(
 # ------------------------------------------------------------------------------------------------ penalty
 
 
-def _penalty_buffers(
+def _penalty_plan(
     model: torch.nn.Module,
     importance: dict[str, torch.Tensor],
     anchor: dict[str, torch.Tensor],
     coef: float,
-) -> tuple[
-    list[torch.nn.Parameter], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]
-]:
-    """The penalized parameters and the flat buffers of the penalty, rebuilt only when their inputs change.
+) -> tuple[list[torch.nn.Parameter], dict]:
+    """The penalized parameters and the penalty's flat buffers and blocks, rebuilt only when their inputs change.
 
-    Buffers: coef * importance and a scratch buffer for theta - anchor (flat), with per-parameter views of the
-    scratch and of the flat anchor. The cache lives on the model; it is stale when any importance or anchor
-    tensor was replaced (identity; the cache holds a reference, so an id cannot be reused) or modified in
-    place (its `_version` counter moved).
+    The weight buffer holds 2 * coef * importance * scale, where scale is the factor the loop multiplies the
+    penalty by (its reg_strength, learnt from the backward passes): the gradient then needs no pass of its own.
+    The plan lives on the model; it is stale when any importance or anchor tensor was replaced (identity; the
+    plan holds a reference, so an id cannot be reused) or modified in place (its `_version` counter moved).
     """
     params = [(k, p) for k, p in _regularized(model) if k in importance]
     stamp = [(t, t._version) for k, _ in params for t in (importance[k], anchor[k])]
-    cache = getattr(model, "_custom_penalty_cache", None)
+    plan = getattr(model, "_custom_penalty_plan", None)
     if (
-        cache is None
-        or len(cache[0]) != len(stamp)
-        or any(t is not u or v != u._version for (t, v), (u, _) in zip(cache[0], stamp, strict=True))
+        plan is None
+        or len(plan["stamp"]) != len(stamp)
+        or any(t is not u or v != u._version for (t, v), (u, _) in zip(plan["stamp"], stamp, strict=True))
     ):
-        sizes = [p.numel() for _, p in params]
-        weight = torch.cat([(coef * importance[k]).flatten() for k, _ in params]).detach()
         center = torch.cat([anchor[k].flatten() for k, _ in params]).detach()
-        scratch = torch.empty_like(center)
-        cache = (stamp, (weight, scratch, list(scratch.split(sizes)), list(center.split(sizes))))
-        model._custom_penalty_cache = cache
-    return [p for _, p in params], cache[1]
+        weight = torch.empty_like(center)
+        # On a CPU, blocks small enough that theta - theta* stays in the cache between its write and its
+        # reads; elsewhere one block per parameter, as every block costs a kernel launch.
+        largest = max(p.numel() for _, p in params)
+        size = _PENALTY_BLOCK_FLOATS if center.device.type == "cpu" else largest
+        scratch = torch.empty(min(size, largest), dtype=center.dtype, device=center.device)
+        blocks = []  # (parameter index, span in the parameter, span in the flat buffers, their views)
+        offset = 0
+        for i, (_, p) in enumerate(params):
+            for start in range(0, p.numel(), size):
+                stop = min(start + size, p.numel())
+                flat = slice(offset + start, offset + stop)
+                blocks.append(
+                    (i, slice(start, stop), flat, weight[flat], center[flat], scratch[: stop - start])
+                )
+            offset += p.numel()
+        plan = {
+            "stamp": stamp,
+            "blocks": blocks,
+            "numel": offset,
+            "shapes": [p.shape for _, p in params],
+            "weights": list(weight.split([p.numel() for _, p in params])),
+            "scale": None,
+            "next_scale": 1.0 if plan is None else plan["next_scale"],
+            "last_factor": None,
+        }
+        model._custom_penalty_plan = plan
+    if plan["scale"] != plan["next_scale"]:  # new buffers, or the loop's factor changed
+        plan["scale"] = plan["next_scale"]
+        for (k, _), weight in zip(params, plan["weights"], strict=True):
+            torch.mul(importance[k].detach().flatten(), 2.0 * coef * plan["scale"], out=weight)
+    return [p for _, p in params], plan
 
 
 class _QuadraticPenalty(torch.autograd.Function):
-    """sum w (theta - theta*)^2 over flat buffers; the gradient 2 w (theta - theta*) comes from the forward."""
+    """coef * sum F (theta - theta*)^2 block by block over flat buffers; the forward also makes the gradient."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        buffers: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]],
-        *params: torch.Tensor,
+        ctx: torch.autograd.function.FunctionCtx, plan: dict, *params: torch.Tensor
     ) -> torch.Tensor:
-        weight, diff, diff_views, center_views = buffers
-        for p, d, c in zip(params, diff_views, center_views, strict=True):
-            torch.sub(
-                p.detach().reshape(-1), c, out=d
-            )  # theta - theta*, written into the flat scratch buffer
-        weighted = weight * diff
-        ctx.save_for_backward(weighted)
-        ctx.shapes = [p.shape for p in params]
-        return torch.dot(weighted, diff)
+        flat = [p.detach().reshape(-1) for p in params]
+        # One gradient buffer from step to step (no allocation, no page faults): autograd adds it to the task
+        # loss's gradient, or keeps it as .grad when the penalty is alone; a new one while any .grad holds it.
+        grad = plan.get("grad")
+        if grad is None or any(
+            p.grad is not None and p.grad.untyped_storage().data_ptr() == grad.untyped_storage().data_ptr()
+            for p in params
+        ):
+            grad = plan["grad"] = torch.empty(plan["numel"], dtype=flat[0].dtype, device=flat[0].device)
+        sums = []
+        for i, span, flat_span, weight, center, diff in plan["blocks"]:
+            torch.sub(flat[i][span], center, out=diff)  # theta - theta*
+            torch.mul(diff, weight, out=grad[flat_span])  # 2 coef scale F (theta - theta*)
+            sums.append(torch.dot(grad[flat_span], diff))
+        ctx.save_for_backward(grad)
+        ctx.plan, ctx.scale = plan, plan["scale"]
+        return torch.stack(sums).sum() / (2.0 * plan["scale"])
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        (weighted,) = ctx.saved_tensors
+        (grad,) = ctx.saved_tensors
+        plan = ctx.plan
         # In place: nothing else reads this buffer (a second backward through it raises torch's version error).
-        grad = weighted.mul_(2.0 * grad_out)
-        sizes = [s.numel() for s in ctx.shapes]
-        return (None, *(g.view(s) for g, s in zip(grad.split(sizes), ctx.shapes, strict=True)))
+        if grad_out.device.type != "cpu":
+            grad.mul_(grad_out / ctx.scale)  # reading grad_out on the host would wait for the device
+        else:
+            factor = float(grad_out)
+            if factor != ctx.scale:
+                grad.mul_(factor / ctx.scale)
+                # The same factor twice in a row: the next forward folds it into the weights.
+                if factor == plan["last_factor"] and factor != 0.0 and abs(factor) < float("inf"):
+                    plan["next_scale"] = factor
+            plan["last_factor"] = factor
+        shapes = plan["shapes"]
+        sizes = [s.numel() for s in shapes]
+        return (None, *(g.view(s) for g, s in zip(grad.split(sizes), shapes, strict=True)))
 
 
 def _quadratic_penalty(
@@ -361,5 +406,5 @@ def _quadratic_penalty(
     """coef * sum importance (theta - anchor)^2, one fused pass; exactly 0 while nothing is carried."""
     if not importance:
         return torch.zeros((), device=next(model.parameters()).device)
-    params, buffers = _penalty_buffers(model, importance, anchor, coef)
-    return _QuadraticPenalty.apply(buffers, *params)
+    params, plan = _penalty_plan(model, importance, anchor, coef)
+    return _QuadraticPenalty.apply(plan, *params)

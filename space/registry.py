@@ -82,7 +82,7 @@ ACCUMULATIONS: dict[str, Component] = {
 
 # Penalty forms (design field `penalty`).
 PENALTIES: dict[str, Component] = {
-    "quadratic": Component(c._quadratic_penalty, ("_penalty_buffers", "_QuadraticPenalty")),
+    "quadratic": Component(c._quadratic_penalty, ("_penalty_plan", "_QuadraticPenalty")),
 }
 
 # Helpers the components call, with what they call in turn.
@@ -92,7 +92,7 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "_per_example_sums": ("_GENERIC_CHUNK_FLOATS",),
     "_label_nll": (),
     "_output_norm": (),
-    "_penalty_buffers": ("_regularized",),
+    "_penalty_plan": ("_regularized", "_PENALTY_BLOCK_FLOATS"),
     "_QuadraticPenalty": (),
 }
 
@@ -102,5 +102,9 @@ CONSTANTS: dict[str, str] = {
     "_GENERIC_CHUNK_FLOATS": (
         "Per-example gradients of parameters outside nn.Linear layers are held in chunks of at most this many\n"
         "# floats (256 MiB in float32), so that memory stays bounded whatever the network."
+    ),
+    "_PENALTY_BLOCK_FLOATS": (
+        "On a CPU the penalty runs over blocks of at most this many floats (512 KiB in float32), so that\n"
+        "# theta - theta* of a block stays in the L2 cache between its write and its two reads."
     ),
 }

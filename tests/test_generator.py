@@ -390,15 +390,32 @@ def test_export_command(
     assert out.read_bytes() == b"# exact stored bytes\r\nA = 1\n" and calls == [("s", "sqlite:///x.db", 3)]
 
 
-def test_shipped_module_is_the_reference_study_best_trial() -> None:
-    """`make regenerate STUDY=mnist` reproduces the shipped file byte for byte, and its design is readable."""
+def test_shipped_module_is_the_reference_study_best_trial(tmp_path: Path) -> None:
+    """`make regenerate STUDY=mnist` reproduces the shipped file byte for byte (the source the trial scored),
+    and today's generator, given the file's own DESIGN literal, writes a module that computes the same numbers.
+    """
     from search.export import trial_source
 
     shipped = ROOT / "custom_regularization.py"
     assert shipped.read_text() == trial_source("mnist"), "regenerate: make regenerate STUDY=mnist"
-    # The file's own DESIGN literal regenerates it: design, generator and file agree.
-    namespace: dict[str, object] = {}
-    exec(compile(shipped.read_text(), str(shipped), "exec"), namespace)
-    design = space.Design.from_dict(namespace["DESIGN"])  # type: ignore[arg-type]
-    trial = int(shipped.read_text().split("trial=")[1].split()[0])
-    assert space.generate_source(design, {"study": "mnist", "trial": trial}) == shipped.read_text()
+    scored = load(shipped, "shipped_hooks")
+    design = space.Design.from_dict(scored.DESIGN)
+    current = generated(tmp_path, design, "current_hooks")
+    assert current.DESIGN == scored.DESIGN and current.CONFIG_OVERRIDES == scored.CONFIG_OVERRIDES
+    models = {name: TinyNet() for name in ("scored", "current")}
+    importance = {
+        name: hooks.estimate_importance(models[name], data(), {}, torch.device("cpu"))
+        for name, hooks in (("scored", scored), ("current", current))
+    }
+    torch.testing.assert_close(importance["scored"], importance["current"])
+    anchor = {k: v - 0.1 for k, v in models["scored"]._custom_prev_params.items()}
+    for name, hooks in (("scored", scored), ("current", current)):
+        (100.0 * hooks.compute_regularization_loss(models[name], importance[name], anchor)).backward()
+    torch.testing.assert_close(
+        scored.compute_regularization_loss(models["scored"], importance["scored"], anchor),
+        current.compute_regularization_loss(models["current"], importance["current"], anchor),
+    )
+    for (_, a), (_, b) in zip(
+        models["scored"].named_parameters(), models["current"].named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(a.grad, b.grad)

@@ -224,3 +224,65 @@ def test_penalty_contract(key: str) -> None:
     importance["fc1__bias"].mul_(3.0)
     expected = 0.5 * sum((importance[k] * (p - moved[k]) ** 2).sum() for k, p in c._regularized(model))
     torch.testing.assert_close(penalty(model, importance, moved, 0.5), expected)
+
+
+def test_quadratic_penalty_over_blocks_follows_the_loops_factor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks that split parameters unevenly, and the factor folded into the weights after a backward pass."""
+    monkeypatch.setattr(c, "_PENALTY_BLOCK_FLOATS", 5)  # fc1's weight (48) spans 10 blocks, the last of 3
+    model = TinyNet()
+    params = dict(c._regularized(model))
+    importance = {k: torch.rand_like(p) for k, p in params.items()}
+    anchor = {k: p.detach() - 0.1 * torch.rand_like(p) for k, p in params.items()}
+    seen_scales = []
+    for step, factor in enumerate([100.0, 100.0, 100.0, 3.0, 0.0, 3.0, 3.0, 3.0]):
+        with torch.no_grad():  # training moves the parameters between steps
+            for p in params.values():
+                p.add_(0.01 * (step + 1))
+        model.zero_grad()
+        value = c._quadratic_penalty(model, importance, anchor, 0.5)
+        seen_scales.append(model._custom_penalty_plan["scale"])
+        (factor * value).backward()
+        diff = {k: p.detach() - anchor[k] for k, p in params.items()}
+        torch.testing.assert_close(value, 0.5 * sum((importance[k] * d**2).sum() for k, d in diff.items()))
+        for k, p in params.items():
+            torch.testing.assert_close(p.grad, factor * importance[k] * diff[k])
+    # Folded once the same factor came twice in a row; a changing factor only costs a pass of the gradient.
+    assert seen_scales == [1.0, 1.0, 100.0, 100.0, 100.0, 100.0, 100.0, 3.0]
+    assert len(model._custom_penalty_plan["blocks"]) > len(params)
+
+
+@pytest.mark.parametrize("task_loss", [True, False])
+@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize("zero_grad_after_forward", [False, True])
+def test_quadratic_penalty_reuses_its_gradient_buffer_only_when_no_grad_holds_it(
+    task_loss: bool, set_to_none: bool, zero_grad_after_forward: bool
+) -> None:
+    """Whatever the loop's zero_grad, the gradients are right; the buffer is reused when no .grad holds it.
+
+    Alone in the loss, the penalty's gradient becomes .grad itself (autograd keeps the buffer); after a task
+    loss's gradient it is added to that one, and the buffer stays free.
+    """
+    model = TinyNet()
+    params = dict(c._regularized(model))
+    importance = {k: torch.rand_like(p) for k, p in params.items()}
+    anchor = {k: p.detach() - 0.1 * torch.rand_like(p) for k, p in params.items()}
+    x = torch.rand(5, 6, dtype=torch.double)
+    buffers = []
+    for _ in range(4):
+        penalty = 0.5 * sum((importance[k] * (p - anchor[k]) ** 2).sum() for k, p in params.items())
+        task = (lambda: model(x).square().mean()) if task_loss else (lambda: 0.0)
+        expected = torch.autograd.grad(task() + 10.0 * penalty, list(params.values()))
+        if not zero_grad_after_forward:
+            model.zero_grad(set_to_none=set_to_none)
+        loss = task() + 10.0 * c._quadratic_penalty(model, importance, anchor, 0.5)
+        if zero_grad_after_forward:
+            model.zero_grad(set_to_none=set_to_none)
+        loss.backward()
+        for p, e in zip(params.values(), expected, strict=True):
+            torch.testing.assert_close(p.grad, e)
+        buffers.append(model._custom_penalty_plan["grad"])
+        with torch.no_grad():
+            for p in params.values():
+                p.sub_(0.05 * p.grad)
+    reused = all(b is buffers[0] for b in buffers)
+    assert reused == (task_loss or (set_to_none and not zero_grad_after_forward))
