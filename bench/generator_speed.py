@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-fisher", action="store_true", help="time only the steps and penalties")
     parser.add_argument("--json", help="also write the figures as JSON here")
+    parser.add_argument(
+        "--also", type=Path, help="a hook module whose penalty is timed alongside (e.g. an older export)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,16 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         model.zero_grad()
         (REG_STRENGTH * hooks.compute_regularization_loss(model, importance, anchor)).backward()
 
-    step_times = rounds(
-        {
-            "step_without_penalty": lambda: step(None),
-            "penalty_generated": lambda: penalty(generated),
-            "penalty_scaffold": lambda: penalty(scaffold),
-            "step_with_generated_penalty": lambda: step(generated),
-            "step_with_scaffold_penalty": lambda: step(scaffold),
-        },
-        args.rounds,
-    )
+    variants = {
+        "step_without_penalty": lambda: step(None),
+        "penalty_generated": lambda: penalty(generated),
+        "penalty_scaffold": lambda: penalty(scaffold),
+        "step_with_generated_penalty": lambda: step(generated),
+        "step_with_scaffold_penalty": lambda: step(scaffold),
+    }
+    if args.also:
+        also = load(args.also, "also_hooks")
+        variants["penalty_also"] = lambda: penalty(also)
+        variants["step_with_also_penalty"] = lambda: step(also)
+    step_times = rounds(variants, args.rounds)
 
     fisher_times: dict[str, list[float]] = {}
     rel, close = float("nan"), True
@@ -182,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         "fisher_speedup": med["fisher_scaffold"] / med["fisher_generated"] if fisher_times else float("nan"),
         "fisher_max_rel_diff": rel,
         "fisher_allclose_rtol_1e-4": close,
+        **(
+            {
+                "penalty_also_over_step": med["penalty_also"] / med["step_without_penalty"],
+                "step_overhead_also": paired("step_with_also_penalty"),
+            }
+            if args.also
+            else {}
+        ),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -194,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  scaffold penalty fwd+bwd / step    {figures['penalty_scaffold_over_step']:.1%}")
     print(f"  step overhead, generated penalty   {figures['step_overhead_generated']:+.1%}")
     print(f"  step overhead, scaffold penalty    {figures['step_overhead_scaffold']:+.1%}")
+    if args.also:
+        print(f"  {args.also.name} penalty fwd+bwd / step {figures['penalty_also_over_step']:.1%}")
+        print(f"  step overhead, {args.also.name} penalty {figures['step_overhead_also']:+.1%}")
     print(f"  Fisher speed-up (scaffold/generated) {figures['fisher_speedup']:.1f}x   (target >= 10x)")
     print(f"  Fisher max |gen - scaffold| / max|scaffold| {rel:.2e}; allclose rtol 1e-4: {close}")
     if args.json:

@@ -320,25 +320,29 @@ def _penalty_plan(
     ):
         center = torch.cat([anchor[k].flatten() for k, _ in params]).detach()
         weight = torch.empty_like(center)
-        # On a CPU, blocks small enough that theta - theta* stays in the cache between its write and its
-        # reads; elsewhere one block per parameter, as every block costs a kernel launch.
-        largest = max(p.numel() for _, p in params)
-        size = _PENALTY_BLOCK_FLOATS if center.device.type == "cpu" else largest
-        scratch = torch.empty(min(size, largest), dtype=center.dtype, device=center.device)
-        blocks = []  # (parameter index, span in the parameter, span in the flat buffers, their views)
-        offset = 0
-        for i, (_, p) in enumerate(params):
-            for start in range(0, p.numel(), size):
-                stop = min(start + size, p.numel())
-                flat = slice(offset + start, offset + stop)
-                blocks.append(
-                    (i, slice(start, stop), flat, weight[flat], center[flat], scratch[: stop - start])
-                )
-            offset += p.numel()
+        # Blocks of the flat buffers. On a CPU they are small enough that theta - theta* stays in the cache
+        # between its write and its reads; elsewhere one block, as every operation costs a kernel launch.
+        size = _PENALTY_BLOCK_FLOATS if center.device.type == "cpu" else center.numel()
+        scratch = torch.empty(min(size, center.numel()), dtype=center.dtype, device=center.device)
+        spans = []  # each parameter's span in the flat buffers
+        for _, p in params:
+            start = spans[-1][1] if spans else 0
+            spans.append((start, start + p.numel()))
+        blocks = []  # (span in the flat buffers, its weights and scratch, the parameter pieces it holds)
+        for lo in range(0, center.numel(), size):
+            hi = min(lo + size, center.numel())
+            pieces = []  # (parameter index, span in the parameter, its scratch and anchor)
+            for i, (a, b) in enumerate(spans):
+                if a < hi and b > lo:
+                    first, last = max(a, lo), min(b, hi)
+                    pieces.append(
+                        (i, slice(first - a, last - a), scratch[first - lo : last - lo], center[first:last])
+                    )
+            blocks.append((slice(lo, hi), weight[lo:hi], scratch[: hi - lo], pieces))
         plan = {
             "stamp": stamp,
             "blocks": blocks,
-            "numel": offset,
+            "numel": center.numel(),
             "shapes": [p.shape for _, p in params],
             "weights": list(weight.split([p.numel() for _, p in params])),
             "scale": None,
@@ -370,10 +374,11 @@ class _QuadraticPenalty(torch.autograd.Function):
         ):
             grad = plan["grad"] = torch.empty(plan["numel"], dtype=flat[0].dtype, device=flat[0].device)
         sums = []
-        for i, span, flat_span, weight, center, diff in plan["blocks"]:
-            torch.sub(flat[i][span], center, out=diff)  # theta - theta*
-            torch.mul(diff, weight, out=grad[flat_span])  # 2 coef scale F (theta - theta*)
-            sums.append(torch.dot(grad[flat_span], diff))
+        for span, weight, diff, pieces in plan["blocks"]:
+            for i, part, piece, center in pieces:
+                torch.sub(flat[i][part], center, out=piece)  # theta - theta*
+            torch.mul(diff, weight, out=grad[span])  # 2 coef scale F (theta - theta*)
+            sums.append(torch.dot(grad[span], diff))
         ctx.save_for_backward(grad)
         ctx.plan, ctx.scale = plan, plan["scale"]
         return torch.stack(sums).sum() / (2.0 * plan["scale"])

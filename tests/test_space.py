@@ -226,9 +226,16 @@ def test_penalty_contract(key: str) -> None:
     torch.testing.assert_close(penalty(model, importance, moved, 0.5), expected)
 
 
-def test_quadratic_penalty_over_blocks_follows_the_loops_factor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks that split parameters unevenly, and the factor folded into the weights after a backward pass."""
-    monkeypatch.setattr(c, "_PENALTY_BLOCK_FLOATS", 5)  # fc1's weight (48) spans 10 blocks, the last of 3
+@pytest.mark.parametrize("block", [5, 10**9])
+def test_quadratic_penalty_over_blocks_follows_the_loops_factor(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """Blocks of the flat buffers, and the factor folded into the weights after a backward pass.
+
+    Blocks of 5 floats split parameters and span parameter boundaries; one block holding every parameter is
+    what a GPU gets.
+    """
+    monkeypatch.setattr(c, "_PENALTY_BLOCK_FLOATS", block)
     model = TinyNet()
     params = dict(c._regularized(model))
     importance = {k: torch.rand_like(p) for k, p in params.items()}
@@ -248,7 +255,7 @@ def test_quadratic_penalty_over_blocks_follows_the_loops_factor(monkeypatch: pyt
             torch.testing.assert_close(p.grad, factor * importance[k] * diff[k])
     # Folded once the same factor came twice in a row; a changing factor only costs a pass of the gradient.
     assert seen_scales == [1.0, 1.0, 100.0, 100.0, 100.0, 100.0, 100.0, 3.0]
-    assert len(model._custom_penalty_plan["blocks"]) > len(params)
+    assert (len(model._custom_penalty_plan["blocks"]) > len(params)) == (block == 5)
 
 
 @pytest.mark.parametrize("task_loss", [True, False])
