@@ -1,14 +1,14 @@
-"""Continual-learning regularizer generated from the preset mas by space/generator.py.
+"""Continual-learning regularizer generated from the preset online_ewc by space/generator.py.
 
-importance = MAS; across contexts summed; penalty 1.0 x quadratic, reg_strength_scale 1e-05.
+importance = exact Fisher; across contexts decayed by 0.9; penalty 0.5 x quadratic, reg_strength_scale 1.0.
 
 Edit the design rather than this file. Regenerate it with:
 
-    python -m search export --preset mas --out custom_regularization.py
+    python -m search export --preset online_ewc --out custom_regularization.py
 
 Hook contract: HARNESS.md sections 1-2. Imports only torch and the standard library.
 
-Provenance: preset=mas
+Provenance: preset=online_ewc
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 # The design this file was generated from (space.Design; `python -m search export --design` takes it as
 # JSON). The constants below are what the code uses.
 DESIGN = {
-    "fisher_weight": 0.0,
+    "fisher_weight": 1.0,
     "fisher_labels": "exact",
-    "mas_weight": 1.0,
+    "mas_weight": 0.0,
     "si_weight": 0.0,
     "si_clamp": False,
     "uniform_weight": 0.0,
@@ -34,26 +34,33 @@ DESIGN = {
     "power": 1.0,
     "clip_quantile": 1.0,
     "floor": 0.0,
-    "accumulate": "sum",
-    "decay_gamma": 1.0,
+    "accumulate": "decay",
+    "decay_gamma": 0.9,
     "penalty": "quadratic",
-    "penalty_coef": 1.0,
-    "reg_strength_scale": 1e-05,
+    "penalty_coef": 0.5,
+    "reg_strength_scale": 1.0,
 }
 
 # Multiplies the benchmark's reg_strength (HARNESS.md section 1).
-CONFIG_OVERRIDES = {"reg_strength_scale": 1e-05}
+CONFIG_OVERRIDES = {"reg_strength_scale": 1.0}
 
 
 # Examples of the finished context the importance is averaged over (the first ones, in order).
 N_EXAMPLES = 200
 
-# Constant factor of the penalty (as SI and MAS publish).
-PENALTY_COEF = 1.0
+# Constant factor of the penalty (0.5: EWC's quadratic (Laplace) approximation).
+PENALTY_COEF = 0.5
+
+# Decay of the carried importance per context; online EWC also weighs the penalty by it.
+DECAY_GAMMA = 0.9
 
 # Per-example gradients of parameters outside nn.Linear layers are held in chunks of at most this many
 # floats (256 MiB in float32), so that memory stays bounded whatever the network.
 _GENERIC_CHUNK_FLOATS = 67108864
+
+# On a CPU the penalty runs over blocks of at most this many floats (512 KiB in float32), so that
+# theta - theta* of a block stays in the L2 cache between its write and its two reads.
+_PENALTY_BLOCK_FLOATS = 131072
 
 
 def _regularized(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
@@ -162,80 +169,132 @@ def _per_example_sums(
     return sums
 
 
-def _output_norm(out: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared L2 norm of the returned outputs per example, weight 1."""
-    sq = out.square().sum(1, keepdim=True)
-    return sq, torch.ones_like(sq)
-
-
-def _mas(
+def _fisher_exact(
     model: torch.nn.Module, params: dict[str, torch.nn.Parameter], xs: torch.Tensor, ys: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """MAS (Aljundi et al. 2018): mean over examples of |d ||f(x)||^2 / d theta|."""
-    sums = _per_example_sums(model, params, xs, _output_norm, ys, use_abs=True)
+    """Diagonal Fisher, exact expectation over the returned units: mean_n sum_j p_j (d(-log p_j)/dtheta)^2."""
+
+    def every_unit(out: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_p = torch.log_softmax(out, dim=1)
+        return -log_p, log_p.exp()  # the probabilities weigh each unit and are held constant
+
+    sums = _per_example_sums(model, params, xs, every_unit, ys, use_abs=False)
     return {k: s / xs.shape[0] for k, s in sums.items()}
 
 
-def _penalty_buffers(
+def _accumulate_decay(
+    carried: dict[str, torch.Tensor], new: dict[str, torch.Tensor], gamma: float
+) -> dict[str, torch.Tensor]:
+    """Online: return gamma * carried + new - carried; the loop's addition gives gamma * carried + new."""
+    return {k: v + (gamma - 1.0) * carried[k] if k in carried else v for k, v in new.items()}
+
+
+def _penalty_plan(
     model: torch.nn.Module,
     importance: dict[str, torch.Tensor],
     anchor: dict[str, torch.Tensor],
     coef: float,
-) -> tuple[
-    list[torch.nn.Parameter], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]
-]:
-    """The penalized parameters and the flat buffers of the penalty, rebuilt only when their inputs change.
+) -> tuple[list[torch.nn.Parameter], dict]:
+    """The penalized parameters and the penalty's flat buffers and blocks, rebuilt only when their inputs change.
 
-    Buffers: coef * importance and a scratch buffer for theta - anchor (flat), with per-parameter views of the
-    scratch and of the flat anchor. The cache lives on the model; it is stale when any importance or anchor
-    tensor was replaced (identity; the cache holds a reference, so an id cannot be reused) or modified in
-    place (its `_version` counter moved).
+    The weight buffer holds 2 * coef * importance * scale, where scale is the factor the loop multiplies the
+    penalty by (its reg_strength, learnt from the backward passes): the gradient then needs no pass of its own.
+    The plan lives on the model; it is stale when any importance or anchor tensor was replaced (identity; the
+    plan holds a reference, so an id cannot be reused) or modified in place (its `_version` counter moved).
     """
     params = [(k, p) for k, p in _regularized(model) if k in importance]
     stamp = [(t, t._version) for k, _ in params for t in (importance[k], anchor[k])]
-    cache = getattr(model, "_custom_penalty_cache", None)
+    plan = getattr(model, "_custom_penalty_plan", None)
     if (
-        cache is None
-        or len(cache[0]) != len(stamp)
-        or any(t is not u or v != u._version for (t, v), (u, _) in zip(cache[0], stamp, strict=True))
+        plan is None
+        or len(plan["stamp"]) != len(stamp)
+        or any(t is not u or v != u._version for (t, v), (u, _) in zip(plan["stamp"], stamp, strict=True))
     ):
-        sizes = [p.numel() for _, p in params]
-        weight = torch.cat([(coef * importance[k]).flatten() for k, _ in params]).detach()
         center = torch.cat([anchor[k].flatten() for k, _ in params]).detach()
-        scratch = torch.empty_like(center)
-        cache = (stamp, (weight, scratch, list(scratch.split(sizes)), list(center.split(sizes))))
-        model._custom_penalty_cache = cache
-    return [p for _, p in params], cache[1]
+        weight = torch.empty_like(center)
+        # Blocks of the flat buffers. On a CPU they are small enough that theta - theta* stays in the cache
+        # between its write and its reads; elsewhere one block, as every operation costs a kernel launch.
+        size = _PENALTY_BLOCK_FLOATS if center.device.type == "cpu" else center.numel()
+        scratch = torch.empty(min(size, center.numel()), dtype=center.dtype, device=center.device)
+        spans = []  # each parameter's span in the flat buffers
+        for _, p in params:
+            start = spans[-1][1] if spans else 0
+            spans.append((start, start + p.numel()))
+        blocks = []  # (span in the flat buffers, its weights and scratch, the parameter pieces it holds)
+        for lo in range(0, center.numel(), size):
+            hi = min(lo + size, center.numel())
+            pieces = []  # (parameter index, span in the parameter, its scratch and anchor)
+            for i, (a, b) in enumerate(spans):
+                if a < hi and b > lo:
+                    first, last = max(a, lo), min(b, hi)
+                    pieces.append(
+                        (i, slice(first - a, last - a), scratch[first - lo : last - lo], center[first:last])
+                    )
+            blocks.append((slice(lo, hi), weight[lo:hi], scratch[: hi - lo], pieces))
+        plan = {
+            "stamp": stamp,
+            "blocks": blocks,
+            "numel": center.numel(),
+            "shapes": [p.shape for _, p in params],
+            "weights": list(weight.split([p.numel() for _, p in params])),
+            "scale": None,
+            "next_scale": 1.0 if plan is None else plan["next_scale"],
+            "last_factor": None,
+        }
+        model._custom_penalty_plan = plan
+    if plan["scale"] != plan["next_scale"]:  # new buffers, or the loop's factor changed
+        plan["scale"] = plan["next_scale"]
+        for (k, _), weight in zip(params, plan["weights"], strict=True):
+            torch.mul(importance[k].detach().flatten(), 2.0 * coef * plan["scale"], out=weight)
+    return [p for _, p in params], plan
 
 
 class _QuadraticPenalty(torch.autograd.Function):
-    """sum w (theta - theta*)^2 over flat buffers; the gradient 2 w (theta - theta*) comes from the forward."""
+    """coef * sum F (theta - theta*)^2 block by block over flat buffers; the forward also makes the gradient."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        buffers: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]],
-        *params: torch.Tensor,
+        ctx: torch.autograd.function.FunctionCtx, plan: dict, *params: torch.Tensor
     ) -> torch.Tensor:
-        weight, diff, diff_views, center_views = buffers
-        for p, d, c in zip(params, diff_views, center_views, strict=True):
-            torch.sub(
-                p.detach().reshape(-1), c, out=d
-            )  # theta - theta*, written into the flat scratch buffer
-        weighted = weight * diff
-        ctx.save_for_backward(weighted)
-        ctx.shapes = [p.shape for p in params]
-        return torch.dot(weighted, diff)
+        flat = [p.detach().reshape(-1) for p in params]
+        # One gradient buffer from step to step (no allocation, no page faults): autograd adds it to the task
+        # loss's gradient, or keeps it as .grad when the penalty is alone; a new one while any .grad holds it.
+        grad = plan.get("grad")
+        if grad is None or any(
+            p.grad is not None and p.grad.untyped_storage().data_ptr() == grad.untyped_storage().data_ptr()
+            for p in params
+        ):
+            grad = plan["grad"] = torch.empty(plan["numel"], dtype=flat[0].dtype, device=flat[0].device)
+        sums = []
+        for span, weight, diff, pieces in plan["blocks"]:
+            for i, part, piece, center in pieces:
+                torch.sub(flat[i][part], center, out=piece)  # theta - theta*
+            torch.mul(diff, weight, out=grad[span])  # 2 coef scale F (theta - theta*)
+            sums.append(torch.dot(grad[span], diff))
+        ctx.save_for_backward(grad)
+        ctx.plan, ctx.scale = plan, plan["scale"]
+        return torch.stack(sums).sum() / (2.0 * plan["scale"])
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        (weighted,) = ctx.saved_tensors
+        (grad,) = ctx.saved_tensors
+        plan = ctx.plan
         # In place: nothing else reads this buffer (a second backward through it raises torch's version error).
-        grad = weighted.mul_(2.0 * grad_out)
-        sizes = [s.numel() for s in ctx.shapes]
-        return (None, *(g.view(s) for g, s in zip(grad.split(sizes), ctx.shapes, strict=True)))
+        if grad_out.device.type != "cpu":
+            grad.mul_(grad_out / ctx.scale)  # reading grad_out on the host would wait for the device
+        else:
+            factor = float(grad_out)
+            if factor != ctx.scale:
+                grad.mul_(factor / ctx.scale)
+                # The same factor twice in a row: the next forward folds it into the weights.
+                if factor == plan["last_factor"] and factor != 0.0 and abs(factor) < float("inf"):
+                    plan["next_scale"] = factor
+            plan["last_factor"] = factor
+        shapes = plan["shapes"]
+        sizes = [s.numel() for s in shapes]
+        return (None, *(g.view(s) for g, s in zip(grad.split(sizes), shapes, strict=True)))
 
 
 def _quadratic_penalty(
@@ -244,8 +303,8 @@ def _quadratic_penalty(
     """coef * sum importance (theta - anchor)^2, one fused pass; exactly 0 while nothing is carried."""
     if not importance:
         return torch.zeros((), device=next(model.parameters()).device)
-    params, buffers = _penalty_buffers(model, importance, anchor, coef)
-    return _QuadraticPenalty.apply(buffers, *params)
+    params, plan = _penalty_plan(model, importance, anchor, coef)
+    return _QuadraticPenalty.apply(plan, *params)
 
 
 def estimate_importance(
@@ -254,16 +313,16 @@ def estimate_importance(
     prev_params: dict[str, torch.Tensor],
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """importance = MAS; across contexts summed; penalty 1.0 x quadratic, reg_strength_scale 1e-05."""
+    """importance = exact Fisher; across contexts decayed by 0.9; penalty 0.5 x quadratic, reg_strength_..."""
     params = dict(_regularized(model))
     was_training = model.training
     model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)
     try:
         xs, ys = _examples(dataset, N_EXAMPLES, None, device)
-        mas = _mas(model, params, xs, ys)
+        fisher = _fisher_exact(model, params, xs, ys)
     finally:
         model.train(was_training)
-    return mas  # the loop adds it to the carried importance: a plain sum
+    return _accumulate_decay(model._custom_importance, fisher, DECAY_GAMMA)
 
 
 def compute_regularization_loss(
@@ -271,5 +330,5 @@ def compute_regularization_loss(
     importance_dict: dict[str, torch.Tensor],
     prev_params_dict: dict[str, torch.Tensor],
 ) -> torch.Tensor:
-    """R = PENALTY_COEF * sum importance (theta - anchor)^2; 0 while nothing is carried."""
-    return _quadratic_penalty(model, importance_dict, prev_params_dict, PENALTY_COEF)
+    """R = PENALTY_COEF * DECAY_GAMMA * sum importance (theta - anchor)^2; 0 while nothing is carried."""
+    return _quadratic_penalty(model, importance_dict, prev_params_dict, PENALTY_COEF * DECAY_GAMMA)
