@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from search import fidelity as fid
-from search.final_eval import BENCHMARKS, set_threads
+from search.final_eval import BENCHMARKS, add_threads_argument, set_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,11 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random designs (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, default=fid.DEFAULT_OUT, help="default: results/fidelity")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: torch's; 1 on a busy machine, docs/final-eval.md)",
-    )
+    add_threads_argument(p)
     p.add_argument("--storage", help="storage URL (default: the study's file under studies/)")
     g = p.add_argument_group(
         "alternative proxy settings (to tune a study's proxy against the same full runs)"

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from search import final_eval as fe
-from search.final_eval import set_threads
+from search.final_eval import add_threads_argument, set_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,11 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, default=fe.DEFAULT_OUT, help="results folder (default: results)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: torch's; 1 on a busy machine, docs/final-eval.md)",
-    )
+    add_threads_argument(p)
     p.add_argument(
         "--report-only", action="store_true", help="rebuild the report from the cache, run nothing"
     )

@@ -9,6 +9,7 @@ device is not part of the key: CPU and GPU runs of the same configuration are th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -34,6 +35,15 @@ FINAL_EVAL_VERSION = 1
 
 RunFn = Callable[..., dict]
 LogFn = Callable[[str], None]
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """The `--threads` option that final-eval and fidelity share (applied by `set_threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's; 1 on a busy machine, docs/final-eval.md)",
+    )
 
 
 def set_threads(threads: int | None) -> None:
