@@ -1,8 +1,14 @@
 """`Design`: one point of the regularizer space, its validation, JSON form and sampling from an Optuna trial.
 
-The space is flat: every field is an Optuna parameter of the same name, suggested in every trial (fields that a
-design does not use, such as `decay_gamma` under plain-sum accumulation, are still suggested and simply have no
-effect), so that multivariate TPE sees one fixed space.
+The space is calibrated (docs/space.md, "The space"): a design names the estimators it uses (one, or a mixture
+of two normalized ones), the transforms of their importance, and the reference its magnitude is put on before
+the strength applies, so that `reg_strength_scale = 1` means "as strong as published EWC on this benchmark"
+for every searched design. A field exists only where it has an effect: a mixture weight only for a mixture,
+Fisher labels only where a Fisher is used, gamma only under decayed accumulation. Such conditional fields are
+absent from the design's dict (and from the trial's params) when they do not apply.
+
+Some values are valid but never sampled: the uncalibrated reference `none` (SI, MAS and L2 as published carry
+their own magnitude and strength), the empty estimator set `none`, and strengths outside the searched decades.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,53 +27,134 @@ class DesignError(ValueError):
 
 @dataclass(frozen=True)
 class Spec:
-    """The domain of one field: a float or int range (optionally log-scaled) or a tuple of choices."""
+    """The domain of one field.
+
+    `low`/`high` (float, int) and `choices` (choice) are what a design may hold; `search` (choices) or
+    `search_low`/`search_high` (ranges) is the part the sampler draws from. `applies` says whether the field
+    exists for a design, given the design's other values.
+    """
 
     kind: str  # "float" | "int" | "choice"
     low: float = 0.0
     high: float = 0.0
     log: bool = False
     choices: tuple[Any, ...] = ()
-    doc: str = ""
+    search: tuple[Any, ...] = ()
+    search_low: float | None = None
+    search_high: float | None = None
+    applies: Callable[[Mapping[str, Any]], bool] = lambda _values: True
+
+
+# Estimator sets: one estimator, or a mixture of two (the weight `mix` is the first one's share).
+ESTIMATOR_SETS = ("fisher", "mas", "si", "uniform", "fisher+mas", "fisher+si", "mas+si", "none")
+DATA_ESTIMATORS = frozenset({"fisher", "mas"})
+# Strength: every searched design is calibrated to the exact Fisher's total, so two decades either side of the
+# published EWC strength hold every plausible design. Uncalibrated presets (SI, MAS, L2) need the wide range.
+SCALE_RANGE = (1e-8, 1e4)
+SEARCHED_SCALE = (1e-2, 1e2)
+
+
+def uses(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The estimators a design's `estimators` field names (empty for `none`)."""
+    name = values.get("estimators", "fisher")
+    return () if name == "none" else tuple(name.split("+"))
+
+
+def _regularizes(v: Mapping[str, Any]) -> bool:
+    return bool(uses(v))
+
+
+def _reads_data(v: Mapping[str, Any]) -> bool:
+    return bool(DATA_ESTIMATORS & set(uses(v))) or (_regularizes(v) and v.get("reference", "fisher") != "none")
+
+
+SPACE: dict[str, Spec] = {
+    "estimators": Spec("choice", choices=ESTIMATOR_SETS, search=ESTIMATOR_SETS[:-1]),
+    "fisher_labels": Spec(
+        "choice", choices=("exact", "sampled", "empirical"), applies=lambda v: "fisher" in uses(v)
+    ),
+    "si_clamp": Spec("choice", choices=(False, True), applies=lambda v: "si" in uses(v)),
+    "mix": Spec("float", 0.1, 0.9, applies=lambda v: len(uses(v)) == 2),
+    # 0 = every example of the finished context.
+    "data_examples": Spec("choice", choices=(200, 1000, 5000, 0), applies=_reads_data),
+    "data_subset": Spec(
+        "choice", choices=("first", "random"), applies=lambda v: _reads_data(v) and v.get("data_examples") != 0
+    ),
+    "norm": Spec("choice", choices=("none", "mean", "rank"), applies=_regularizes),
+    "power": Spec("float", 0.25, 2.0, search_low=0.25, search_high=1.0, applies=_regularizes),
+    "clip_quantile": Spec("float", 0.9, 1.0, search_low=0.95, search_high=1.0, applies=_regularizes),
+    "reference": Spec(
+        "choice", choices=("fisher", "fisher_first", "none"), search=("fisher", "fisher_first"), applies=_regularizes
+    ),
+    "accumulate": Spec("choice", choices=("sum", "decay", "max"), applies=_regularizes),
+    "decay_gamma": Spec(
+        "float", 0.5, 1.0, search_low=0.5, search_high=0.99, applies=lambda v: v.get("accumulate") == "decay"
+    ),
+    "reg_strength_scale": Spec(
+        "float", SCALE_RANGE[0], SCALE_RANGE[1], log=True, search_low=SEARCHED_SCALE[0],
+        search_high=SEARCHED_SCALE[1], applies=_regularizes,
+    ),  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
 class Design:
-    """One regularizer. Defaults are the scaffold EWC (preset `ewc`); see docs/space.md for each field."""
+    """One regularizer. Defaults are the scaffold EWC (preset `ewc`); see docs/space.md for each field.
 
-    fisher_weight: float = 1.0
+    A field that does not apply to the design (for example `mix` of a single estimator) must keep its default;
+    `to_dict` leaves it out.
+    """
+
+    estimators: str = "fisher"
     fisher_labels: str = "exact"
-    mas_weight: float = 0.0
-    si_weight: float = 0.0
     si_clamp: bool = False
-    uniform_weight: float = 0.0
+    mix: float = 0.5
     data_examples: int = 200
     data_subset: str = "first"
-    data_seed: int = 0
     norm: str = "none"
-    rescale: str = "none"
     power: float = 1.0
     clip_quantile: float = 1.0
-    floor: float = 0.0
+    reference: str = "fisher"
     accumulate: str = "sum"
-    decay_gamma: float = 1.0
-    penalty: str = "quadratic"
-    penalty_coef: float = 0.5
+    decay_gamma: float = 0.9
     reg_strength_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check(f.name, getattr(self, f.name))
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            _check(name, value)
+            if not SPACE[name].applies(values) and value != _DEFAULTS[name]:
+                raise DesignError(
+                    f"design field {name!r} has no effect on this design ({_why_inactive(name, values)}); "
+                    "leave it out"
+                )
+        if len(uses(values)) == 2 and self.reference == "none":
+            raise DesignError(
+                "design field 'reference': a mixture of normalized estimators needs a reference scale "
+                "('fisher' or 'fisher_first'), not 'none'"
+            )
+
+    @property
+    def estimator_list(self) -> tuple[str, ...]:
+        """The estimators in use, in order (empty when the design does not regularize)."""
+        return uses(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field, in declaration order."""
-        return dataclasses.asdict(self)
+        """The fields that apply to this design, in declaration order."""
+        values = dataclasses.asdict(self)
+        return {k: v for k, v in values.items() if SPACE[k].applies(values)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Design:
-        """Validate and build; unknown fields and bad values raise `DesignError` naming them."""
+        """Validate and build; unknown fields and bad values raise `DesignError` naming them.
+
+        Designs of the first version of the space (with `fisher_weight`, `penalty_coef`, ...) are converted
+        when the current space holds the same regularizer, and refused with the reason otherwise.
+        """
         if not isinstance(data, Mapping):
             raise DesignError(f"a design must be a mapping of fields, got {type(data).__name__}")
+        if "fisher_weight" in data or "penalty_coef" in data:
+            return cls.from_dict(_from_v1(data))
         unknown = sorted(set(data) - set(SPACE))
         if unknown:
             raise DesignError(f"unknown design field(s): {', '.join(map(str, unknown))}")
@@ -88,49 +175,81 @@ class Design:
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> Design:
-        """A copy with some fields changed (validated)."""
-        return Design.from_dict({**self.to_dict(), **changes})
+        """A copy with some fields changed (validated); fields that stop applying return to their default."""
+        values = {**dataclasses.asdict(self), **changes}
+        return Design.from_dict(_prune(values, keep=set(changes)))
 
 
-# Published best strengths of different estimators differ by up to four orders of magnitude, and importance
-# magnitudes differ by more (uniform L2 or MAS vs a Fisher, up to 1e-7 on Split-MNIST); the range holds every
-# preset's scale with room on both sides.
-SCALE_RANGE = (1e-8, 1e4)
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Design)}
 
-SPACE: dict[str, Spec] = {
-    "fisher_weight": Spec("float", 0.0, 1.0, doc="weight of the Fisher estimator in the mixture"),
-    "fisher_labels": Spec(
-        "choice", choices=("exact", "sampled", "empirical"), doc="labels the Fisher is taken over"
-    ),
-    "mas_weight": Spec("float", 0.0, 1.0, doc="weight of MAS output-norm sensitivity"),
-    "si_weight": Spec("float", 0.0, 1.0, doc="weight of the SI path integral"),
-    "si_clamp": Spec("choice", choices=(False, True), doc="clamp SI's Omega at 0 (published SI: no)"),
-    "uniform_weight": Spec("float", 0.0, 1.0, doc="weight of uniform importance (L2)"),
-    "data_examples": Spec("int", 16, 1024, log=True, doc="examples the data-based estimators average over"),
-    "data_subset": Spec("choice", choices=("first", "random"), doc="the first n examples or a seeded subset"),
-    "data_seed": Spec("int", 0, 999, doc="seed of the random subset and of sampled labels"),
-    "norm": Spec("choice", choices=("none", "mean", "max", "rms", "rank"), doc="per-tensor normalization"),
-    "rescale": Spec("choice", choices=("none", "fisher"), doc="rescale the mixture to the Fisher's total"),
-    "power": Spec("float", 0.25, 2.0, doc="exponent applied to the mixture"),
-    "clip_quantile": Spec("float", 0.9, 1.0, doc="cap at this per-tensor quantile (1: no cap)"),
-    "floor": Spec("float", 0.0, 0.5, doc="floor as a fraction of the per-tensor mean (0: none)"),
-    "accumulate": Spec("choice", choices=("sum", "decay", "max"), doc="accumulation across contexts"),
-    "decay_gamma": Spec("float", 0.5, 1.0, doc="decay factor of `decay` accumulation"),
-    "penalty": Spec("choice", choices=("quadratic",), doc="penalty form"),
-    "penalty_coef": Spec("choice", choices=(0.5, 1.0), doc="constant factor of the penalty"),
-    "reg_strength_scale": Spec(
-        "float", SCALE_RANGE[0], SCALE_RANGE[1], log=True, doc="multiplies the benchmark's reg_strength"
-    ),
-}
+
+def _why_inactive(name: str, values: Mapping[str, Any]) -> str:
+    if name == "decay_gamma":
+        return f"accumulate is {values.get('accumulate')!r}, not 'decay'"
+    if name == "data_subset" and values.get("data_examples") == 0:
+        return "data_examples is 0: every example is used"
+    return f"estimators is {values.get('estimators')!r}"
+
+
+def _prune(values: Mapping[str, Any], keep: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Drop fields that do not apply (except those in `keep`, so that an explicit bad value is reported)."""
+    return {k: v for k, v in values.items() if k in keep or k not in SPACE or SPACE[k].applies(values)}
+
+
+def _from_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The current-space fields of a first-version design, or `DesignError` saying why there are none."""
+    weights = {
+        "fisher": data.get("fisher_weight", 1.0),
+        "mas": data.get("mas_weight", 0.0),
+        "si": data.get("si_weight", 0.0),
+        "uniform": data.get("uniform_weight", 0.0),
+    }
+    active = [k for k, w in weights.items() if isinstance(w, int | float) and w > 0]
+    problems = []
+    if len(active) > 1 or any(weights[k] != 1.0 for k in active):
+        problems.append("it mixes raw (unnormalized) estimators")
+    for key, neutral in (("norm", "none"), ("rescale", "none"), ("power", 1.0), ("floor", 0.0)):
+        if data.get(key, neutral) != neutral:
+            problems.append(f"{key} = {data[key]!r}")
+    if data.get("data_subset", "first") == "random" and data.get("data_seed", 0) != 0:
+        problems.append("its random subset has a seed other than 0")
+    if data.get("penalty", "quadratic") != "quadratic":
+        problems.append(f"penalty = {data['penalty']!r}")
+    if problems:
+        raise DesignError(
+            "this design is from the first version of the space and has no equivalent in the current one ("
+            + "; ".join(problems)
+            + "); the module source stored with its trial still runs as it is"
+        )
+    coef = data.get("penalty_coef", 0.5)
+    if coef not in (0.5, 1.0):
+        raise DesignError(f"design field 'penalty_coef': {coef!r} is not one of [0.5, 1.0]")
+    out: dict[str, Any] = {
+        "estimators": active[0] if active else "none",
+        # The current penalty is 0.5 * sum F (theta - theta*)^2: a coefficient of 1 doubles the strength
+        # (exact in floating point).
+        "reg_strength_scale": float(data.get("reg_strength_scale", 1.0)) * (coef / 0.5),
+        # Published SI, MAS and L2 carry their own magnitude; the first space's Fisher designs were the raw
+        # Fisher, which is what reference 'fisher' gives a single Fisher.
+        "reference": "fisher" if active and active[0] == "fisher" else "none",
+    }
+    for key in ("fisher_labels", "si_clamp", "data_examples", "data_subset", "clip_quantile", "accumulate"):
+        if key in data:
+            out[key] = data[key]
+    if data.get("accumulate") == "decay":
+        out["decay_gamma"] = data.get("decay_gamma", 1.0)
+    if out.get("data_examples") not in (None, *SPACE["data_examples"].choices):
+        raise DesignError(
+            f"this design is from the first version of the space: data_examples = {out['data_examples']!r} is "
+            f"not one of {list(SPACE['data_examples'].choices)} in the current one"
+        )
+    return _prune(out)
 
 
 def _coerce(name: str, value: Any) -> Any:
     """JSON gives ints for whole floats; accept them for float fields (bool never counts as a number)."""
     spec = SPACE[name]
     if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    numeric_choices = any(isinstance(c, float) for c in spec.choices)
-    if spec.kind == "choice" and numeric_choices and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 
@@ -142,36 +261,42 @@ def _check(name: str, value: Any) -> None:
         if not any(type(value) is type(c) and value == c for c in spec.choices):
             raise DesignError(f"design field {name!r}: {value!r} is not one of {list(spec.choices)}")
         return
-    if spec.kind == "int":
-        ok_type = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok_type = isinstance(value, float) and math.isfinite(value)
+    ok_type = isinstance(value, float) and math.isfinite(value)
     if not ok_type:
         raise DesignError(f"design field {name!r}: {value!r} is not a finite {spec.kind}")
     if not spec.low <= value <= spec.high:
         raise DesignError(f"design field {name!r}: {value!r} is outside [{spec.low!r}, {spec.high!r}]")
 
 
-def suggest(trial: Any, fixed: Mapping[str, Any] | None = None) -> Design:
-    """Sample a design from an Optuna trial: every field not in `fixed` is suggested, under its own name."""
+def suggest(trial: Any, fixed: Mapping[str, Any] | None = None, *, scale_center: float = 1.0) -> Design:
+    """Sample a design from an Optuna trial: every field that applies and is not in `fixed` is suggested.
+
+    Fields are suggested in declaration order, so a conditional field is asked for only when the values
+    drawn before it make it apply. `scale_center` moves the searched strength decades (a tuned baseline
+    whose preset is uncalibrated searches around its own published scale).
+    """
     fixed = dict(fixed or {})
     unknown = sorted(set(fixed) - set(SPACE))
     if unknown:
         raise DesignError(f"unknown design field(s) in fixed: {', '.join(unknown)}")
     values: dict[str, Any] = {}
     for name, spec in SPACE.items():
+        if not spec.applies({**_DEFAULTS, **fixed, **values}):
+            continue
         if name in fixed:
             values[name] = _coerce(name, fixed[name])
         elif spec.kind == "float":
-            values[name] = trial.suggest_float(name, spec.low, spec.high, log=spec.log)
-        elif spec.kind == "int":
-            values[name] = trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log)
+            low = spec.low if spec.search_low is None else spec.search_low
+            high = spec.high if spec.search_high is None else spec.search_high
+            if name == "reg_strength_scale":
+                low, high = low * scale_center, high * scale_center
+            values[name] = trial.suggest_float(name, low, high, log=spec.log)
         else:
-            values[name] = trial.suggest_categorical(name, list(spec.choices))
-    return Design(**values)
+            values[name] = trial.suggest_categorical(name, list(spec.search or spec.choices))
+    return Design.from_dict(values)
 
 
 def trial_params(design: Design, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The Optuna params of `design` (every field not in `fixed`), for `study.enqueue_trial`."""
+    """The Optuna params of `design` (every field that applies and is not in `fixed`), for `enqueue_trial`."""
     fixed = fixed or {}
     return {name: value for name, value in design.to_dict().items() if name not in fixed}

@@ -23,12 +23,11 @@ from space.design import Design, DesignError
 from space.registry import (
     ACCUMULATIONS,
     CONSTANTS,
-    DATA_ESTIMATORS,
     ESTIMATORS,
     HELPERS,
     NORMALIZATIONS,
-    PENALTIES,
-    RESCALES,
+    PENALTY,
+    SCALES,
     TRANSFORMS,
 )
 
@@ -75,47 +74,59 @@ def _regenerate_command(prov: Mapping[str, str]) -> str:
     )
 
 
-def _active(design: Design) -> dict[str, tuple[str, float]]:
-    """Estimators with a nonzero weight: variable name -> (registry key, weight)."""
-    candidates = {
-        "fisher": (f"fisher_{design.fisher_labels}", design.fisher_weight),
-        "mas": ("mas", design.mas_weight),
-        "si": ("si", design.si_weight),
-        "uniform": ("uniform", design.uniform_weight),
-    }
-    return {var: entry for var, entry in candidates.items() if entry[1] > 0.0}
+_NAMES = {"fisher": "Fisher", "mas": "MAS", "si": "SI", "uniform": "uniform (L2)"}
+
+
+def _estimator_name(design: Design, name: str) -> str:
+    return _LABELS[design.fisher_labels] if name == "fisher" else _NAMES[name]
+
+
+def _plain(design: Design) -> bool:
+    """True when the importance is one estimator's output as it is (no normalization, transform or rescale)."""
+    used = design.estimator_list
+    untouched = design.norm == "none" and design.power == 1.0 and design.clip_quantile >= 1.0
+    if len(used) != 1 or not untouched:
+        return False
+    # Rescaling the exact Fisher to its own total changes nothing.
+    return design.reference == "none" or (
+        design.reference == "fisher" and used[0] == "fisher" and design.fisher_labels == "exact"
+    )
 
 
 def describe(design: Design) -> str:
     """One sentence saying what the design computes."""
-    active = _active(design)
-    if not active:
+    used = design.estimator_list
+    if not used:
         return "no regularization (the penalty is 0)."
-    names = {"fisher": _LABELS[design.fisher_labels], "mas": "MAS", "si": "SI", "uniform": "uniform (L2)"}
-    terms = [
-        names[v] if len(active) == 1 and w == 1.0 else f"{w!r} x {names[v]}" for v, (_, w) in active.items()
-    ]
-    text = " + ".join(terms)
-    if design.norm != "none" and len(active) > 1:
-        text = f"{text} (each {design.norm}-normalized per tensor)"
+    names = [_estimator_name(design, e) for e in used]
+    if len(used) == 1:
+        text = names[0]
+    else:
+        text = f"{design.mix!r} x {names[0]} + {round(1.0 - design.mix, 12)!r} x {names[1]}"
+    if design.norm != "none":
+        text += f" ({'each ' if len(used) > 1 else ''}{design.norm}-normalized per tensor)"
+    elif len(used) > 1:
+        text += " (each brought to a unit total)"
     steps = []
     if design.power != 1.0:
         steps.append(f"raised to {design.power!r}")
     if design.clip_quantile < 1.0:
-        steps.append(f"capped at quantile {design.clip_quantile!r}")
-    if design.floor > 0.0:
-        steps.append(f"floored at {design.floor!r} x mean")
-    if design.rescale == "fisher":
-        steps.append("rescaled to the Fisher's total")
+        steps.append(f"capped at quantile {design.clip_quantile!r} per tensor")
+    if not _plain(design) and design.reference == "fisher":
+        steps.append("rescaled to the exact Fisher's total")
+    elif design.reference == "fisher_first":
+        steps.append("rescaled to the first context's exact-Fisher total (every context alike)")
     if steps:
         text = f"{text}, {', '.join(steps)}"
+    if "data_examples" in design.to_dict():
+        if design.data_examples == 0:
+            text += ", over every example of the context"
+        else:
+            text += f", over {design.data_examples} examples ({design.data_subset})"
     accumulate = {"sum": "summed", "decay": f"decayed by {design.decay_gamma!r}", "max": "max"}[
         design.accumulate
     ]
-    return (
-        f"importance = {text}; across contexts {accumulate}; penalty {design.penalty_coef!r} x quadratic, "
-        f"reg_strength_scale {design.reg_strength_scale!r}."
-    )
+    return f"importance = {text}; across contexts {accumulate}; reg_strength_scale {design.reg_strength_scale!r}."
 
 
 def _comment(text: str, indent: str = "") -> str:
@@ -157,11 +168,11 @@ def generate_source(design: Design, provenance: Mapping[str, str | int | float] 
     if not isinstance(design, Design):
         raise DesignError(f"generate_source needs a space.Design, got {type(design).__name__}")
     prov = _provenance(provenance)
-    active = _active(design)
+    regularizes = bool(design.estimator_list)
     needed: list[str] = ["_regularized"]
     constants: list[tuple[str, str, str]] = []  # (name, value, reason)
-    body = _estimate_body(design, active, needed, constants) if active else None
-    penalty = _penalty_body(design, needed, constants) if active else None
+    body = _estimate_body(design, needed, constants) if regularizes else None
+    penalty = _penalty_body(design, needed, constants) if regularizes else None
 
     names = _closure(needed)
     helper_constants = [n for n in CONSTANTS if n in names]
@@ -256,138 +267,118 @@ _NONE_PENALTY = f'''{_SIGNATURE_PENALTY}
     return torch.zeros((), device=next(model.parameters()).device)'''
 
 
-def _estimate_body(
-    design: Design,
-    active: dict[str, tuple[str, float]],
-    needed: list[str],
-    constants: list[tuple[str, str, str]],
-) -> str:
-    """The source of `estimate_importance` for a design with at least one active estimator."""
-    fisher_key = f"fisher_{design.fisher_labels}"
-    # The rescaling reference is the design's Fisher, computed even when it is not mixed in.
-    computed = dict(active)
-    if design.rescale == "fisher" and "fisher" not in computed:
-        computed["fisher"] = (fisher_key, 0.0)
-    data_vars = [v for v, (key, _) in computed.items() if key in DATA_ESTIMATORS]
-    random_subset = design.data_subset == "random"
-    sampled = "fisher" in data_vars and design.fisher_labels == "sampled"
-    single = len(active) == 1 and next(iter(active.values()))[1] == 1.0
-    plain = (
-        single
-        and design.power == 1.0
-        and design.clip_quantile >= 1.0
-        and design.floor == 0.0
-        and design.rescale == "none"
-    )
-    if data_vars:
-        how = "a seeded random subset" if random_subset else "the first ones, in order"
+def _estimate_body(design: Design, needed: list[str], constants: list[tuple[str, str, str]]) -> str:
+    """The source of `estimate_importance` for a design that regularizes."""
+    used = design.estimator_list
+    values = design.to_dict()
+    reads_data = "data_examples" in values
+    calibrated = design.reference != "none"
+    # What each variable holds: estimator name -> registry key; the exact Fisher is also the reference scale.
+    keys = {e: (f"fisher_{design.fisher_labels}" if e == "fisher" else e) for e in used}
+    computed = dict(keys)
+    reference_var = "fisher" if keys.get("fisher") == "fisher_exact" else "exact_fisher"
+    if calibrated and reference_var == "exact_fisher":
+        computed["exact_fisher"] = "fisher_exact"
+
+    if reads_data:
+        how = "every one" if design.data_examples == 0 else (
+            "a seeded random subset" if design.data_subset == "random" else "the first ones, in order"
+        )  # fmt: skip
         constants.append(
             (
                 "N_EXAMPLES",
                 repr(design.data_examples),
-                f"Examples of the finished context the importance is averaged over ({how}).",
+                f"Examples of the finished context the importance is averaged over ({how}"
+                + ("; 0 means all)." if design.data_examples == 0 else")."),
             )
         )
-        if random_subset or sampled:
-            uses = (
-                "of the random subset" if random_subset else "",
-                "of the sampled labels" if sampled else "",
-            )
-            what = " and ".join(u for u in uses if u)
-            constants.append(("DATA_SEED", repr(design.data_seed), f"Seed {what}."))
         needed.append("_examples")
-    for var, (key, _) in computed.items():
-        needed.append(ESTIMATORS[key].name)
-        needed.extend(ESTIMATORS[key].requires)
-        if var == "si":
-            constants.append(
-                (
-                    "CLAMP_SI",
-                    repr(design.si_clamp),
-                    "Clamp SI's Omega at 0 (W < 0 where steps went uphill); published SI does not.",
-                )
+    random_subset = reads_data and design.data_examples != 0 and design.data_subset == "random"
+    if random_subset:
+        constants.append(("SUBSET_SEED", "0", "Seed of the random subset of examples."))
+    if computed.get("fisher") == "fisher_sampled":
+        constants.append(("LABEL_SEED", "0", "Seed of the labels drawn from the model's softmax."))
+    if "si" in used:
+        constants.append(
+            (
+                "CLAMP_SI",
+                repr(design.si_clamp),
+                "Clamp SI's Omega at 0 (W < 0 where steps went uphill); published SI does not.",
             )
-    if not single:
-        for var, (_, weight) in active.items():
-            constants.append(
-                (f"{var.upper()}_WEIGHT", repr(weight), f"Weight of the {var} estimator in the mixture.")
-            )
+        )
+    for key in computed.values():
+        needed.extend([ESTIMATORS[key].name, *ESTIMATORS[key].requires])
 
     lines = [
         _SIGNATURE_ESTIMATE,
         f'    """{_docline(describe(design))}"""',
         "    params = dict(_regularized(model))",
     ]
+    data_vars = [v for v, key in computed.items() if key not in ("si", "uniform")]
     if data_vars:
         lines += [
             "    was_training = model.training",
             "    model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)",
             "    try:",
-            f"        xs, ys = _examples(dataset, N_EXAMPLES, {'DATA_SEED' if random_subset else 'None'}, device)",
+            f"        xs, ys = _examples(dataset, N_EXAMPLES, {'SUBSET_SEED' if random_subset else 'None'}, device)",
         ]
         for var in data_vars:
-            func = ESTIMATORS[computed[var][0]].name
-            extra = ", torch.Generator().manual_seed(DATA_SEED)" if var == "fisher" and sampled else ""
+            func = ESTIMATORS[computed[var]].name
+            extra = ", torch.Generator().manual_seed(LABEL_SEED)" if computed[var] == "fisher_sampled" else ""
             lines.append(f"        {var} = {func}(model, params, xs, ys{extra})")
         lines += ["    finally:", "        model.train(was_training)"]
-    for var in computed:
-        if var == "si":
-            lines.append("    si = _si(model, params, prev_params, clamp=CLAMP_SI)")
-        elif var == "uniform":
-            lines.append("    uniform = _uniform(params)")
+    if "si" in used:
+        lines.append("    si = _si(model, params, prev_params, clamp=CLAMP_SI)")
+    if "uniform" in used:
+        lines.append("    uniform = _uniform(params)")
 
-    if plain:
-        result = next(iter(active))
+    if _plain(design):
+        result = used[0]
     else:
         result = "new"
-        norm = NORMALIZATIONS[design.norm]
+        if len(used) == 2:
+            constants.append(
+                ("MIX", repr(design.mix), f"Share of {used[0]} in the mixture; {used[1]} has the rest.")
+            )
         if design.norm != "none":
-            needed.append(norm.name)
-            needed.extend(norm.requires)
+            norm = NORMALIZATIONS[design.norm]
+            needed.extend([norm.name, *norm.requires])
+        elif len(used) == 2:  # mixed at a unit total each, so that their scales do not decide the mixture
+            needed.extend([SCALES["unit_total"].name, *SCALES["unit_total"].requires])
+            lines += [f"    {v} = _unit_total({v})" for v in used]
 
         def term(var: str) -> str:
-            value = f"{var}[k]" if design.norm == "none" else f"{norm.name}({var}[k])"
-            return value if single else f"{var.upper()}_WEIGHT * {value}"
+            return f"{var}[k]" if design.norm == "none" else f"{NORMALIZATIONS[design.norm].name}({var}[k])"
 
         lines += ["    new = {}", "    for k in params:"]
-        steps = [_assign("mixed", [term(v) for v in active], "        ")]
+        if len(used) == 2:
+            lines.append(_assign("mixed", [f"MIX * {term(used[0])}", f"(1.0 - MIX) * {term(used[1])}"], "        "))
+        else:
+            lines.append(f"        mixed = {term(used[0])}")
         if design.power != 1.0:
             constants.append(
-                (
-                    "POWER",
-                    repr(design.power),
-                    "Exponent of the mixture (SI and MAS scale like the Fisher's root).",
-                )
+                ("POWER", repr(design.power), "Exponent of the importance (SI and MAS scale like the Fisher's root).")
             )
             needed.append(TRANSFORMS["power"].name)
-            steps.append("        mixed = _power(mixed, POWER)")
+            lines.append("        mixed = _power(mixed, POWER)")
         if design.clip_quantile < 1.0:
             constants.append(
                 (
                     "CLIP_QUANTILE",
                     repr(design.clip_quantile),
-                    "Per-tensor quantile every importance is capped at.",
+                    "Per-tensor quantile every importance is capped at: a few huge entries cannot freeze weights.",
                 )
             )
             needed.append(TRANSFORMS["clip_quantile"].name)
-            steps.append("        mixed = _clip_quantile(mixed, CLIP_QUANTILE)")
-        if design.floor > 0.0:
-            constants.append(
-                (
-                    "FLOOR_FRACTION",
-                    repr(design.floor),
-                    "Lowest importance, as a fraction of the tensor's mean: no weight is left free.",
-                )
+            lines.append("        mixed = _clip_quantile(mixed, CLIP_QUANTILE)")
+        lines.append("        new[k] = mixed")
+        if calibrated:
+            needed.extend([SCALES["reference"].name, *SCALES["reference"].requires])
+            hold = design.reference == "fisher_first"
+            why = "the first context's, held" if hold else "this context's"
+            lines.append(
+                f"    new = _to_reference(model, new, {reference_var}, hold={hold})  # the exact Fisher's total: {why}"
             )
-            needed.append(TRANSFORMS["floor"].name)
-            steps.append("        mixed = _floor(mixed, FLOOR_FRACTION)")
-        if design.rescale == "fisher":
-            needed.extend([RESCALES["fisher"].name, *RESCALES["fisher"].requires])
-            steps.append(
-                "        mixed = _rescale_to(mixed, fisher[k])  # the Fisher's total: reg_strength keeps its sense"
-            )
-        steps.append("        new[k] = mixed")
-        lines += steps
 
     if design.accumulate == "sum":
         lines.append(f"    return {result}  # the loop adds it to the carried importance: a plain sum")
@@ -402,14 +393,8 @@ def _estimate_body(
 
 def _penalty_body(design: Design, needed: list[str], constants: list[tuple[str, str, str]]) -> str:
     """The source of `compute_regularization_loss`."""
-    penalty = PENALTIES[design.penalty]
-    needed.extend([penalty.name, *penalty.requires])
-    why = (
-        "0.5: EWC's quadratic (Laplace) approximation"
-        if design.penalty_coef == 0.5
-        else "as SI and MAS publish"
-    )
-    constants.append(("PENALTY_COEF", repr(design.penalty_coef), f"Constant factor of the penalty ({why})."))
+    needed.extend([PENALTY.name, *PENALTY.requires])
+    constants.append(("PENALTY_COEF", "0.5", "Constant factor of the penalty (EWC's quadratic approximation)."))
     coef = "PENALTY_COEF"
     if design.accumulate == "decay":
         constants.append(
@@ -424,7 +409,7 @@ def _penalty_body(design: Design, needed: list[str], constants: list[tuple[str, 
         [
             _SIGNATURE_PENALTY,
             f'    """R = {coef} * sum importance (theta - anchor)^2; 0 while nothing is carried."""',
-            f"    return {penalty.name}(model, importance_dict, prev_params_dict, {coef})",
+            f"    return {PENALTY.name}(model, importance_dict, prev_params_dict, {coef})",
         ]
     )
 

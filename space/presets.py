@@ -1,4 +1,4 @@
-"""The published methods as points of the space (HARNESS.md section 6)."""
+"""The published methods as points of the space (HARNESS.md section 6), and named variants of them."""
 
 from __future__ import annotations
 
@@ -9,14 +9,28 @@ PRESETS: dict[str, Design] = {
     "ewc": Design(),
     # Online EWC: the same Fisher, carried importance decayed by gamma; the penalty is weighed by gamma too.
     "online_ewc": Design(accumulate="decay", decay_gamma=0.9),
-    # SI: Omega = W / (Delta^2 + epsilon), unclamped as published; sum Omega (theta - theta*)^2, no 0.5.
-    "si": Design(fisher_weight=0.0, si_weight=1.0, penalty_coef=1.0),
+    # SI: Omega = W / (Delta^2 + epsilon), unclamped as published; sum Omega (theta - theta*)^2, no 0.5: the
+    # penalty is 0.5 * sum, so the published scale 1 is 2 here (exact in floating point).
+    "si": Design(estimators="si", reference="none", reg_strength_scale=2.0),
     # MAS: mean |d ||f(x)||^2 / d theta| over the first 200 examples; sum Omega (theta - theta*)^2 as published.
     # MAS and L2 scales match their importance's magnitude to the exact Fisher's (geometric mean over Split- and
     # Permuted-MNIST after 300 iterations, docs/space.md); they are starting points, not tuned strengths.
-    "mas": Design(fisher_weight=0.0, mas_weight=1.0, penalty_coef=1.0, reg_strength_scale=1e-5),
+    "mas": Design(estimators="mas", reference="none", reg_strength_scale=2e-5),
     # L2 to the anchor: importance 1 everywhere, 0.5 * sum (theta - theta*)^2.
-    "l2": Design(fisher_weight=0.0, uniform_weight=1.0, reg_strength_scale=1e-5),
-    # No regularization: every weight 0, so the generated penalty is 0.
-    "none": Design(fisher_weight=0.0),
+    "l2": Design(estimators="uniform", reference="none", reg_strength_scale=1e-5),
+    # No regularization: the generated penalty is 0.
+    "none": Design(estimators="none"),
+}
+
+# Points of the searched space named for what they test (the fidelity panel, warm starts): each published
+# estimator calibrated to the exact Fisher's total, the square root of the Fisher, and per-context
+# equalization (every context at the first context's total).
+VARIANTS: dict[str, Design] = {
+    "si_calibrated": Design(estimators="si"),
+    "mas_calibrated": Design(estimators="mas"),
+    "l2_calibrated": Design(estimators="uniform"),
+    "sqrt_fisher": Design(power=0.5),
+    "ewc_equalized": Design(reference="fisher_first"),
+    "sqrt_fisher_equalized": Design(power=0.5, reference="fisher_first"),
+    "ewc_all_examples": Design(data_examples=0),
 }
