@@ -191,13 +191,22 @@ def _why_inactive(name: str, values: Mapping[str, Any]) -> str:
     return f"estimators is {values.get('estimators')!r}"
 
 
-def _prune(values: Mapping[str, Any], keep: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+def _prune(values: Mapping[str, Any], keep: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """Drop fields that do not apply (except those in `keep`, so that an explicit bad value is reported)."""
     return {k: v for k, v in values.items() if k in keep or k not in SPACE or SPACE[k].applies(values)}
 
 
+_V1_FIELDS = frozenset(
+    "fisher_weight fisher_labels mas_weight si_weight si_clamp uniform_weight data_examples data_subset data_seed "
+    "norm rescale power clip_quantile floor accumulate decay_gamma penalty penalty_coef reg_strength_scale".split()
+)
+
+
 def _from_v1(data: Mapping[str, Any]) -> dict[str, Any]:
     """The current-space fields of a first-version design, or `DesignError` saying why there are none."""
+    unknown = sorted(set(data) - _V1_FIELDS)
+    if unknown:
+        raise DesignError(f"unknown design field(s): {', '.join(map(str, unknown))}")
     weights = {
         "fisher": data.get("fisher_weight", 1.0),
         "mas": data.get("mas_weight", 0.0),

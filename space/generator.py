@@ -345,10 +345,12 @@ def _estimate_body(design: Design, needed: list[str], constants: list[tuple[str,
             needed.extend([norm.name, *norm.requires])
         elif len(used) == 2:  # mixed at a unit total each, so that their scales do not decide the mixture
             needed.extend([SCALES["unit_total"].name, *SCALES["unit_total"].requires])
-            lines += [f"    {v} = _unit_total({v})" for v in used]
+            lines += [f"    {v}_unit = _unit_total({v})" for v in used]
 
         def term(var: str) -> str:
-            return f"{var}[k]" if design.norm == "none" else f"{NORMALIZATIONS[design.norm].name}({var}[k])"
+            if design.norm != "none":
+                return f"{NORMALIZATIONS[design.norm].name}({var}[k])"
+            return f"{var}_unit[k]" if len(used) == 2 else f"{var}[k]"
 
         lines += ["    new = {}", "    for k in params:"]
         if len(used) == 2:
@@ -376,9 +378,8 @@ def _estimate_body(design: Design, needed: list[str], constants: list[tuple[str,
             needed.extend([SCALES["reference"].name, *SCALES["reference"].requires])
             hold = design.reference == "fisher_first"
             why = "the first context's, held" if hold else "this context's"
-            lines.append(
-                f"    new = _to_reference(model, new, {reference_var}, hold={hold})  # the exact Fisher's total: {why}"
-            )
+            lines.append(f"    # The exact Fisher's total: {why}.")
+            lines.append(f"    new = _to_reference(model, new, {reference_var}, hold={hold})")
 
     if design.accumulate == "sum":
         lines.append(f"    return {result}  # the loop adds it to the carried importance: a plain sum")

@@ -17,29 +17,25 @@ from torch import nn
 
 import space
 from search.cli import main as search_main
+from space.presets import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 RUFF = Path(sys.executable).with_name("ruff")
 GOLDEN = ROOT / "tests" / "golden" / "generated_mix.py"
 # A design that uses most components; its generated source is pinned byte for byte in tests/golden.
 GOLDEN_DESIGN = space.Design(
-    fisher_weight=0.6,
+    estimators="fisher+si",
     fisher_labels="sampled",
-    mas_weight=0.3,
-    si_weight=0.2,
     si_clamp=True,
-    uniform_weight=0.05,
-    data_examples=64,
+    mix=0.6,
+    data_examples=1000,
     data_subset="random",
-    data_seed=7,
-    norm="rms",
-    rescale="fisher",
+    norm="mean",
     power=0.5,
     clip_quantile=0.99,
-    floor=0.01,
+    reference="fisher_first",
     accumulate="max",
-    penalty_coef=1.0,
-    reg_strength_scale=0.003,
+    reg_strength_scale=0.3,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -134,8 +130,11 @@ def test_si_preset_is_w_over_delta_squared_plus_epsilon(tmp_path: Path) -> None:
         torch.testing.assert_close(got[k], model._custom_W[k] / (delta**2 + 0.25))
     assert any((v < 0).any() for v in got.values())  # published SI does not clamp
     anchor = {k: v - 0.1 for k, v in model._custom_prev_params.items()}
+    # Published: scale 1 times sum Omega (theta - theta*)^2; here scale 2 times 0.5 * sum, the same loss.
+    scale = hooks.CONFIG_OVERRIDES["reg_strength_scale"]
+    assert scale == 2.0
     torch.testing.assert_close(
-        hooks.compute_regularization_loss(model, got, anchor), reference(model, got, anchor)
+        scale * hooks.compute_regularization_loss(model, got, anchor), reference(model, got, anchor)
     )
 
 
@@ -208,6 +207,72 @@ def test_max_accumulation_keeps_the_elementwise_maximum(tmp_path: Path) -> None:
         torch.testing.assert_close(model._custom_importance[k], torch.maximum(f, fishers[1][k]))
 
 
+def _total(t: dict) -> torch.Tensor:
+    return sum(v.abs().sum() for v in t.values())
+
+
+def test_calibrated_designs_carry_the_exact_fishers_total(tmp_path: Path) -> None:
+    """reference 'fisher': each context's importance has that context's exact-Fisher total; 'fisher_first':
+    every context has the first context's total (equalized), whatever the estimator and transforms."""
+    scaffold = load(ROOT / "tests" / "hooks" / "scaffold_ewc.py", "scaffold_ewc")
+    for i, design in enumerate(
+        [VARIANTS["sqrt_fisher"], VARIANTS["mas_calibrated"], VARIANTS["si_calibrated"], GOLDEN_DESIGN]
+    ):
+        hooks = generated(tmp_path, design, f"calibrated_{i}")
+        torch.manual_seed(i)
+        model = TinyNet()
+        fishers = []
+        returned = []
+        for context in range(3):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.3 * torch.randn_like(p))
+            ds = data(40, seed=context)
+            fishers.append(scaffold.estimate_importance(model, ds[:200], None, torch.device("cpu")))
+            model._custom_importance = {}  # the totals of what is returned, context by context
+            returned.append(hooks.estimate_importance(model, ds, model._custom_prev_params, torch.device("cpu")))
+        for context in range(3):
+            target = fishers[0 if design.reference == "fisher_first" else context]
+            torch.testing.assert_close(_total(returned[context]), _total(target), rtol=1e-6, atol=0.0)
+
+
+def test_mixture_of_normalized_estimators_with_power(tmp_path: Path) -> None:
+    """fisher+mas at mix 0.3: 0.3 * F / total(F) + 0.7 * MAS / total(MAS), then ^0.5, then to the F total."""
+    scaffold = load(ROOT / "tests" / "hooks" / "scaffold_ewc.py", "scaffold_ewc")
+    mas_hooks = generated(tmp_path, space.PRESETS["mas"], "mas_only")
+    design = space.Design(estimators="fisher+mas", mix=0.3, power=0.5)
+    hooks = generated(tmp_path, design, "mixture")
+    model = TinyNet()
+    ds = data()
+    fisher = scaffold.estimate_importance(model, ds, None, torch.device("cpu"))
+    mas = mas_hooks.estimate_importance(model, ds, {}, torch.device("cpu"))
+    mixed = {k: (0.3 * fisher[k] / _total(fisher) + 0.7 * mas[k] / _total(mas)).sqrt() for k in fisher}
+    expected = {k: v * _total(fisher) / _total(mixed) for k, v in mixed.items()}
+    got = hooks.estimate_importance(model, ds, {}, torch.device("cpu"))
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-12)
+
+
+def test_every_example_of_the_context_in_chunks(tmp_path: Path) -> None:
+    """data_examples 0 averages over the whole dataset, chunk by chunk (the chunks add up to one pass)."""
+    hooks = generated(tmp_path, VARIANTS["ewc_all_examples"], "all_examples")
+    hooks._EXAMPLE_CHUNK = 7  # the module's own constant: 300 examples in 43 chunks
+    model = TinyNet()
+    ds = data(300)
+    expected = {k: torch.zeros_like(p) for k, p in hooks._regularized(model)}
+    for x, _ in ds:  # the exact Fisher, one example at a time
+        out = model(x[None])
+        probs = torch.softmax(out, 1)[0].detach()
+        for j in range(out.shape[1]):
+            model.zero_grad()
+            (-torch.log_softmax(model(x[None]), 1)[0, j]).backward()
+            for n, p in model.named_parameters():
+                expected[model.key(n)] += probs[j] * p.grad**2 / len(ds)
+    got = hooks.estimate_importance(model, ds, {}, torch.device("cpu"))
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k])
+
+
 # ----------------------------------------------------------------------------------- random designs, any point
 
 
@@ -224,7 +289,7 @@ def test_random_designs_generate_modules_that_run_three_contexts_on_a_tiny_model
             for k, v in returned.items():
                 carried = model._custom_importance.get(k, 0) + v
                 assert torch.isfinite(carried).all()
-                if design.si_weight == 0 or design.si_clamp:
+                if "si" not in design.estimator_list or design.si_clamp:
                     assert (carried >= -1e-12).all(), (design, k)
             model._custom_importance = {
                 k: model._custom_importance.get(k, 0) + v for k, v in returned.items()
@@ -369,7 +434,7 @@ def test_export_command(
     design_file.write_text(GOLDEN_DESIGN.to_json())
     assert search_main(["export", "--design", str(design_file), "--out", str(out)]) == 0
     assert out.read_text() == space.generate_source(GOLDEN_DESIGN)
-    design_file.write_text('{"fisher_weight": 0.5, "colour": "red"}')
+    design_file.write_text('{"estimators": "mas", "colour": "red"}')
     assert search_main(["export", "--design", str(design_file), "--out", str(out)]) == 2
     assert search_main(["export", "--preset", "ewc2", "--out", str(out)]) == 2
     assert search_main(["export", "--design", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
@@ -401,7 +466,8 @@ def test_shipped_module_is_the_reference_study_best_trial(tmp_path: Path) -> Non
     scored = load(shipped, "shipped_hooks")
     design = space.Design.from_dict(scored.DESIGN)
     current = generated(tmp_path, design, "current_hooks")
-    assert current.DESIGN == scored.DESIGN and current.CONFIG_OVERRIDES == scored.CONFIG_OVERRIDES
+    # The shipped file comes from the first version of the space: its DESIGN converts to today's fields.
+    assert current.DESIGN == design.to_dict() and current.CONFIG_OVERRIDES == scored.CONFIG_OVERRIDES
     models = {name: TinyNet() for name in ("scored", "current")}
     importance = {
         name: hooks.estimate_importance(models[name], data(), {}, torch.device("cpu"))

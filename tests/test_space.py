@@ -11,7 +11,8 @@ from torch import nn
 
 import space
 from space import components as c
-from space.registry import ACCUMULATIONS, ESTIMATORS, NORMALIZATIONS, PENALTIES, RESCALES, TRANSFORMS
+from space.presets import VARIANTS
+from space.registry import ACCUMULATIONS, ESTIMATORS, NORMALIZATIONS, PENALTY, SCALES, TRANSFORMS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -49,7 +50,7 @@ def dataset(n: int = 24, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor
 def test_default_design_is_the_ewc_preset_and_presets_round_trip_through_json() -> None:
     assert space.Design() == space.PRESETS["ewc"]
     assert set(space.PRESETS) == {"ewc", "online_ewc", "si", "mas", "l2", "none"}
-    for design in space.PRESETS.values():
+    for design in [*space.PRESETS.values(), *VARIANTS.values()]:
         assert space.Design.from_json(design.to_json()) == design
         assert space.Design.from_dict(json.loads(json.dumps(design.to_dict()))) == design
 
@@ -57,15 +58,15 @@ def test_default_design_is_the_ewc_preset_and_presets_round_trip_through_json() 
 @pytest.mark.parametrize(
     ("data", "named"),
     [
-        ({"fisher_wieght": 0.5}, "fisher_wieght"),
-        ({"fisher_weight": 1.5}, "fisher_weight"),
+        ({"estimator": "fisher"}, "estimator"),
+        ({"estimators": "fisher+l2"}, "estimators"),
         ({"power": float("nan")}, "power"),
         ({"norm": "l1"}, "norm"),
-        ({"data_examples": 5.5}, "data_examples"),
-        ({"si_clamp": 1}, "si_clamp"),
+        ({"data_examples": 300}, "data_examples"),
+        ({"estimators": "si", "si_clamp": 1}, "si_clamp"),
         ({"reg_strength_scale": 0.0}, "reg_strength_scale"),
         ({"reg_strength_scale": "1"}, "reg_strength_scale"),
-        ({"penalty_coef": 0.7}, "penalty_coef"),
+        ({"reference": "mas"}, "reference"),
     ],
 )
 def test_validation_rejects_unknown_fields_and_bad_values_naming_them(data: dict, named: str) -> None:
@@ -73,45 +74,106 @@ def test_validation_rejects_unknown_fields_and_bad_values_naming_them(data: dict
         space.Design.from_dict(data)
 
 
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"mix": 0.3}, "mix"),  # one estimator: no mixture weight
+        ({"estimators": "mas", "fisher_labels": "sampled"}, "fisher_labels"),
+        ({"si_clamp": True}, "si_clamp"),
+        ({"decay_gamma": 0.8}, "decay_gamma"),  # accumulate is "sum"
+        ({"data_examples": 0, "data_subset": "random"}, "data_subset"),  # every example: no subset
+        ({"estimators": "si", "reference": "none", "data_examples": 1000}, "data_examples"),  # reads no data
+        ({"estimators": "none", "power": 0.5}, "power"),
+    ],
+)
+def test_a_field_without_effect_on_the_design_is_refused(data: dict, named: str) -> None:
+    with pytest.raises(space.DesignError, match=f"{named}.*no effect"):
+        space.Design.from_dict(data)
+
+
+def test_to_dict_holds_only_the_fields_that_apply() -> None:
+    assert set(space.PRESETS["si"].to_dict()) == {
+        "estimators", "si_clamp", "norm", "power", "clip_quantile", "reference", "accumulate", "reg_strength_scale",
+    }  # fmt: skip
+    assert space.PRESETS["none"].to_dict() == {"estimators": "none"}
+    mixed = space.Design(estimators="fisher+mas", mix=0.3, accumulate="decay", decay_gamma=0.8)
+    assert {"mix", "fisher_labels", "decay_gamma", "data_subset"} <= set(mixed.to_dict())
+    # replace() drops fields that stop applying instead of refusing them
+    assert mixed.replace(estimators="si").to_dict().get("mix") is None
+
+
+def test_a_mixture_needs_a_reference_scale() -> None:
+    with pytest.raises(space.DesignError, match="reference"):
+        space.Design(estimators="fisher+mas", reference="none")
+
+
+def test_first_version_designs_convert_when_the_regularizer_exists_and_are_refused_otherwise() -> None:
+    old_si = {"fisher_weight": 0.0, "si_weight": 1.0, "penalty_coef": 1.0, "reg_strength_scale": 1.0}
+    assert space.Design.from_dict(old_si) == space.PRESETS["si"]
+    old_mas = {"fisher_weight": 0, "mas_weight": 1, "penalty_coef": 1, "reg_strength_scale": 1e-5}
+    assert space.Design.from_json(json.dumps(old_mas)) == space.PRESETS["mas"]
+    old_online = {"accumulate": "decay", "decay_gamma": 0.9, "penalty_coef": 0.5, "fisher_weight": 1.0}
+    assert space.Design.from_dict(old_online) == space.PRESETS["online_ewc"]
+    with pytest.raises(space.DesignError, match="first version.*mixes raw"):
+        space.Design.from_dict({"fisher_weight": 0.6, "mas_weight": 0.3})
+    with pytest.raises(space.DesignError, match="rescale"):
+        space.Design.from_dict({"fisher_weight": 1.0, "rescale": "fisher"})
+
+
 def test_json_ints_are_accepted_for_float_fields() -> None:
-    design = space.Design.from_json('{"fisher_weight": 1, "penalty_coef": 1, "reg_strength_scale": 100}')
-    assert design.fisher_weight == 1.0 and design.penalty_coef == 1.0 and design.reg_strength_scale == 100.0
+    design = space.Design.from_json('{"power": 1, "reg_strength_scale": 100}')
+    assert design.power == 1.0 and design.reg_strength_scale == 100.0
     with pytest.raises(space.DesignError, match="JSON"):
         space.Design.from_json("{not json")
 
 
-def test_suggest_samples_every_non_fixed_field_in_every_trial() -> None:
+def test_suggest_asks_exactly_the_fields_that_apply() -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
-    fixed = {"penalty": "quadratic", "reg_strength_scale": 2.0}
     designs = []
-    for _ in range(25):
+    for _ in range(60):
         trial = study.ask()
-        design = space.suggest(trial, fixed)
-        assert set(trial.params) == set(space.SPACE) - set(fixed)
-        assert design.reg_strength_scale == 2.0
+        design = space.suggest(trial)
+        assert set(trial.params) == set(design.to_dict())
         study.tell(trial, 0.0)
         designs.append(design)
-    assert len({d.norm for d in designs}) > 1 and len({d.fisher_weight for d in designs}) == 25
+    # Random points: calibrated (never the uncalibrated reference), a strength within the searched decades,
+    # one estimator or a mixture of two, and every searched choice comes up.
+    assert {d.reference for d in designs} == {"fisher", "fisher_first"}
+    assert all(1e-2 <= d.reg_strength_scale <= 1e2 for d in designs)
+    assert {len(d.estimator_list) for d in designs} == {1, 2}
+    assert {d.estimators for d in designs} == set(space.SPACE["estimators"].search)
     with pytest.raises(space.DesignError, match="typo"):
         space.suggest(study.ask(), {"typo": 1})
 
 
-@pytest.mark.parametrize("name", sorted(space.PRESETS))
-def test_every_preset_is_a_point_of_the_searched_distributions(name: str) -> None:
-    """Enqueued with trial_params, a preset comes back unchanged from suggest (values inside the space)."""
-    preset = space.PRESETS[name]
-    lo, hi = space.SPACE["reg_strength_scale"].low, space.SPACE["reg_strength_scale"].high
-    assert lo < preset.reg_strength_scale < hi
+def test_suggest_with_fixed_fields_and_a_moved_strength_centre() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    fixed = {k: v for k, v in space.PRESETS["mas"].to_dict().items() if k != "reg_strength_scale"}
+    for _ in range(10):
+        trial = study.ask()
+        design = space.suggest(trial, fixed, scale_center=2e-5)
+        assert set(trial.params) == {"reg_strength_scale"}
+        assert 2e-7 <= design.reg_strength_scale <= 2e-3
+        assert design.replace(reg_strength_scale=2e-5) == space.PRESETS["mas"]
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_is_a_point_of_the_searched_distributions(name: str) -> None:
+    """Enqueued with trial_params, a variant comes back unchanged from suggest (values inside the space)."""
+    variant = VARIANTS[name]
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    study.enqueue_trial(space.trial_params(preset))
-    assert space.suggest(study.ask()) == preset
-    fixed = {"data_examples": 200}
-    assert "data_examples" not in space.trial_params(preset, fixed)
+    study.enqueue_trial(space.trial_params(variant))
+    assert space.suggest(study.ask()) == variant
+    assert "data_examples" not in space.trial_params(variant, {"data_examples": 200})
 
 
-def test_scale_range_spans_many_decades_log_uniform() -> None:
+def test_searched_strength_spans_a_few_decades_around_the_calibrated_scale() -> None:
     spec = space.SPACE["reg_strength_scale"]
-    assert spec.log and spec.high / spec.low >= 1e10
+    assert spec.log and spec.search_low is not None and spec.search_high is not None
+    assert spec.search_low < 1.0 < spec.search_high and spec.search_high / spec.search_low <= 1e4
+    # every preset, calibrated or not, is a valid design
+    assert all(spec.low <= d.reg_strength_scale <= spec.high for d in space.PRESETS.values())
 
 
 # ------------------------------------------------------------------------- contract over every registry entry
@@ -169,26 +231,38 @@ def test_normalization_contract(key: str) -> None:
     assert out.shape == t.shape and torch.isfinite(out).all() and (out >= 0).all()
     assert torch.equal(torch.argsort(out.flatten(), stable=True), torch.argsort(t.flatten(), stable=True))
     expected = {
-        "none": t,
         "mean": t / (17 / 6),
-        "max": t / 8,
-        "rms": t / (89 / 6) ** 0.5,
         "rank": torch.tensor([[1, 3, 9], [6, 6, 11]], dtype=torch.double) / 12,  # mid-ranks, ties shared
     }[key]
     torch.testing.assert_close(out, expected)
     assert torch.equal(NORMALIZATIONS[key].func(torch.zeros(3)), torch.zeros(3)) or key == "rank"
 
 
-def test_transform_and_rescale_contract() -> None:
+def test_transform_contract() -> None:
     t = torch.arange(1.0, 11.0, dtype=torch.double)
     torch.testing.assert_close(TRANSFORMS["power"].func(t, 0.5), t.sqrt())
     torch.testing.assert_close(TRANSFORMS["power"].func(-t, 2.0), -(t**2))
     assert TRANSFORMS["clip_quantile"].func(t, 0.9).max() == 9.0
     assert torch.equal(TRANSFORMS["clip_quantile"].func(t, 1.0), t)
-    assert TRANSFORMS["floor"].func(t, 0.5).min() == 0.5 * 5.5
-    ref = torch.full((10,), 3.0, dtype=torch.double)
-    torch.testing.assert_close(RESCALES["fisher"].func(t, ref).sum(), ref.sum())
-    assert torch.equal(RESCALES["fisher"].func(torch.zeros(3), ref[:3]), torch.zeros(3))
+
+
+def test_unit_total_and_reference_scale() -> None:
+    a = {"w": torch.tensor([1.0, 3.0]), "b": torch.tensor([-4.0])}
+    unit = SCALES["unit_total"].func(a)
+    torch.testing.assert_close(unit["w"], torch.tensor([0.125, 0.375]))
+    torch.testing.assert_close(unit["b"], torch.tensor([-0.5]))
+    model = TinyNet()
+    fisher1 = {"w": torch.tensor([2.0, 2.0]), "b": torch.tensor([6.0])}  # total 10
+    fisher2 = {"w": torch.tensor([0.5, 0.5]), "b": torch.tensor([0.0])}  # total 1
+    to_ref = SCALES["reference"].func
+    # This context's total ...
+    torch.testing.assert_close(to_ref(model, a, fisher2, hold=False)["w"], torch.tensor([0.125, 0.375]))
+    # ... or the first context's, held on the model whatever the later contexts' Fisher is.
+    first = to_ref(model, a, fisher1, hold=True)
+    later = to_ref(model, a, fisher2, hold=True)
+    torch.testing.assert_close(first["w"], torch.tensor([1.25, 3.75]))
+    torch.testing.assert_close(later["w"], first["w"])
+    assert torch.equal(to_ref(TinyNet(), {"w": torch.zeros(2)}, fisher1, hold=False)["w"], torch.zeros(2))
 
 
 @pytest.mark.parametrize("key", sorted(ACCUMULATIONS))
@@ -204,92 +278,89 @@ def test_accumulation_contract_after_the_loops_addition(key: str) -> None:
     torch.testing.assert_close(carried["a"], torch.tensor(expected))
 
 
-@pytest.mark.parametrize("key", sorted(PENALTIES))
-def test_penalty_contract(key: str) -> None:
+def _reference_penalty(importance: dict, anchor: dict, params: dict) -> torch.Tensor:
+    return 0.5 * sum((importance[k] * (p - anchor[k]) ** 2).sum() for k, p in params.items() if k in importance)
+
+
+def test_penalty_contract() -> None:
     model = TinyNet()
-    penalty = PENALTIES[key].func
-    anchor = {k: p.detach().clone() for k, p in c._regularized(model)}
-    importance = {k: torch.rand_like(p) for k, p in c._regularized(model)}
+    penalty = PENALTY.func
+    params = dict(c._regularized(model))
+    anchor = {k: p.detach().clone() for k, p in params.items()}
+    importance = {k: torch.rand_like(p) for k, p in params.items()}
     empty = penalty(model, {}, anchor, 0.5)
     assert empty.shape == () and empty.item() == 0.0
     assert penalty(model, importance, anchor, 0.5).item() == 0.0
     moved = {k: a - 0.2 for k, a in anchor.items()}
     value = penalty(model, importance, moved, 0.5)
-    expected = 0.5 * sum((importance[k] * (p - moved[k]) ** 2).sum() for k, p in c._regularized(model))
-    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(value, _reference_penalty(importance, moved, params))
     value.backward()
-    for k, p in c._regularized(model):
+    for k, p in params.items():
         torch.testing.assert_close(p.grad, importance[k] * (p.detach() - moved[k]))
-    # The flat buffers follow an in-place change of the importance (the cache checks tensor versions).
+    # Nothing is cached from the importance or the anchor: an in-place change is seen at once.
     importance["fc1__bias"].mul_(3.0)
-    expected = 0.5 * sum((importance[k] * (p - moved[k]) ** 2).sum() for k, p in c._regularized(model))
-    torch.testing.assert_close(penalty(model, importance, moved, 0.5), expected)
+    moved["fc2__weight"].add_(1.0)
+    torch.testing.assert_close(penalty(model, importance, moved, 0.5), _reference_penalty(importance, moved, params))
+    # A subset of the parameters carries importance: the others get no gradient from the penalty.
+    model.zero_grad(set_to_none=True)
+    part = {"fc2__weight": importance["fc2__weight"]}
+    penalty(model, part, moved, 0.5).backward()
+    assert params["fc1__weight"].grad is None and params["fc2__weight"].grad is not None
 
 
 @pytest.mark.parametrize("block", [5, 10**9])
-def test_quadratic_penalty_over_blocks_follows_the_loops_factor(
-    monkeypatch: pytest.MonkeyPatch, block: int
+@pytest.mark.parametrize("pattern", ["once", "twice", "no_grad_then_once", "alone", "retain_graph"])
+@pytest.mark.parametrize("zero_grad", ["before_forward", "after_forward", "set_to_zero"])
+def test_quadratic_penalty_is_right_for_any_call_pattern_and_loop_factor(
+    monkeypatch: pytest.MonkeyPatch, block: int, pattern: str, zero_grad: str
 ) -> None:
-    """Blocks of the flat buffers, and the factor folded into the weights after a backward pass.
+    """Gradients equal autograd's through the formula, whatever the loop does around the penalty.
 
-    Blocks of 5 floats split parameters and span parameter boundaries; one block holding every parameter is
-    what a GPU gets.
+    Blocks of 5 floats split parameters; one block per parameter is what a GPU gets. The loop's factor
+    changes (it is folded into the gradient after it came twice), drops to 0 and comes back.
     """
     monkeypatch.setattr(c, "_PENALTY_BLOCK_FLOATS", block)
     model = TinyNet()
     params = dict(c._regularized(model))
     importance = {k: torch.rand_like(p) for k, p in params.items()}
     anchor = {k: p.detach() - 0.1 * torch.rand_like(p) for k, p in params.items()}
-    seen_scales = []
-    for step, factor in enumerate([100.0, 100.0, 100.0, 3.0, 0.0, 3.0, 3.0, 3.0]):
+    x = torch.rand(5, 6, dtype=torch.double)
+    for step, factor in enumerate([100.0, 100.0, 100.0, 3.0, 0.0, 3.0, 3.0]):
         with torch.no_grad():  # training moves the parameters between steps
             for p in params.values():
                 p.add_(0.01 * (step + 1))
-        model.zero_grad()
-        value = c._quadratic_penalty(model, importance, anchor, 0.5)
-        seen_scales.append(model._custom_penalty_plan["scale"])
-        (factor * value).backward()
-        diff = {k: p.detach() - anchor[k] for k, p in params.items()}
-        torch.testing.assert_close(value, 0.5 * sum((importance[k] * d**2).sum() for k, d in diff.items()))
-        for k, p in params.items():
-            torch.testing.assert_close(p.grad, factor * importance[k] * diff[k])
-    # Folded once the same factor came twice in a row; a changing factor only costs a pass of the gradient.
-    assert seen_scales == [1.0, 1.0, 100.0, 100.0, 100.0, 100.0, 100.0, 3.0]
-    assert (len(model._custom_penalty_plan["blocks"]) > len(params)) == (block == 5)
-
-
-@pytest.mark.parametrize("task_loss", [True, False])
-@pytest.mark.parametrize("set_to_none", [True, False])
-@pytest.mark.parametrize("zero_grad_after_forward", [False, True])
-def test_quadratic_penalty_reuses_its_gradient_buffer_only_when_no_grad_holds_it(
-    task_loss: bool, set_to_none: bool, zero_grad_after_forward: bool
-) -> None:
-    """Whatever the loop's zero_grad, the gradients are right; the buffer is reused when no .grad holds it.
-
-    Alone in the loss, the penalty's gradient becomes .grad itself (autograd keeps the buffer); after a task
-    loss's gradient it is added to that one, and the buffer stays free.
-    """
-    model = TinyNet()
-    params = dict(c._regularized(model))
-    importance = {k: torch.rand_like(p) for k, p in params.items()}
-    anchor = {k: p.detach() - 0.1 * torch.rand_like(p) for k, p in params.items()}
-    x = torch.rand(5, 6, dtype=torch.double)
-    buffers = []
-    for _ in range(4):
-        penalty = 0.5 * sum((importance[k] * (p - anchor[k]) ** 2).sum() for k, p in params.items())
-        task = (lambda: model(x).square().mean()) if task_loss else (lambda: 0.0)
-        expected = torch.autograd.grad(task() + 10.0 * penalty, list(params.values()))
-        if not zero_grad_after_forward:
-            model.zero_grad(set_to_none=set_to_none)
-        loss = task() + 10.0 * c._quadratic_penalty(model, importance, anchor, 0.5)
-        if zero_grad_after_forward:
-            model.zero_grad(set_to_none=set_to_none)
-        loss.backward()
-        for p, e in zip(params.values(), expected, strict=True):
-            torch.testing.assert_close(p.grad, e)
-        buffers.append(model._custom_penalty_plan["grad"])
+        task = (lambda: 0.0) if pattern == "alone" else (lambda: model(x).square().mean())
+        expected = torch.autograd.grad(
+            task() + factor * _reference_penalty(importance, anchor, params), list(params.values())
+        )
+        model.zero_grad(set_to_none=zero_grad != "set_to_zero")
+        if pattern == "no_grad_then_once":  # a logging call first
+            with torch.no_grad():
+                logged = c._quadratic_penalty(model, importance, anchor, 0.5)
+            torch.testing.assert_close(logged, _reference_penalty(importance, anchor, params))
+        if pattern == "twice":  # two micro-batches, each with its own evaluation of the penalty
+            r1 = c._quadratic_penalty(model, importance, anchor, 0.5)
+            r2 = c._quadratic_penalty(model, importance, anchor, 0.5)
+            loss = task() + factor * (0.25 * r1 + 0.75 * r2)
+        else:
+            loss = task() + factor * c._quadratic_penalty(model, importance, anchor, 0.5)
+        if zero_grad == "after_forward":
+            model.zero_grad(set_to_none=True)
+        if pattern == "retain_graph":
+            loss.backward(retain_graph=True)
+            first = [p.grad.clone() for p in params.values()]
+            loss.backward()
+            for p, f, e in zip(params.values(), first, expected, strict=True):
+                torch.testing.assert_close(f, e)
+                torch.testing.assert_close(p.grad, 2 * e)
+        else:
+            loss.backward()
+            for p, e in zip(params.values(), expected, strict=True):
+                torch.testing.assert_close(p.grad, e)
         with torch.no_grad():
             for p in params.values():
                 p.sub_(0.05 * p.grad)
-    reused = all(b is buffers[0] for b in buffers)
-    assert reused == (task_loss or (set_to_none and not zero_grad_after_forward))
+    if pattern != "twice":  # there each evaluation sees its share of the factor, 0.75 or 0.25 of it
+        assert model._custom_penalty_factor["factor"] == 3.0  # folded in: the last factor came twice
+
+

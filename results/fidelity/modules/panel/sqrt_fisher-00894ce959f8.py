@@ -1,15 +1,15 @@
-"""Continual-learning regularizer generated from the preset mas_calibrated by space/generator.py.
+"""Continual-learning regularizer generated from the preset sqrt_fisher by space/generator.py.
 
-importance = MAS, rescaled to the exact Fisher's total, over 200 examples (first); across contexts summed;
-reg_strength_scale 1.0.
+importance = exact Fisher, raised to 0.5, rescaled to the exact Fisher's total, over 200 examples (first);
+across contexts summed; reg_strength_scale 1.0.
 
 Edit the design rather than this file. Regenerate it with:
 
-    python -m search export --preset mas_calibrated --out custom_regularization.py
+    python -m search export --preset sqrt_fisher --out custom_regularization.py
 
 Hook contract: HARNESS.md sections 1-2. Imports only torch and the standard library.
 
-Provenance: preset=mas_calibrated
+Provenance: preset=sqrt_fisher
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import torch
 # The design this file was generated from (space.Design; `python -m search export --design` takes it as
 # JSON). The constants below are what the code uses.
 DESIGN = {
-    "estimators": "mas",
+    "estimators": "fisher",
+    "fisher_labels": "exact",
     "data_examples": 200,
     "data_subset": "first",
     "norm": "none",
-    "power": 1.0,
+    "power": 0.5,
     "clip_quantile": 1.0,
     "reference": "fisher",
     "accumulate": "sum",
@@ -38,6 +39,9 @@ CONFIG_OVERRIDES = {"reg_strength_scale": 1.0}
 
 # Examples of the finished context the importance is averaged over (the first ones, in order).
 N_EXAMPLES = 200
+
+# Exponent of the importance (SI and MAS scale like the Fisher's root).
+POWER = 0.5
 
 # Constant factor of the penalty (EWC's quadratic approximation).
 PENALTY_COEF = 0.5
@@ -182,18 +186,9 @@ def _fisher_exact(
     return {k: s / xs.shape[0] for k, s in sums.items()}
 
 
-def _output_norm(out: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared L2 norm of the returned outputs per example, weight 1."""
-    sq = out.square().sum(1, keepdim=True)
-    return sq, torch.ones_like(sq)
-
-
-def _mas(
-    model: torch.nn.Module, params: dict[str, torch.nn.Parameter], xs: torch.Tensor, ys: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """MAS (Aljundi et al. 2018): mean over examples of |d ||f(x)||^2 / d theta|."""
-    sums = _per_example_sums(model, params, xs, _output_norm, ys, use_abs=True)
-    return {k: s / xs.shape[0] for k, s in sums.items()}
+def _power(t: torch.Tensor, exponent: float) -> torch.Tensor:
+    """|t|^exponent with t's sign (SI and MAS scale like the square root of the Fisher)."""
+    return t.sign() * t.abs().pow(exponent)
 
 
 def _total(t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -314,21 +309,22 @@ def estimate_importance(
     prev_params: dict[str, torch.Tensor],
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """importance = MAS, rescaled to the exact Fisher's total, over 200 examples (first); across context..."""
+    """importance = exact Fisher, raised to 0.5, rescaled to the exact Fisher's total, over 200 examples..."""
     params = dict(_regularized(model))
     was_training = model.training
     model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)
     try:
         xs, ys = _examples(dataset, N_EXAMPLES, None, device)
-        mas = _mas(model, params, xs, ys)
-        exact_fisher = _fisher_exact(model, params, xs, ys)
+        fisher = _fisher_exact(model, params, xs, ys)
     finally:
         model.train(was_training)
     new = {}
     for k in params:
-        mixed = mas[k]
+        mixed = fisher[k]
+        mixed = _power(mixed, POWER)
         new[k] = mixed
-    new = _to_reference(model, new, exact_fisher, hold=False)  # the exact Fisher's total: this context's
+    # The exact Fisher's total: this context's.
+    new = _to_reference(model, new, fisher, hold=False)
     return new  # the loop adds it to the carried importance: a plain sum
 
 

@@ -1,15 +1,15 @@
-"""Continual-learning regularizer generated from the preset sqrt_fisher by space/generator.py.
+"""Continual-learning regularizer generated from the preset ewc_equalized by space/generator.py.
 
-importance = exact Fisher, raised to 0.5, rescaled to the exact Fisher's total, over 200 examples (first);
-across contexts summed; reg_strength_scale 1.0.
+importance = exact Fisher, rescaled to the first context's exact-Fisher total (every context alike), over 200
+examples (first); across contexts summed; reg_strength_scale 1.0.
 
 Edit the design rather than this file. Regenerate it with:
 
-    python -m search export --preset sqrt_fisher --out custom_regularization.py
+    python -m search export --preset ewc_equalized --out custom_regularization.py
 
 Hook contract: HARNESS.md sections 1-2. Imports only torch and the standard library.
 
-Provenance: preset=sqrt_fisher
+Provenance: preset=ewc_equalized
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ DESIGN = {
     "data_examples": 200,
     "data_subset": "first",
     "norm": "none",
-    "power": 0.5,
+    "power": 1.0,
     "clip_quantile": 1.0,
-    "reference": "fisher",
+    "reference": "fisher_first",
     "accumulate": "sum",
     "reg_strength_scale": 1.0,
 }
@@ -39,9 +39,6 @@ CONFIG_OVERRIDES = {"reg_strength_scale": 1.0}
 
 # Examples of the finished context the importance is averaged over (the first ones, in order).
 N_EXAMPLES = 200
-
-# Exponent of the importance (SI and MAS scale like the Fisher's root).
-POWER = 0.5
 
 # Constant factor of the penalty (EWC's quadratic approximation).
 PENALTY_COEF = 0.5
@@ -186,11 +183,6 @@ def _fisher_exact(
     return {k: s / xs.shape[0] for k, s in sums.items()}
 
 
-def _power(t: torch.Tensor, exponent: float) -> torch.Tensor:
-    """|t|^exponent with t's sign (SI and MAS scale like the square root of the Fisher)."""
-    return t.sign() * t.abs().pow(exponent)
-
-
 def _total(t: dict[str, torch.Tensor]) -> torch.Tensor:
     """Total magnitude of an importance dict: sum of |value| over every tensor."""
     return torch.stack([v.abs().sum() for v in t.values()]).sum()
@@ -309,7 +301,7 @@ def estimate_importance(
     prev_params: dict[str, torch.Tensor],
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """importance = exact Fisher, raised to 0.5, rescaled to the exact Fisher's total, over 200 examples..."""
+    """importance = exact Fisher, rescaled to the first context's exact-Fisher total (every context alik..."""
     params = dict(_regularized(model))
     was_training = model.training
     model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)
@@ -321,9 +313,9 @@ def estimate_importance(
     new = {}
     for k in params:
         mixed = fisher[k]
-        mixed = _power(mixed, POWER)
         new[k] = mixed
-    new = _to_reference(model, new, fisher, hold=False)  # the exact Fisher's total: this context's
+    # The exact Fisher's total: the first context's, held.
+    new = _to_reference(model, new, fisher, hold=True)
     return new  # the loop adds it to the carried importance: a plain sum
 
 

@@ -1,15 +1,15 @@
-"""Continual-learning regularizer generated from the preset ewc_equalized by space/generator.py.
+"""Continual-learning regularizer generated from the preset si_calibrated by space/generator.py.
 
-importance = exact Fisher, rescaled to the first context's exact-Fisher total (every context alike), over 200
-examples (first); across contexts summed; reg_strength_scale 1.0.
+importance = SI, rescaled to the exact Fisher's total, over 200 examples (first); across contexts summed;
+reg_strength_scale 1.0.
 
 Edit the design rather than this file. Regenerate it with:
 
-    python -m search export --preset ewc_equalized --out custom_regularization.py
+    python -m search export --preset si_calibrated --out custom_regularization.py
 
 Hook contract: HARNESS.md sections 1-2. Imports only torch and the standard library.
 
-Provenance: preset=ewc_equalized
+Provenance: preset=si_calibrated
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import torch
 # The design this file was generated from (space.Design; `python -m search export --design` takes it as
 # JSON). The constants below are what the code uses.
 DESIGN = {
-    "estimators": "fisher",
-    "fisher_labels": "exact",
+    "estimators": "si",
+    "si_clamp": False,
     "data_examples": 200,
     "data_subset": "first",
     "norm": "none",
     "power": 1.0,
     "clip_quantile": 1.0,
-    "reference": "fisher_first",
+    "reference": "fisher",
     "accumulate": "sum",
     "reg_strength_scale": 1.0,
 }
@@ -39,6 +39,9 @@ CONFIG_OVERRIDES = {"reg_strength_scale": 1.0}
 
 # Examples of the finished context the importance is averaged over (the first ones, in order).
 N_EXAMPLES = 200
+
+# Clamp SI's Omega at 0 (W < 0 where steps went uphill); published SI does not.
+CLAMP_SI = False
 
 # Constant factor of the penalty (EWC's quadratic approximation).
 PENALTY_COEF = 0.5
@@ -183,6 +186,22 @@ def _fisher_exact(
     return {k: s / xs.shape[0] for k, s in sums.items()}
 
 
+def _si(
+    model: torch.nn.Module,
+    params: dict[str, torch.nn.Parameter],
+    prev_params: dict[str, torch.Tensor],
+    clamp: bool,
+) -> dict[str, torch.Tensor]:
+    """SI (Zenke et al. 2017): Omega = W / (Delta^2 + epsilon), W the harness's path integral `_custom_W`."""
+    omega = {}
+    for k, p in params.items():
+        delta = p.detach() - prev_params[k]
+        omega[k] = model._custom_W[k] / (delta.square() + model.epsilon)
+        if clamp:
+            omega[k] = omega[k].clamp_min(0.0)  # W can be negative when steps went uphill
+    return omega
+
+
 def _total(t: dict[str, torch.Tensor]) -> torch.Tensor:
     """Total magnitude of an importance dict: sum of |value| over every tensor."""
     return torch.stack([v.abs().sum() for v in t.values()]).sum()
@@ -301,20 +320,22 @@ def estimate_importance(
     prev_params: dict[str, torch.Tensor],
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """importance = exact Fisher, rescaled to the first context's exact-Fisher total (every context alik..."""
+    """importance = SI, rescaled to the exact Fisher's total, over 200 examples (first); across contexts..."""
     params = dict(_regularized(model))
     was_training = model.training
     model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)
     try:
         xs, ys = _examples(dataset, N_EXAMPLES, None, device)
-        fisher = _fisher_exact(model, params, xs, ys)
+        exact_fisher = _fisher_exact(model, params, xs, ys)
     finally:
         model.train(was_training)
+    si = _si(model, params, prev_params, clamp=CLAMP_SI)
     new = {}
     for k in params:
-        mixed = fisher[k]
+        mixed = si[k]
         new[k] = mixed
-    new = _to_reference(model, new, fisher, hold=True)  # the exact Fisher's total: the first context's, held
+    # The exact Fisher's total: this context's.
+    new = _to_reference(model, new, exact_fisher, hold=False)
     return new  # the loop adds it to the carried importance: a plain sum
 
 

@@ -1,15 +1,15 @@
-"""Continual-learning regularizer generated from the preset si_calibrated by space/generator.py.
+"""Continual-learning regularizer generated from the preset sqrt_fisher_equalized by space/generator.py.
 
-importance = SI, rescaled to the exact Fisher's total, over 200 examples (first); across contexts summed;
-reg_strength_scale 1.0.
+importance = exact Fisher, raised to 0.5, rescaled to the first context's exact-Fisher total (every context
+alike), over 200 examples (first); across contexts summed; reg_strength_scale 1.0.
 
 Edit the design rather than this file. Regenerate it with:
 
-    python -m search export --preset si_calibrated --out custom_regularization.py
+    python -m search export --preset sqrt_fisher_equalized --out custom_regularization.py
 
 Hook contract: HARNESS.md sections 1-2. Imports only torch and the standard library.
 
-Provenance: preset=si_calibrated
+Provenance: preset=sqrt_fisher_equalized
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import torch
 # The design this file was generated from (space.Design; `python -m search export --design` takes it as
 # JSON). The constants below are what the code uses.
 DESIGN = {
-    "estimators": "si",
-    "si_clamp": False,
+    "estimators": "fisher",
+    "fisher_labels": "exact",
     "data_examples": 200,
     "data_subset": "first",
     "norm": "none",
-    "power": 1.0,
+    "power": 0.5,
     "clip_quantile": 1.0,
-    "reference": "fisher",
+    "reference": "fisher_first",
     "accumulate": "sum",
     "reg_strength_scale": 1.0,
 }
@@ -40,8 +40,8 @@ CONFIG_OVERRIDES = {"reg_strength_scale": 1.0}
 # Examples of the finished context the importance is averaged over (the first ones, in order).
 N_EXAMPLES = 200
 
-# Clamp SI's Omega at 0 (W < 0 where steps went uphill); published SI does not.
-CLAMP_SI = False
+# Exponent of the importance (SI and MAS scale like the Fisher's root).
+POWER = 0.5
 
 # Constant factor of the penalty (EWC's quadratic approximation).
 PENALTY_COEF = 0.5
@@ -186,20 +186,9 @@ def _fisher_exact(
     return {k: s / xs.shape[0] for k, s in sums.items()}
 
 
-def _si(
-    model: torch.nn.Module,
-    params: dict[str, torch.nn.Parameter],
-    prev_params: dict[str, torch.Tensor],
-    clamp: bool,
-) -> dict[str, torch.Tensor]:
-    """SI (Zenke et al. 2017): Omega = W / (Delta^2 + epsilon), W the harness's path integral `_custom_W`."""
-    omega = {}
-    for k, p in params.items():
-        delta = p.detach() - prev_params[k]
-        omega[k] = model._custom_W[k] / (delta.square() + model.epsilon)
-        if clamp:
-            omega[k] = omega[k].clamp_min(0.0)  # W can be negative when steps went uphill
-    return omega
+def _power(t: torch.Tensor, exponent: float) -> torch.Tensor:
+    """|t|^exponent with t's sign (SI and MAS scale like the square root of the Fisher)."""
+    return t.sign() * t.abs().pow(exponent)
 
 
 def _total(t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -320,21 +309,22 @@ def estimate_importance(
     prev_params: dict[str, torch.Tensor],
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """importance = SI, rescaled to the exact Fisher's total, over 200 examples (first); across contexts..."""
+    """importance = exact Fisher, raised to 0.5, rescaled to the first context's exact-Fisher total (eve..."""
     params = dict(_regularized(model))
     was_training = model.training
     model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)
     try:
         xs, ys = _examples(dataset, N_EXAMPLES, None, device)
-        exact_fisher = _fisher_exact(model, params, xs, ys)
+        fisher = _fisher_exact(model, params, xs, ys)
     finally:
         model.train(was_training)
-    si = _si(model, params, prev_params, clamp=CLAMP_SI)
     new = {}
     for k in params:
-        mixed = si[k]
+        mixed = fisher[k]
+        mixed = _power(mixed, POWER)
         new[k] = mixed
-    new = _to_reference(model, new, exact_fisher, hold=False)  # the exact Fisher's total: this context's
+    # The exact Fisher's total: the first context's, held.
+    new = _to_reference(model, new, fisher, hold=True)
     return new  # the loop adds it to the carried importance: a plain sum
 
 

@@ -1,15 +1,15 @@
-"""Continual-learning regularizer generated from the preset sqrt_fisher_equalized by space/generator.py.
+"""Continual-learning regularizer generated from the preset mas_calibrated by space/generator.py.
 
-importance = exact Fisher, raised to 0.5, rescaled to the first context's exact-Fisher total (every context
-alike), over 200 examples (first); across contexts summed; reg_strength_scale 1.0.
+importance = MAS, rescaled to the exact Fisher's total, over 200 examples (first); across contexts summed;
+reg_strength_scale 1.0.
 
 Edit the design rather than this file. Regenerate it with:
 
-    python -m search export --preset sqrt_fisher_equalized --out custom_regularization.py
+    python -m search export --preset mas_calibrated --out custom_regularization.py
 
 Hook contract: HARNESS.md sections 1-2. Imports only torch and the standard library.
 
-Provenance: preset=sqrt_fisher_equalized
+Provenance: preset=mas_calibrated
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ import torch
 # The design this file was generated from (space.Design; `python -m search export --design` takes it as
 # JSON). The constants below are what the code uses.
 DESIGN = {
-    "estimators": "fisher",
-    "fisher_labels": "exact",
+    "estimators": "mas",
     "data_examples": 200,
     "data_subset": "first",
     "norm": "none",
-    "power": 0.5,
+    "power": 1.0,
     "clip_quantile": 1.0,
-    "reference": "fisher_first",
+    "reference": "fisher",
     "accumulate": "sum",
     "reg_strength_scale": 1.0,
 }
@@ -39,9 +38,6 @@ CONFIG_OVERRIDES = {"reg_strength_scale": 1.0}
 
 # Examples of the finished context the importance is averaged over (the first ones, in order).
 N_EXAMPLES = 200
-
-# Exponent of the importance (SI and MAS scale like the Fisher's root).
-POWER = 0.5
 
 # Constant factor of the penalty (EWC's quadratic approximation).
 PENALTY_COEF = 0.5
@@ -186,9 +182,18 @@ def _fisher_exact(
     return {k: s / xs.shape[0] for k, s in sums.items()}
 
 
-def _power(t: torch.Tensor, exponent: float) -> torch.Tensor:
-    """|t|^exponent with t's sign (SI and MAS scale like the square root of the Fisher)."""
-    return t.sign() * t.abs().pow(exponent)
+def _output_norm(out: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared L2 norm of the returned outputs per example, weight 1."""
+    sq = out.square().sum(1, keepdim=True)
+    return sq, torch.ones_like(sq)
+
+
+def _mas(
+    model: torch.nn.Module, params: dict[str, torch.nn.Parameter], xs: torch.Tensor, ys: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """MAS (Aljundi et al. 2018): mean over examples of |d ||f(x)||^2 / d theta|."""
+    sums = _per_example_sums(model, params, xs, _output_norm, ys, use_abs=True)
+    return {k: s / xs.shape[0] for k, s in sums.items()}
 
 
 def _total(t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -309,21 +314,22 @@ def estimate_importance(
     prev_params: dict[str, torch.Tensor],
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """importance = exact Fisher, raised to 0.5, rescaled to the first context's exact-Fisher total (eve..."""
+    """importance = MAS, rescaled to the exact Fisher's total, over 200 examples (first); across context..."""
     params = dict(_regularized(model))
     was_training = model.training
     model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)
     try:
         xs, ys = _examples(dataset, N_EXAMPLES, None, device)
-        fisher = _fisher_exact(model, params, xs, ys)
+        mas = _mas(model, params, xs, ys)
+        exact_fisher = _fisher_exact(model, params, xs, ys)
     finally:
         model.train(was_training)
     new = {}
     for k in params:
-        mixed = fisher[k]
-        mixed = _power(mixed, POWER)
+        mixed = mas[k]
         new[k] = mixed
-    new = _to_reference(model, new, fisher, hold=True)  # the exact Fisher's total: the first context's, held
+    # The exact Fisher's total: this context's.
+    new = _to_reference(model, new, exact_fisher, hold=False)
     return new  # the loop adds it to the carried importance: a plain sum
 
 
