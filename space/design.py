@@ -65,7 +65,9 @@ def _regularizes(v: Mapping[str, Any]) -> bool:
 
 
 def _reads_data(v: Mapping[str, Any]) -> bool:
-    return bool(DATA_ESTIMATORS & set(uses(v))) or (_regularizes(v) and v.get("reference", "fisher") != "none")
+    return bool(DATA_ESTIMATORS & set(uses(v))) or (
+        _regularizes(v) and v.get("reference", "fisher") != "none"
+    )
 
 
 SPACE: dict[str, Spec] = {
@@ -78,22 +80,32 @@ SPACE: dict[str, Spec] = {
     # 0 = every example of the finished context.
     "data_examples": Spec("choice", choices=(200, 1000, 5000, 0), applies=_reads_data),
     "data_subset": Spec(
-        "choice", choices=("first", "random"), applies=lambda v: _reads_data(v) and v.get("data_examples") != 0
+        "choice",
+        choices=("first", "random"),
+        applies=lambda v: _reads_data(v) and v.get("data_examples") != 0,
     ),
     "norm": Spec("choice", choices=("none", "mean", "rank"), applies=_regularizes),
     "power": Spec("float", 0.25, 2.0, search_low=0.25, search_high=1.0, applies=_regularizes),
     "clip_quantile": Spec("float", 0.9, 1.0, search_low=0.95, search_high=1.0, applies=_regularizes),
     "reference": Spec(
-        "choice", choices=("fisher", "fisher_first", "none"), search=("fisher", "fisher_first"), applies=_regularizes
+        "choice",
+        choices=("fisher", "fisher_first", "none"),
+        search=("fisher", "fisher_first"),
+        applies=_regularizes,
     ),
     "accumulate": Spec("choice", choices=("sum", "decay", "max"), applies=_regularizes),
     "decay_gamma": Spec(
         "float", 0.5, 1.0, search_low=0.5, search_high=0.99, applies=lambda v: v.get("accumulate") == "decay"
     ),
     "reg_strength_scale": Spec(
-        "float", SCALE_RANGE[0], SCALE_RANGE[1], log=True, search_low=SEARCHED_SCALE[0],
-        search_high=SEARCHED_SCALE[1], applies=_regularizes,
-    ),  # fmt: skip
+        "float",
+        SCALE_RANGE[0],
+        SCALE_RANGE[1],
+        log=True,
+        search_low=SEARCHED_SCALE[0],
+        search_high=SEARCHED_SCALE[1],
+        applies=_regularizes,
+    ),
 }
 
 
@@ -197,8 +209,11 @@ def _prune(values: Mapping[str, Any], keep: frozenset[str] | set[str] = frozense
 
 
 _V1_FIELDS = frozenset(
-    "fisher_weight fisher_labels mas_weight si_weight si_clamp uniform_weight data_examples data_subset data_seed "
-    "norm rescale power clip_quantile floor accumulate decay_gamma penalty penalty_coef reg_strength_scale".split()
+    {
+        *("fisher_weight", "fisher_labels", "mas_weight", "si_weight", "si_clamp", "uniform_weight"),
+        *("data_examples", "data_subset", "data_seed", "norm", "rescale", "power", "clip_quantile", "floor"),
+        *("accumulate", "decay_gamma", "penalty", "penalty_coef", "reg_strength_scale"),
+    }
 )
 
 

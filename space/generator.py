@@ -289,7 +289,7 @@ def _estimate_body(design: Design, needed: list[str], constants: list[tuple[str,
                 "N_EXAMPLES",
                 repr(design.data_examples),
                 f"Examples of the finished context the importance is averaged over ({how}"
-                + ("; 0 means all)." if design.data_examples == 0 else")."),
+                + ("; 0 means all)." if design.data_examples == 0 else ")."),
             )
         )
         needed.append("_examples")
@@ -354,12 +354,18 @@ def _estimate_body(design: Design, needed: list[str], constants: list[tuple[str,
 
         lines += ["    new = {}", "    for k in params:"]
         if len(used) == 2:
-            lines.append(_assign("mixed", [f"MIX * {term(used[0])}", f"(1.0 - MIX) * {term(used[1])}"], "        "))
+            lines.append(
+                _assign("mixed", [f"MIX * {term(used[0])}", f"(1.0 - MIX) * {term(used[1])}"], "        ")
+            )
         else:
             lines.append(f"        mixed = {term(used[0])}")
         if design.power != 1.0:
             constants.append(
-                ("POWER", repr(design.power), "Exponent of the importance (SI and MAS scale like the Fisher's root).")
+                (
+                    "POWER",
+                    repr(design.power),
+                    "Exponent of the importance (SI and MAS scale like the Fisher's root).",
+                )
             )
             needed.append(TRANSFORMS["power"].name)
             lines.append("        mixed = _power(mixed, POWER)")
@@ -395,7 +401,9 @@ def _estimate_body(design: Design, needed: list[str], constants: list[tuple[str,
 def _penalty_body(design: Design, needed: list[str], constants: list[tuple[str, str, str]]) -> str:
     """The source of `compute_regularization_loss`."""
     needed.extend([PENALTY.name, *PENALTY.requires])
-    constants.append(("PENALTY_COEF", "0.5", "Constant factor of the penalty (EWC's quadratic approximation)."))
+    constants.append(
+        ("PENALTY_COEF", "0.5", "Constant factor of the penalty (EWC's quadratic approximation).")
+    )
     coef = "PENALTY_COEF"
     if design.accumulate == "decay":
         constants.append(

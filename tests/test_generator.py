@@ -230,7 +230,9 @@ def test_calibrated_designs_carry_the_exact_fishers_total(tmp_path: Path) -> Non
             ds = data(40, seed=context)
             fishers.append(scaffold.estimate_importance(model, ds[:200], None, torch.device("cpu")))
             model._custom_importance = {}  # the totals of what is returned, context by context
-            returned.append(hooks.estimate_importance(model, ds, model._custom_prev_params, torch.device("cpu")))
+            returned.append(
+                hooks.estimate_importance(model, ds, model._custom_prev_params, torch.device("cpu"))
+            )
         for context in range(3):
             target = fishers[0 if design.reference == "fisher_first" else context]
             torch.testing.assert_close(_total(returned[context]), _total(target), rtol=1e-6, atol=0.0)
@@ -467,7 +469,7 @@ def test_shipped_module_is_the_reference_study_best_trial(tmp_path: Path) -> Non
     design = space.Design.from_dict(scored.DESIGN)
     current = generated(tmp_path, design, "current_hooks")
     # The shipped file comes from the first version of the space: its DESIGN converts to today's fields.
-    assert current.DESIGN == design.to_dict() and current.CONFIG_OVERRIDES == scored.CONFIG_OVERRIDES
+    assert design.to_dict() == current.DESIGN and current.CONFIG_OVERRIDES == scored.CONFIG_OVERRIDES
     models = {name: TinyNet() for name in ("scored", "current")}
     importance = {
         name: hooks.estimate_importance(models[name], data(), {}, torch.device("cpu"))

@@ -114,7 +114,7 @@ def test_first_version_designs_convert_when_the_regularizer_exists_and_are_refus
     assert space.Design.from_json(json.dumps(old_mas)) == space.PRESETS["mas"]
     old_online = {"accumulate": "decay", "decay_gamma": 0.9, "penalty_coef": 0.5, "fisher_weight": 1.0}
     assert space.Design.from_dict(old_online) == space.PRESETS["online_ewc"]
-    with pytest.raises(space.DesignError, match="first version.*mixes raw"):
+    with pytest.raises(space.DesignError, match=r"first version.*mixes raw"):
         space.Design.from_dict({"fisher_weight": 0.6, "mas_weight": 0.3})
     with pytest.raises(space.DesignError, match="rescale"):
         space.Design.from_dict({"fisher_weight": 1.0, "rescale": "fisher"})
@@ -279,7 +279,9 @@ def test_accumulation_contract_after_the_loops_addition(key: str) -> None:
 
 
 def _reference_penalty(importance: dict, anchor: dict, params: dict) -> torch.Tensor:
-    return 0.5 * sum((importance[k] * (p - anchor[k]) ** 2).sum() for k, p in params.items() if k in importance)
+    return 0.5 * sum(
+        (importance[k] * (p - anchor[k]) ** 2).sum() for k, p in params.items() if k in importance
+    )
 
 
 def test_penalty_contract() -> None:
@@ -300,7 +302,9 @@ def test_penalty_contract() -> None:
     # Nothing is cached from the importance or the anchor: an in-place change is seen at once.
     importance["fc1__bias"].mul_(3.0)
     moved["fc2__weight"].add_(1.0)
-    torch.testing.assert_close(penalty(model, importance, moved, 0.5), _reference_penalty(importance, moved, params))
+    torch.testing.assert_close(
+        penalty(model, importance, moved, 0.5), _reference_penalty(importance, moved, params)
+    )
     # A subset of the parameters carries importance: the others get no gradient from the penalty.
     model.zero_grad(set_to_none=True)
     part = {"fc2__weight": importance["fc2__weight"]}
@@ -362,5 +366,3 @@ def test_quadratic_penalty_is_right_for_any_call_pattern_and_loop_factor(
                 p.sub_(0.05 * p.grad)
     if pattern != "twice":  # there each evaluation sees its share of the factor, 0.75 or 0.25 of it
         assert model._custom_penalty_factor["factor"] == 3.0  # folded in: the last factor came twice
-
-
