@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clharness.cli import write_json_atomic
+from clharness.atomic import write_atomic
 from clharness.runner import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def main() -> None:
             continue
         cfg = RunConfig(experiment=experiment, seed=seed, device=args.device, acc_matrix=True)
         result = run(ROOT / MODULES[method], cfg, progress=False)
-        write_json_atomic(path, result)
+        write_atomic(path, json.dumps(result, indent=2) + "\n")
         print(
             f"{experiment} {method} seed {seed}: {result['average_accuracy']:.4f} ({result['timing']['total_s']:.0f} s)"
         )

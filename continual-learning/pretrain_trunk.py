@@ -13,12 +13,8 @@ import argparse
 import sys
 import time
 
-from clharness.cifar import (
-    cifar100_features,
-    get_pretrained_trunk,
-    resolve_device,
-    trunk_cache_path,
-)
+from clharness.cifar import cifar100_features, get_pretrained_trunk, trunk_cache_path
+from clharness.devices import resolve_device
 from clharness.errors import HarnessError
 from clharness.paths import cache_dir as resolve_cache_dir
 from clharness.paths import data_dir as resolve_data_dir

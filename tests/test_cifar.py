@@ -296,11 +296,18 @@ def test_missing_cifar100_is_reported_before_any_pretraining(
 
 
 def test_device_resolution() -> None:
-    assert cifar.resolve_device("cpu") == torch.device("cpu")
-    assert cifar.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    from clharness.devices import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for name in ("mps", "gpu"):  # the harness runs on CPUs and CUDA only
+        with pytest.raises(HarnessError, match=f"unknown device '{name}'"):
+            resolve_device(name)
     if not torch.cuda.is_available():
-        with pytest.raises(HarnessError, match="CUDA is not available"):
-            cifar.resolve_device("cuda")
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(HarnessError, match="CUDA is not available"):
+                resolve_device(name)
 
 
 # ----------------------------------------------------------------------------------------------------- CLI

@@ -8,14 +8,13 @@
 - Pre-training the trunk on CIFAR-10 once, caching it on disk, and caching the CIFAR-100 features it produces
   (keyed by the sha256 of the trunk file and of the CIFAR-100 files).
 
-Caches are written atomically (temporary file, then `os.replace`), so an interrupted run never leaves a
-half-written cache that a later run would trust.
+Caches are written atomically (`clharness.atomic`), so an interrupted run never leaves a half-written cache
+that a later run would trust.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import time
 from collections.abc import Sequence
@@ -28,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clharness.atomic import atomic_file
+from clharness.devices import resolve_device
 from clharness.errors import DataError, HarnessError
 
 CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4865, 0.4409)
@@ -68,23 +69,6 @@ class CifarFeatures:
     test_y: torch.Tensor
     trunk_sha256: str
     cache_file: Path | None = None
-
-
-# ----------------------------------------------------------------------------------------------------- device
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`auto` -> cuda if available else cpu; asking for cuda on a machine without it is a user error."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise HarnessError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise HarnessError(f"--device {device}: not a device torch knows ({exc})") from None
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -397,13 +381,8 @@ def file_sha256(path: Path) -> str:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
 
 
 def _load_cache(path: Path, what: str) -> dict[str, Any]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
+from clharness.atomic import write_atomic
 from clharness.errors import HarnessError
 from clharness.runner import EXPERIMENTS, RunConfig, run, run_joint
 
@@ -42,16 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one benchmark; print per-context accuracies and the average; exit 2 on a user error."""
     args = build_parser().parse_args(argv)
@@ -77,6 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  context {k:2d}: {acc:.4f}")
     print(f"average accuracy: {result['average_accuracy']:.4f}  ({result['timing']['total_s']:.1f} s)")
     if args.out:
-        write_json_atomic(Path(args.out), result)
+        write_atomic(Path(args.out), json.dumps(result, indent=2) + "\n")
         print(f"result written to {args.out}")
     return 0

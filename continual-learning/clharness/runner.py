@@ -16,6 +16,7 @@ import torchvision
 
 from clharness import paths
 from clharness.benchmarks import Benchmark, build_benchmark, build_model
+from clharness.devices import resolve_device
 from clharness.errors import HarnessError
 from clharness.hooks import load_hooks
 from clharness.loop import LoopSettings, Timing, evaluate, train_joint, train_sequence
@@ -40,17 +41,6 @@ class RunConfig:
     acc_matrix: bool = False
     cifar_trunk: str = "pretrained"
     train_subset: int | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cuda' without CUDA is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("--device cuda was asked for but CUDA is not available")
-    if name not in ("cpu", "cuda"):
-        raise HarnessError(f"unknown device {name!r} (auto, cpu or cuda)")
-    return torch.device(name)
 
 
 def _settings(cfg: RunConfig) -> tuple[Protocol, int, int, float]:
