@@ -2,9 +2,14 @@
 
 The design sampled from the trial is turned into module source by `space.generate_source`; that exact source
 is written to a temporary file, run by the harness on every benchmark of the study (validation split, proxy
-seeds) and stored on the trial, so what was scored is what `search export` writes. The value is the mean over
-benchmarks of the proxy average accuracy. After every context the trial reports the objective so far, with
-contexts not yet trained counted as 0 (step = contexts so far, counted across benchmarks), and asks the pruner.
+seeds) and stored on the trial, so what was scored is what `search export` writes.
+
+Scale: a benchmark's score is the share of the gap between no regularization (`none`) and joint training that
+the design closes, both measured once per study at the same proxy settings (the study's `anchors`): 0 is
+`none`, 1 is joint. The objective is the weighted mean of those shares, with the study file's benchmark
+weights (docs/search.md says how they were measured). A trial reports after every context, benchmarks in the
+study file's order, with contexts not yet trained counted as 0: the value rises through the trial and equals
+the objective at the last step, the shape the percentile and median pruners compare at equal steps.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -20,7 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.studies import StudyDef
+from search.studies import BenchmarkProxy, StudyDef
 
 Objective = Callable[[optuna.Trial], float]
 
@@ -28,6 +33,8 @@ Objective = Callable[[optuna.Trial], float]
 # "crash" = the worker was interrupted or its environment failed (re-queued; the slot stays open).
 DESIGN = "design"
 CRASH = "crash"
+# The objective's name, shown by optuna-dashboard and `status`.
+METRIC = "gap closed (proxy, weighted)"
 
 
 class DesignFailed(Exception):
@@ -41,23 +48,96 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_kind") == DESIGN
 
 
+def gap_share(accuracy: float, anchor: Mapping[str, float]) -> float:
+    """The share of the gap between `none` and joint training that an average accuracy closes."""
+    return (accuracy - anchor["none"]) / (anchor["joint"] - anchor["none"])
+
+
+def chance_accuracy(experiment: str) -> float:
+    """Accuracy of a guess among a context's classes."""
+    from clharness.protocol import PROTOCOLS
+
+    protocol = PROTOCOLS[experiment]
+    return 1.0 / (protocol.classes_per_context or protocol.n_classes)
+
+
+def _config(bench: BenchmarkProxy, seed: int, *, data_dir: str | None, device: str) -> Any:
+    from clharness.runner import RunConfig
+
+    return RunConfig(
+        experiment=bench.experiment,
+        seed=seed,
+        iters=bench.iters,
+        contexts=bench.contexts,
+        val_fraction=bench.val_fraction,
+        eval_split="val",
+        device=device,
+        data_dir=data_dir,
+        train_subset=bench.train_subset,
+    )
+
+
+def anchor_key(bench: BenchmarkProxy) -> str:
+    """The study attribute that holds one benchmark's anchors; its proxy settings are part of the name."""
+    settings = f"{bench.iters}-{bench.contexts}-{bench.train_subset}-{bench.val_fraction}-{'.'.join(map(str, bench.seeds))}"
+    return f"anchors:{bench.experiment}:{settings}"
+
+
+def measure_anchors(
+    bench: BenchmarkProxy, *, data_dir: str | None = None, device: str = "auto"
+) -> dict[str, float]:
+    """`none` and joint training at a benchmark's proxy settings: mean average accuracy over its seeds."""
+    from clharness.runner import run, run_joint
+
+    import space
+
+    none_scores, joint_scores = [], []
+    with tempfile.TemporaryDirectory(prefix="cl-anchor-") as tmp:
+        path = Path(tmp) / "none.py"
+        path.write_text(space.generate_source(space.PRESETS["none"], {"preset": "none"}), encoding="utf-8")
+        for seed in bench.seeds:
+            cfg = _config(bench, seed, data_dir=data_dir, device=device)
+            none_scores.append(float(run(path, cfg, progress=False)["average_accuracy"]))
+            joint_scores.append(float(run_joint(cfg, progress=False)["average_accuracy"]))
+    return {"none": fmean(none_scores), "joint": fmean(joint_scores)}
+
+
+def study_anchors(
+    study: optuna.Study, study_def: StudyDef, *, data_dir: str | None = None, device: str = "auto"
+) -> dict[str, dict[str, float]]:
+    """Every benchmark's anchors, measured once per study and kept in its user attributes."""
+    attrs = study.user_attrs
+    out: dict[str, dict[str, float]] = {}
+    for bench in study_def.benchmarks:
+        key = anchor_key(bench)
+        if key not in attrs:
+            # Two workers starting together both measure: the runs are deterministic, the values equal.
+            study.set_user_attr(key, measure_anchors(bench, data_dir=data_dir, device=device))
+            attrs = study.user_attrs
+        out[bench.experiment] = dict(attrs[key])
+    return out
+
+
 def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: str = "auto") -> Objective:
     """The objective of `study_def`'s trials (the harness caches data per process: reuse it for many)."""
     from clharness.errors import DataError, DivergenceError, HookError
     from clharness.protocol import PROTOCOLS
-    from clharness.runner import RunConfig, run
+    from clharness.runner import run
 
     import space
 
-    n_bench = len(study_def.benchmarks)
+    total_weight = sum(b.weight for b in study_def.benchmarks)
     total_steps = sum(
         (b.contexts or PROTOCOLS[b.experiment].contexts) * len(b.seeds) for b in study_def.benchmarks
     )
+    anchors: dict[str, dict[str, float]] = {}
 
     def objective(trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
+        if not anchors:
+            anchors.update(study_anchors(trial.study, study_def, data_dir=data_dir, device=device))
         try:
-            design = space.suggest(trial, fixed=study_def.fixed)
+            design = space.suggest(trial, fixed=study_def.fixed, scale_center=study_def.scale_center)
             source = space.generate_source(
                 design, provenance={"study": study_def.name, "trial": trial.number}
             )
@@ -65,6 +145,7 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
             _fail(trial, f"design rejected: {exc}")
             raise DesignFailed(str(exc)) from exc
         trial.set_user_attr("design", design.to_dict())
+        trial.set_user_attr("description", space.describe(design))
         trial.set_user_attr("module_source", source)
         scores: dict[str, float] = {}
         per_context: dict[str, list[float]] = {}
@@ -75,42 +156,32 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                 path = Path(tmp) / "custom_regularization.py"
                 path.write_text(source, encoding="utf-8")
                 for bench in study_def.benchmarks:
+                    anchor = anchors[bench.experiment]
                     n_contexts = bench.contexts or PROTOCOLS[bench.experiment].contexts
-                    weight = 1.0 / (n_bench * len(bench.seeds))  # of one run in the objective
+                    weight = bench.weight / (total_weight * len(bench.seeds))  # of one run in the objective
                     seed_scores: list[float] = []
                     seed_accs: list[list[float]] = []
                     for seed in bench.seeds:
 
                         def on_context_end(
                             k: int, accs: list[float], exp: str = bench.experiment, w: float = weight,
-                            n: int = n_contexts, base: float = finished,
+                            n: int = n_contexts, base: float = finished, a: Mapping[str, float] = anchor,
                         ) -> None:  # fmt: skip
                             nonlocal step
                             step += 1
-                            # The objective so far with every context not yet trained counted as 0: it equals
-                            # the objective at the last step and rises as contexts are learned, the shape the
-                            # median pruner expects (it compares a trial's best value over steps).
-                            trial.report(base + w * sum(accs) / n, step)
+                            # Contexts not yet trained count as accuracy 0: the value rises through the run.
+                            trial.report(base + w * gap_share(sum(accs) / n, a), step)
                             if step < total_steps and trial.should_prune():  # the last step is paid for
                                 raise optuna.TrialPruned(f"pruned after context {k} of {exp} (step {step})")
 
-                        cfg = RunConfig(
-                            experiment=bench.experiment,
-                            seed=seed,
-                            iters=bench.iters,
-                            contexts=bench.contexts,
-                            val_fraction=bench.val_fraction,
-                            eval_split="val",
-                            device=device,
-                            data_dir=data_dir,
-                            train_subset=bench.train_subset,
-                        )
+                        cfg = _config(bench, seed, data_dir=data_dir, device=device)
                         try:
                             result = run(path, cfg, progress=False, on_context_end=on_context_end)
                         except DivergenceError as exc:
-                            # A diverged network has no meaningful accuracy on any context: report 0 so the
-                            # sampler learns to avoid the region, then prune.
-                            trial.report(0.0, step + 1)
+                            # A diverged network has no meaningful accuracy on any context: report the value
+                            # of a run at chance level so that the sampler avoids the region, then prune.
+                            chance = gap_share(chance_accuracy(bench.experiment), anchor)
+                            trial.report(finished + weight * chance, step + 1)
                             _fail(trial, f"{bench.experiment} seed {seed}: {exc}", kind=None)
                             raise optuna.TrialPruned(str(exc)) from exc
                         except HookError as exc:
@@ -126,17 +197,33 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                             raise DesignFailed(str(exc)) from exc
                         seed_scores.append(float(result["average_accuracy"]))
                         seed_accs.append([float(a) for a in result["per_context_accuracy"]])
-                        finished += weight * seed_scores[-1]
+                        finished += weight * gap_share(seed_scores[-1], anchor)
                     scores[bench.experiment] = fmean(seed_scores)
                     per_context[bench.experiment] = [fmean(col) for col in zip(*seed_accs, strict=True)]
+                    # One attribute per benchmark, so that the dashboard can sort and plot them.
+                    trial.set_user_attr(f"proxy_{bench.experiment}", scores[bench.experiment])
+                    trial.set_user_attr(
+                        f"gap_{bench.experiment}", gap_share(scores[bench.experiment], anchor)
+                    )
         finally:
             # partial scores are kept on pruned and failed trials too
             trial.set_user_attr("scores", scores)
             trial.set_user_attr("per_context", per_context)
             trial.set_user_attr("wall_time_s", round(time.perf_counter() - t0, 3))
-        return fmean(scores.values())
+        return objective_value(scores, study_def, anchors)
 
     return objective
+
+
+def objective_value(
+    scores: Mapping[str, float], study_def: StudyDef, anchors: Mapping[str, Mapping[str, float]]
+) -> float:
+    """The weighted mean over benchmarks of the gap share each average accuracy closes."""
+    total = sum(b.weight for b in study_def.benchmarks)
+    return (
+        sum(b.weight * gap_share(scores[b.experiment], anchors[b.experiment]) for b in study_def.benchmarks)
+        / total
+    )
 
 
 def _last_frame(exc: BaseException) -> str:
@@ -149,17 +236,3 @@ def _fail(trial: optuna.Trial, reason: str, kind: str | None = DESIGN) -> None:
     trial.set_user_attr("fail_reason", reason)
     if kind is not None:
         trial.set_user_attr("fail_kind", kind)
-
-
-def describe(trial: FrozenTrial) -> dict[str, Any]:
-    """The attributes `status` and reports show for a trial."""
-    attrs = trial.user_attrs
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value,
-        "scores": attrs.get("scores", {}),
-        "wall_time_s": attrs.get("wall_time_s"),
-        "warm_start": attrs.get("warm_start"),
-        "fail_reason": attrs.get("fail_reason"),
-    }

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.cli import UserError
+from clharness.protocol import PROTOCOLS
+
+from evaluation.errors import UserError
 
 # Proxy stream seeds must stay clear of the evaluation seeds (42, 43, 44, ...): every proxy seed is >= this.
 MIN_PROXY_SEED = 1000
-EXPERIMENTS = ("splitMNIST", "permMNIST", "CIFAR100")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none", "successive_halving", "hyperband")
 # Study names reach file names and the generated module's header: keep them plain identifiers.
@@ -46,6 +47,7 @@ class BenchmarkProxy:
     train_subset: int | None = None  # training images per context (seeded, stratified)
     val_fraction: float = 0.1  # held out of training and scored instead of the test split
     seeds: tuple[int, ...] = (MIN_PROXY_SEED,)  # stream seeds; the benchmark's score is their mean
+    weight: float = 1.0  # share of the objective, set by what the benchmark's proxy can tell apart
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class StudyDef:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     workers: WorkerDef = field(default_factory=WorkerDef)
     description: str = ""
+    scale_center: float = 1.0  # the searched strength decades sit around it (a preset's own scale)
 
     @property
     def experiments(self) -> tuple[str, ...]:
@@ -100,13 +103,11 @@ class StudyDef:
         return tuple(b.experiment for b in self.benchmarks)
 
     @property
-    def n_steps(self) -> int | None:
-        """Contexts reported per trial, over all benchmarks and seeds (None when unknown)."""
+    def n_steps(self) -> int:
+        """Contexts reported per trial, over all benchmarks and seeds."""
         total = 0
         for b in self.benchmarks:
-            contexts = b.contexts if b.contexts is not None else _protocol_value(b.experiment, "contexts")
-            if contexts is None:
-                return None
+            contexts = b.contexts if b.contexts is not None else PROTOCOLS[b.experiment].contexts
             total += contexts * len(b.seeds)
         return total
 
@@ -189,7 +190,8 @@ def parse_study_def(data: Mapping[str, Any], path: Path) -> StudyDef:
 
     warm_start = _str_list(data, "warm_start", path)
     fixed = _fixed(data, path)
-    _check_space(warm_start, fixed, path)
+    scale_center = _scale_center(data)
+    _check_space(warm_start, fixed, scale_center, path)
     return StudyDef(
         name=name,
         path=path,
@@ -201,6 +203,7 @@ def parse_study_def(data: Mapping[str, Any], path: Path) -> StudyDef:
         fixed=fixed,
         workers=workers,
         description=description,
+        scale_center=scale_center,
     )
 
 
@@ -223,33 +226,29 @@ def _int(
     return value
 
 
-def _protocol_value(experiment: str, attr: str) -> Any:
-    try:
-        from clharness.protocol import PROTOCOLS
-    except ImportError:  # the harness is always installed with the product; keep loading usable without it
-        return None
-    protocol = PROTOCOLS.get(experiment)
-    return getattr(protocol, attr) if protocol is not None else None
-
-
 def _benchmark(raw: Any, index: int, path: Path) -> BenchmarkProxy:
     where = f"benchmark[{index}]."
     if not isinstance(raw, dict):
         raise UserError(f"{path}: benchmark[{index}] must be a table")
     _check_keys(
-        raw, {"experiment", "iters", "contexts", "train_subset", "val_fraction", "seeds"}, where, path
+        raw,
+        {"experiment", "iters", "contexts", "train_subset", "val_fraction", "seeds", "weight"},
+        where,
+        path,
     )
     experiment = raw.get("experiment")
-    if experiment not in EXPERIMENTS:
+    if experiment not in PROTOCOLS:
         raise UserError(
-            f"{path}: {where}experiment must be one of {', '.join(EXPERIMENTS)}, got {experiment!r}"
+            f"{path}: {where}experiment must be one of {', '.join(PROTOCOLS)}, got {experiment!r}"
         )
+    protocol = PROTOCOLS[experiment]
     iters = _int(raw, "iters", path, minimum=1, where=where)
     contexts = _int(raw, "contexts", path, minimum=2, where=where)
-    max_contexts = _protocol_value(experiment, "contexts")
-    if contexts is not None and max_contexts is not None and contexts > max_contexts:
-        raise UserError(f"{path}: {where}contexts must be <= {max_contexts} for {experiment}, got {contexts}")
-    batch = _protocol_value(experiment, "batch_size") or 1
+    if contexts is not None and contexts > protocol.contexts:
+        raise UserError(
+            f"{path}: {where}contexts must be <= {protocol.contexts} for {experiment}, got {contexts}"
+        )
+    batch = protocol.batch_size
     train_subset = _int(raw, "train_subset", path, minimum=batch, where=where)
     val_fraction = raw.get("val_fraction", 0.1)
     if (
@@ -269,7 +268,12 @@ def _benchmark(raw: Any, index: int, path: Path) -> BenchmarkProxy:
             f"{path}: {where}seeds must be a non-empty list of distinct integers >= {MIN_PROXY_SEED} "
             f"(disjoint from the evaluation seeds), got {seeds_raw!r}"
         )
-    return BenchmarkProxy(experiment, iters, contexts, train_subset, float(val_fraction), tuple(seeds_raw))
+    weight = raw.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 100:
+        raise UserError(f"{path}: {where}weight must be a positive number (<= 100), got {weight!r}")
+    return BenchmarkProxy(
+        experiment, iters, contexts, train_subset, float(val_fraction), tuple(seeds_raw), float(weight)
+    )
 
 
 def _table(data: Mapping[str, Any], key: str, cls: type, path: Path) -> dict[str, Any]:
@@ -342,20 +346,34 @@ def _fixed(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     return fixed
 
 
-def _check_space(warm_start: tuple[str, ...], fixed: Mapping[str, Any], path: Path) -> None:
-    """Warm-start names are presets, and the fixed values form a valid design with each of them."""
-    if not warm_start and not fixed:
-        return
+def _scale_center(data: Mapping[str, Any]) -> float:
+    """A tuned baseline searches its strength around its preset's scale (uncalibrated presets differ by
+    decades); every other study around 1, the published EWC strength after calibration."""
     import space
 
+    preset = data.get("preset")
+    return space.PRESETS[preset].reg_strength_scale if preset in space.PRESETS else 1.0
+
+
+def _check_space(
+    warm_start: tuple[str, ...], fixed: Mapping[str, Any], scale_center: float, path: Path
+) -> None:
+    """Warm-start names are presets or variants that `suggest` can return under the study's fixed fields."""
+    import space
+
+    named = {**space.PRESETS, **space.VARIANTS}
     for name in warm_start:
-        if name not in space.PRESETS:
-            raise UserError(
-                f"{path}: warm_start names {name!r}, not one of {', '.join(sorted(space.PRESETS))}"
-            )
-    if fixed:
-        base = space.PRESETS[warm_start[0]] if warm_start else next(iter(space.PRESETS.values()))
+        if name not in named:
+            raise UserError(f"{path}: warm_start names {name!r}, not one of {', '.join(sorted(named))}")
+        try:  # the study's fixed fields apply to its warm starts too
+            point = named[name].replace(**fixed)
+        except ValueError as exc:
+            raise UserError(f"{path}: warm_start {name!r} with the study's fixed fields: {exc}") from exc
+        why = space.outside_search(point, fixed, scale_center=scale_center)
+        if why is not None:
+            raise UserError(f"{path}: warm_start {name!r} is not a point of the study's space: {why}")
+    if fixed and not warm_start:
         try:
-            space.Design.from_dict({**base.to_dict(), **fixed})
+            space.Design.from_dict(fixed)
         except ValueError as exc:
             raise UserError(f"{path}: fixed: {exc}") from exc

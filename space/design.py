@@ -320,6 +320,33 @@ def suggest(trial: Any, fixed: Mapping[str, Any] | None = None, *, scale_center:
     return Design.from_dict(values)
 
 
+def outside_search(
+    design: Design, fixed: Mapping[str, Any] | None = None, *, scale_center: float = 1.0
+) -> str | None:
+    """Why `suggest` (with these fixed fields) can never return `design`, or None when it can (warm starts)."""
+    fixed = fixed or {}
+    values = design.to_dict()
+    for name, value in values.items():
+        spec = SPACE[name]
+        if name in fixed:
+            if fixed[name] != value:
+                return f"{name} = {value!r}, but the study fixes it to {fixed[name]!r}"
+            continue
+        if spec.kind == "choice" and spec.search and value not in spec.search:
+            return f"{name} = {value!r} is not searched (searched: {list(spec.search)})"
+        if spec.kind == "float":
+            low = spec.low if spec.search_low is None else spec.search_low
+            high = spec.high if spec.search_high is None else spec.search_high
+            if name == "reg_strength_scale":
+                low, high = low * scale_center, high * scale_center
+            if not low <= value <= high:
+                return f"{name} = {value!r} is outside the searched [{low!r}, {high!r}]"
+    missing = sorted(set(fixed) - set(values))
+    if missing:
+        return f"the study fixes {', '.join(missing)}, which do not apply to it"
+    return None
+
+
 def trial_params(design: Design, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The Optuna params of `design` (every field that applies and is not in `fixed`), for `enqueue_trial`."""
     fixed = fixed or {}

@@ -23,12 +23,12 @@ from search.storage import open_study
 from search.studies import load_study_def
 from search.workers import run_study
 
-# 3 contexts so that a trial can be pruned before its last step; 32 examples keep importance estimation cheap.
+# 3 contexts so that a trial can be pruned before its last step; the fewest examples keep importance cheap.
 TINY = """\
 n_trials = {n_trials}
 warm_start = {warm_start}
 [fixed]
-data_examples = 32
+data_examples = 200
 [sampler]
 name = "tpe"
 seed = 0
@@ -65,16 +65,16 @@ def tiny_study(tmp_path: Path, name: str, n_trials: int, warm_start: list[str]) 
 
 
 def test_tiny_study_end_to_end(tmp_path: Path, mnist_root: Path) -> None:
-    study_def = load_study_def(tiny_study(tmp_path, "tiny_e2e", 6, ["ewc", "si"]))
+    study_def = load_study_def(tiny_study(tmp_path, "tiny_e2e", 6, ["ewc", "si_calibrated"]))
     url = f"sqlite:///{tmp_path / 'tiny.db'}"
     assert run_study(study_def, url, data_dir=str(mnist_root), device="cpu") == 0
     trials = sorted(open_study("tiny_e2e", url).get_trials(), key=lambda t: t.number)
     assert sum(map(counts_toward_budget, trials)) == 6
 
     # The warm-start presets ran first, with exactly their parameters.
-    for t, name in zip(trials[:2], ["ewc", "si"], strict=True):
+    for t, name in zip(trials[:2], ["ewc", "si_calibrated"], strict=True):
         assert t.user_attrs["warm_start"] == name
-        assert t.params == space.trial_params(space.PRESETS[name], study_def.fixed)
+        assert t.params == space.trial_params({**space.PRESETS, **space.VARIANTS}[name], study_def.fixed)
         assert t.datetime_start <= min(u.datetime_start for u in trials[2:])
 
     states = [t.state for t in trials]
@@ -84,11 +84,18 @@ def test_tiny_study_end_to_end(tmp_path: Path, mnist_root: Path) -> None:
             assert max(t.intermediate_values) < 3  # stopped before its last context
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert complete
+    # The objective is the share of the none-to-joint gap closed, with both anchors measured once, at the
+    # proxy settings, and kept on the study.
+    study_attrs = open_study("tiny_e2e", url).user_attrs
+    (anchor,) = [v for k, v in study_attrs.items() if k.startswith("anchors:splitMNIST:")]
+    assert 0.5 < anchor["none"] < anchor["joint"] <= 1.0
     for t in complete:
         accs = t.user_attrs["per_context"]["splitMNIST"]
         assert len(accs) == 3 and all(0.0 <= a <= 1.0 for a in accs)
-        assert t.value == pytest.approx(t.user_attrs["scores"]["splitMNIST"])
-        assert t.value == pytest.approx(sum(accs) / 3)
+        assert t.user_attrs["scores"]["splitMNIST"] == pytest.approx(sum(accs) / 3)
+        assert t.user_attrs["proxy_splitMNIST"] == t.user_attrs["scores"]["splitMNIST"]
+        gap = (sum(accs) / 3 - anchor["none"]) / (anchor["joint"] - anchor["none"])
+        assert t.value == pytest.approx(gap) == pytest.approx(t.user_attrs["gap_splitMNIST"])
         assert t.intermediate_values[3] == pytest.approx(t.value)  # the last report is the objective
         assert t.user_attrs["design"] == space.Design.from_dict(t.user_attrs["design"]).to_dict()
         assert t.user_attrs["wall_time_s"] > 0
@@ -117,7 +124,7 @@ def test_tiny_study_end_to_end(tmp_path: Path, mnist_root: Path) -> None:
     result = run(
         out, RunConfig("splitMNIST", device="cpu", data_dir=str(mnist_root), **PROXY), progress=False
     )
-    assert result["average_accuracy"] == pytest.approx(best.value, abs=1e-6)
+    assert result["average_accuracy"] == pytest.approx(best.user_attrs["scores"]["splitMNIST"], abs=1e-6)
 
 
 def test_diverging_and_broken_modules_are_recorded_and_the_study_goes_on(
@@ -156,7 +163,10 @@ def test_diverging_and_broken_modules_are_recorded_and_the_study_goes_on(
     diverged = trials[0]
     assert diverged.state == TrialState.PRUNED
     assert "diverged" in diverged.user_attrs["fail_reason"]
-    assert diverged.intermediate_values[max(diverged.intermediate_values)] == 0.0
+    # Reported as a run at chance level (0.5 on Split-MNIST), in gap-share units.
+    (anchor,) = [v for k, v in open_study("tiny_diverge", url).user_attrs.items() if k.startswith("anchors:")]
+    chance = (0.5 - anchor["none"]) / (anchor["joint"] - anchor["none"])
+    assert diverged.intermediate_values[max(diverged.intermediate_values)] == pytest.approx(chance)
     assert "1e38" in diverged.user_attrs["module_source"]
 
     broken = trials[1]
