@@ -201,7 +201,7 @@ GOOD_PENALTY = "def compute_regularization_loss(m, i, p):\n    return torch.zero
 @pytest.mark.parametrize(
     ("importance", "message"),
     [
-        ("{}", "no importance for parameter 'fcs__0__bias'"),
+        ("{1: ok['fcs__0__bias']}", "key 1 is not a string"),
         ("{**ok, 'fcs.0.weight': ok['fcs__0__weight']}", "'fcs.0.weight' is not a regularized parameter"),
         ("{**ok, 'fcs__0__weight': torch.zeros(2, 2)}", "'fcs__0__weight' has shape"),
         ("{**ok, 'fcs__0__bias': ok['fcs__0__bias'].double()}", "'fcs__0__bias' has dtype"),
@@ -240,3 +240,80 @@ def test_divergence_names_context_and_step(tmp_path):
     with pytest.raises(DivergenceError, match="non-finite penalty at context 2, step 7") as info:
         train_sequence(tiny_model(contexts=2), stream, stream, load(tmp_path, body), settings(iters=8))
     assert (info.value.context, info.value.step) == (2, 7)
+
+
+# Returns importance for a subset of the parameters, chosen per call (the original harness adds whatever keys come
+# back); the penalty records the carried dict it is handed and returns 0.
+SUBSET = """
+RETURNS = {1: {'fcs__0__weight': 1.0, 'fcs__2__bias': 1.0}, 2: {'fcs__0__weight': 2.0, 'fcs__0__bias': 5.0}, 3: {}}
+
+def estimate_importance(model, dataset, prev_params, device):
+    model._calls = getattr(model, '_calls', 0) + 1
+    params = dict(model.named_parameters())
+    return {n: torch.full_like(params[n.replace('__', '.')], v) for n, v in RETURNS[model._calls].items()}
+
+def compute_regularization_loss(model, importance_dict, prev_params_dict):
+    model._seen.append({n: t.clone() for n, t in importance_dict.items()})
+    return torch.zeros(())
+"""
+
+
+def test_a_subset_of_the_parameters_is_accepted_and_accumulated(tmp_path):
+    model = tiny_model(contexts=4)
+    model._seen = []
+    stream = tiny_stream(contexts=4)
+    train_sequence(model, stream, stream, load(tmp_path, SUBSET), settings(iters=2))
+    keys = [list(seen) for seen in model._seen[::2]]  # the carried dict handed to the penalty, per context
+    # Only what is carried, in the order of the parameters; a parameter never returned is absent, not zero.
+    assert keys == [
+        [],
+        ["fcs__0__weight", "fcs__2__bias"],
+        ["fcs__0__weight", "fcs__0__bias", "fcs__2__bias"],
+        ["fcs__0__weight", "fcs__0__bias", "fcs__2__bias"],  # {} after context 3: nothing added
+    ]
+    expected = {"fcs__0__weight": 3.0, "fcs__0__bias": 5.0, "fcs__2__bias": 1.0}  # 1 + 2; 5; 1 (kept)
+    assert list(model._custom_importance) == list(expected)
+    for name, value in expected.items():
+        assert torch.equal(
+            model._custom_importance[name], torch.full_like(model._custom_importance[name], value)
+        )
+    assert model._seen[-1].keys() == model._custom_importance.keys()
+    assert "fcs__2__weight" not in model._custom_importance  # never returned: nothing carried for it
+
+
+def test_empty_importance_means_no_regularization(tmp_path):
+    body = "def estimate_importance(m, d, p, dev):\n    return {}\n" + (
+        "def compute_regularization_loss(m, i, p):\n"
+        "    m._seen.append(dict(i))\n"
+        "    return sum((t.sum() for t in i.values()), torch.zeros(()))\n"
+    )
+    model = tiny_model()
+    model._seen = []
+    stream = tiny_stream()
+    train_sequence(model, stream, stream, load(tmp_path, body), settings(iters=3))
+    assert model._custom_importance == {} and model._seen == [{}] * 9
+    assert set(model._custom_prev_params) == {
+        "fcs__0__weight",
+        "fcs__0__bias",
+        "fcs__2__weight",
+        "fcs__2__bias",
+    }
+
+
+def test_every_key_returned_sums_in_place_of_nothing_carried(tmp_path):
+    # A module that returns every key: the carried dict is a new dict in the parameters' order holding exactly
+    # carried + returned (the first context's values are copies, never the hook's own tensors).
+    body = (
+        "def estimate_importance(m, d, p, dev):\n"
+        "    m._returned.append({n.replace('.', '__'): torch.rand_like(t) for n, t in m.named_parameters()})\n"
+        "    return m._returned[-1]\n" + GOOD_PENALTY
+    )
+    model = tiny_model()
+    model._returned = []
+    stream = tiny_stream()
+    train_sequence(model, stream, stream, load(tmp_path, body), settings(iters=2))
+    first, second = model._returned
+    assert list(model._custom_importance) == [n.replace(".", "__") for n, _ in model.named_parameters()]
+    for name, value in model._custom_importance.items():
+        assert torch.equal(value, first[name] + second[name])
+        assert value is not first[name] and value is not second[name]

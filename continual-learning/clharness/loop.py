@@ -67,20 +67,28 @@ def _snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
 def check_importance(
     returned: object, params: dict[str, torch.nn.Parameter], context: int
 ) -> dict[str, torch.Tensor]:
-    """The importance dict a hook returned, checked: exact keys, shapes, dtypes, finite values."""
+    """The importance a hook returned, checked: a dict over a subset of the regularized parameters (`{}` too),
+    keyed by their `__` names, each tensor of the parameter's shape and dtype with finite values.
+
+    The result is in the order of `params`.
+    """
     where = f"estimate_importance after context {context}"
     if not isinstance(returned, dict):
         raise HookError(f"{where} returned {type(returned).__name__}, not a dict of tensors")
-    missing = sorted(set(params) - set(returned))
-    extra = sorted(set(map(str, returned)) - set(params))
-    if missing:
-        raise HookError(f"{where}: no importance for parameter {missing[0]!r}")
+    not_str = [k for k in returned if not isinstance(k, str)]
+    if not_str:
+        raise HookError(
+            f"{where}: key {not_str[0]!r} is not a string (keys are parameter names with '.' -> '__')"
+        )
+    extra = sorted(set(returned) - set(params))
     if extra:
         raise HookError(
             f"{where}: {extra[0]!r} is not a regularized parameter (keys are names with '.' -> '__')"
         )
     checked = {}
     for name, param in params.items():
+        if name not in returned:  # nothing added for it: the original harness adds whatever keys come back
+            continue
         value = returned[name]
         if not isinstance(value, torch.Tensor):
             raise HookError(f"{where}: importance of {name!r} is a {type(value).__name__}, not a tensor")
@@ -97,6 +105,20 @@ def check_importance(
             raise HookError(f"{where}: importance of {name!r} has NaN or infinite values")
         checked[name] = value
     return checked
+
+
+def add_importance(
+    carried: dict[str, torch.Tensor], added: dict[str, torch.Tensor], names: list[str]
+) -> dict[str, torch.Tensor]:
+    """The new carried importance: `carried[n] + added[n]` for returned names, `added[n]` (a copy) for names
+    carried for the first time, `carried[n]` unchanged for names not returned; in the order of `names`."""
+    return {
+        name: (carried[name] + added[name] if name in carried else added[name].clone())
+        if name in added
+        else carried[name]
+        for name in names
+        if name in added or name in carried
+    }
 
 
 def _penalty(hooks: HookModule, model: ContinualNet, context: int, step: int) -> torch.Tensor:
@@ -204,11 +226,7 @@ def train_sequence(
             )
             model.train()  # whatever mode the hook left is reset
             added = check_importance(returned, params, k)
-            carried = model._custom_importance
-            model._custom_importance = {
-                name: (carried[name] + value) if name in carried else value.clone()
-                for name, value in added.items()
-            }
+            model._custom_importance = add_importance(model._custom_importance, added, list(params))
             model._custom_prev_params = _snapshot(params)
             timing.importance_s += time.perf_counter() - t1
         if settings.evaluate_each_context or settings.on_context_end is not None:
