@@ -7,13 +7,14 @@ import importlib.util
 import inspect
 import math
 import os
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from clharness.errors import HookError
+from clharness.errors import HookError, HookRaisedError
 
 ALLOWED_OVERRIDES = frozenset({"reg_strength_scale"})
 
@@ -68,6 +69,44 @@ def reg_strength_scale(overrides: Any, path: Path) -> float:
     return float(scale)
 
 
+def _user_frame(exc: BaseException, path: Path) -> tuple[str | None, int | None]:
+    """File and line of the deepest frame of `exc`'s traceback inside the hook module at `path`.
+
+    Else (a hook that is a builtin or lives in another file) the innermost frame below the harness's own call
+    site, which is the first frame of the traceback; (None, None) when there is none.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)[1:]
+    target = os.path.realpath(path)
+    own = [f for f in frames if os.path.realpath(f.filename) == target]
+    candidates = own or frames
+    if not candidates:
+        return None, None
+    return candidates[-1].filename, candidates[-1].lineno
+
+
+def _what_happened(exc: BaseException, raised: str = "raised") -> str:
+    """'raised ValueError: its message' (on one line) or 'called sys.exit(code)'."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({'' if exc.code is None else repr(exc.code)})"
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{raised} {type(exc).__name__}" + (f": {message}" if message else "")
+
+
+def hook_raised(
+    hook: str, exc: BaseException, path: Path, *, context: int | None = None, step: int | None = None
+) -> HookRaisedError:
+    """The error for a hook function of the module at `path` that raised `exc` (or called `sys.exit`).
+
+    One line: `hook NAME raised TYPE: MESSAGE (FILE:LINE)`, FILE:LINE being the user's line in the module.
+    """
+    filename, lineno = _user_frame(exc, path)
+    where = f" ({Path(filename).name}:{lineno})" if filename is not None else ""
+    return HookRaisedError(
+        f"hook {hook} {_what_happened(exc)}{where}", hook=hook, original=exc, filename=filename, lineno=lineno,
+        context=context, step=step,
+    )  # fmt: skip
+
+
 def load_hooks(path: str | os.PathLike[str]) -> HookModule:
     """Load the hook module at `path` (never by package name) and check its functions and overrides."""
     path = Path(path)
@@ -83,8 +122,15 @@ def load_hooks(path: str | os.PathLike[str]) -> HookModule:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise HookError(f"{path}:{exc.lineno}: syntax error in the hook module: {exc.msg}") from exc
-    except Exception as exc:
-        raise HookError(f"{path}: importing the hook module failed: {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # not MemoryError nor Ctrl-C: those are not the module's doing
+        if isinstance(exc, MemoryError):
+            raise
+        filename, lineno = _user_frame(exc, path)
+        where = f" ({Path(filename).name}:{lineno})" if filename is not None else ""
+        raise HookRaisedError(
+            f"{path}: importing the hook module {_what_happened(exc, 'failed:')}{where}", hook="import",
+            original=exc, filename=filename, lineno=lineno,
+        ) from exc  # fmt: skip
     return HookModule(
         path=path,
         sha256=sha,

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from clharness.benchmarks import ContextData
 from clharness.errors import DivergenceError, HookError
-from clharness.hooks import HookModule
+from clharness.hooks import HookModule, hook_raised
 from clharness.models import ContinualNet, regularized_parameters
 from clharness.streams import BatchSampler
 
@@ -122,7 +122,12 @@ def add_importance(
 
 
 def _penalty(hooks: HookModule, model: ContinualNet, context: int, step: int) -> torch.Tensor:
-    reg = hooks.compute_regularization_loss(model, model._custom_importance, model._custom_prev_params)
+    try:
+        reg = hooks.compute_regularization_loss(model, model._custom_importance, model._custom_prev_params)
+    except MemoryError:
+        raise  # the machine's limit, not the module's doing
+    except (Exception, SystemExit) as exc:  # not KeyboardInterrupt: Ctrl-C and SIGTERM stop the run
+        raise hook_raised("compute_regularization_loss", exc, hooks.path, context=context, step=step) from exc
     if not isinstance(reg, torch.Tensor) or reg.numel() != 1:
         shape = tuple(reg.shape) if isinstance(reg, torch.Tensor) else type(reg).__name__
         raise HookError(
@@ -221,9 +226,14 @@ def train_sequence(
         if k < n:
             model.train()
             model.active_units = ctx.units
-            returned = hooks.estimate_importance(
-                model, ctx, model._custom_prev_params, next(model.parameters()).device
-            )
+            try:
+                returned = hooks.estimate_importance(
+                    model, ctx, model._custom_prev_params, next(model.parameters()).device
+                )
+            except MemoryError:
+                raise
+            except (Exception, SystemExit) as exc:
+                raise hook_raised("estimate_importance", exc, hooks.path, context=k) from exc
             model.train()  # whatever mode the hook left is reset
             added = check_importance(returned, params, k)
             model._custom_importance = add_importance(model._custom_importance, added, list(params))
