@@ -1,18 +1,23 @@
-"""Errors of hook modules: one line naming the user's line, exit code 2, a HookError for library callers."""
+"""Errors of the harness's command line and of hook modules: one line, exit code 2, nothing half-written."""
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from clharness import cli
 from clharness.errors import HarnessError, HookError, HookRaisedError
 from clharness.loop import train_sequence
-from conftest import REPO
+from conftest import HOOKS, REPO
 from harness_utils import load, settings, tiny_model, tiny_stream, write_hooks
 
+NO_REG = str(HOOKS / "no_reg.py")
 ONE_LINE_HOOK_ERROR = re.compile(
     r"error: hook (estimate_importance|compute_regularization_loss) (raised \w+: .*|called sys\.exit\(.*\)) "
     r"\(\w+\.py:\d+\)\n"
@@ -36,6 +41,135 @@ def _short(root: Path, *args: str) -> list[str]:
 def _line_of(path: Path, text: str) -> int:
     """1-based number of the line of `path` that contains `text`."""
     return next(i for i, line in enumerate(path.read_text().splitlines(), start=1) if text in line)
+
+
+# --- --out is checked before any work -------------------------------------------------------------------------
+
+
+def test_out_folder_is_refused_before_any_work(tmp_path):
+    """An existing folder as --out: one line, exit 2, and nothing ran (the data folder was never touched)."""
+    data = tmp_path / "no-data-here"
+    proc = _main_py("--hooks", NO_REG, "--data-dir", str(data), "--out", str(tmp_path), "--no-progress")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr
+        == f"error: --out {tmp_path} is a folder; give the path of a file, e.g. {tmp_path}/result.json\n"
+    )
+    assert proc.stdout == ""  # no run: no accuracies printed
+    assert not data.exists()  # the data loader never ran (it would have created it for a download)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("{tmp}/", "--out {tmp}/ ends with a path separator; give the path of a file"),
+        ("{tmp}/file.txt/r.json", "--out {tmp}/file.txt/r.json: {tmp}/file.txt is not a folder"),
+        ("{tmp}/file.txt/sub/r.json", "--out {tmp}/file.txt/sub/r.json: {tmp}/file.txt is not a folder"),
+        ("{hooks}", "--out {hooks} is the hook module; the result would overwrite it"),
+    ],
+)
+def test_bad_out_paths_are_refused_in_one_line(tmp_path, capsys, monkeypatch, out, message):
+    (tmp_path / "file.txt").write_text("x")
+    hooks = write_hooks(tmp_path, (HOOKS / "no_reg.py").read_text())
+    monkeypatch.setattr(cli, "run", _must_not_run)
+    out = out.format(tmp=tmp_path, hooks=hooks)
+    assert cli.main(["--experiment", "splitMNIST", "--hooks", str(hooks), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: " + message.format(tmp=tmp_path, hooks=hooks) + "\n"
+    assert (tmp_path / "file.txt").read_text() == "x"
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the run started although --out is unusable")
+
+
+def test_good_out_paths_are_written_and_missing_folders_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "run", _fake_run)
+    out = tmp_path / "new" / "deeper" / "r.json"
+    assert cli.main(["--experiment", "splitMNIST", "--hooks", NO_REG, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["average_accuracy"] == 0.75
+    out.write_text("old")  # an existing file is replaced
+    assert cli.main(["--experiment", "splitMNIST", "--hooks", NO_REG, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["average_accuracy"] == 0.75
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r.json"]
+    assert f"result written to {out}" in capsys.readouterr().out
+
+
+def _fake_run(hooks, cfg, progress=True):
+    return {
+        "reg_strength": 1e5, "eval_split": "test", "device": "cpu", "per_context_accuracy": [0.5, 1.0],
+        "average_accuracy": 0.75, "timing": {"total_s": 1.0},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_or_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch, capsys, exc):
+    monkeypatch.setattr(cli, "run", _fake_run)
+
+    def fsync(fd):  # the result is in the temporary file, not yet on disk: fail there
+        raise exc
+
+    monkeypatch.setattr(cli.os, "fsync", fsync)
+    out = tmp_path / "r.json"
+    code = cli.main(["--experiment", "splitMNIST", "--hooks", NO_REG, "--out", str(out)])
+    assert list(tmp_path.iterdir()) == []  # neither the result nor a temporary file
+    err = capsys.readouterr().err
+    if isinstance(exc, OSError):
+        assert code == 2
+        assert err == f"error: cannot write the result to {out}: [Errno 28] No space left on device\n"
+    else:
+        assert code == 130
+        assert err == "interrupted (SIGINT): the run was stopped, no result written\n"
+
+
+def test_ctrl_c_during_the_run_exits_130_in_one_line(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    out = tmp_path / "r.json"
+    assert cli.main(["--experiment", "splitMNIST", "--hooks", NO_REG, "--out", str(out)]) == 130
+    assert capsys.readouterr().err == "interrupted (SIGINT): the run was stopped, no result written\n"
+    assert not out.exists()
+
+
+def test_sigterm_is_handled_like_ctrl_c(mnist_root, tmp_path):
+    """A scheduler's stop (SIGTERM) mid-run: one line, exit 128 + 15, no result and no temporary file."""
+    marker = tmp_path / "started"
+    hooks = write_hooks(
+        tmp_path,
+        f"""
+        import time
+        from pathlib import Path
+
+        def estimate_importance(model, dataset, prev_params, device):
+            return {{}}
+
+        def compute_regularization_loss(model, importance_dict, prev_params_dict):
+            Path({str(marker)!r}).touch()
+            time.sleep(60)
+            return torch.zeros(())
+        """,
+    )
+    out = tmp_path / "out" / "r.json"
+    cmd = [sys.executable, str(REPO / "continual-learning" / "main.py"), "--experiment", "splitMNIST",
+           "--hooks", str(hooks), "--out", str(out), *_short(mnist_root)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), proc.communicate(timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert stderr == "interrupted (SIGTERM): the run was stopped, no result written\n"
+    assert stdout == ""
+    assert not out.parent.exists()  # not even the folder of the result
 
 
 # --- a hook module that raises or exits -----------------------------------------------------------------------
