@@ -1,0 +1,132 @@
+"""Replay an unpruned study under candidate pruners: which trials would each have stopped, at what saving.
+
+The study must have run without pruning (`pruner.name = "none"`), so that every trial reported every step. For
+each pruner setting the complete trials are fed again, in trial order, into an in-memory study through Optuna's
+public `ask`/`report`/`should_prune`/`tell`: a trial the pruner stops is told as pruned with the steps it
+reached, as a live study would have recorded it, and later decisions see it that way. Reported per setting: the
+trials pruned, whether any of the study's top K would have been pruned (the pruner must never lose the best
+designs), and the compute saved, counted in training iterations (each step is one context of one benchmark, of
+the study's proxy iterations).
+
+    python bench/pruning_replay.py --study calibrated_random --top 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One pruner configuration to replay."""
+
+    name: str  # "median" or "percentile"
+    percentile: float
+    n_startup_trials: int
+    n_warmup_steps: int
+
+    def label(self) -> str:
+        """Short description for the table."""
+        return (
+            f"{self.name} p{self.percentile:g} startup {self.n_startup_trials} warmup {self.n_warmup_steps}"
+        )
+
+    def build(self) -> optuna.pruners.BasePruner:
+        """The Optuna pruner."""
+        return optuna.pruners.PercentilePruner(
+            self.percentile, n_startup_trials=self.n_startup_trials, n_warmup_steps=self.n_warmup_steps
+        )
+
+
+def step_costs(study_def_benchmarks: Sequence[tuple[int, int, int]]) -> list[int]:
+    """Training iterations of each step: (contexts, iters, seeds) per benchmark, in report order."""
+    costs: list[int] = []
+    for contexts, iters, seeds in study_def_benchmarks:
+        costs += [iters] * (contexts * seeds)
+    return costs
+
+
+def replay(trials: Sequence[FrozenTrial], setting: Setting, costs: Sequence[int]) -> dict:
+    """Replay complete trials under one pruner setting; returns what it pruned and the iterations it saved."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=setting.build())
+    pruned: dict[int, int] = {}
+    spent = 0
+    for t in trials:
+        live = study.ask()
+        steps = sorted(t.intermediate_values)
+        for step in steps:
+            live.report(t.intermediate_values[step], step)
+            spent += costs[step - 1]
+            if step < steps[-1] and live.should_prune():
+                pruned[t.number] = step
+                study.tell(live, state=TrialState.PRUNED)
+                break
+        else:
+            study.tell(live, t.value)
+    total = sum(costs) * len(trials)
+    return {"pruned": pruned, "spent": spent, "total": total, "saved": 1.0 - spent / total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    from search.storage import open_study
+    from search.studies import load_study_def
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--storage", help="storage URL (default: the study's own)")
+    parser.add_argument("--top", type=int, default=5, help="the best trials that must survive (default 5)")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+
+    from clharness.protocol import PROTOCOLS
+
+    study_def = load_study_def(args.study)
+    costs = step_costs(
+        [
+            (
+                b.contexts or PROTOCOLS[b.experiment].contexts,
+                b.iters or PROTOCOLS[b.experiment].iters,
+                len(b.seeds),
+            )
+            for b in study_def.benchmarks
+        ]
+    )
+    study = open_study(study_def.name, args.storage)
+    trials = sorted(
+        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None),
+        key=lambda t: t.number,
+    )
+    if any(len(t.intermediate_values) != len(costs) for t in trials):
+        print("error: some complete trials did not report every step: replay needs an unpruned study")
+        return 2
+    top = {t.number for t in sorted(trials, key=lambda t: -float(t.value or 0.0))[: args.top]}
+    settings = [
+        Setting(name, p, startup, warmup)
+        for name, p in (("median", 50.0), ("percentile", 25.0), ("percentile", 10.0))
+        for startup in (5, 10)
+        for warmup in (2, 5, len(costs) // 2)
+    ]
+    rows = []
+    print(f"{len(trials)} complete trials of {study_def.name}; top {args.top}: {sorted(top)}")
+    print(f"{'pruner':42} {'pruned':>7} {'top lost':>9} {'saved':>7}")
+    for setting in settings:
+        res = replay(trials, setting, costs)
+        lost = sorted(top & set(res["pruned"]))
+        rows.append({"setting": setting.label(), **res, "top_lost": lost})
+        print(f"{setting.label():42} {len(res['pruned']):>7} {len(lost):>9} {res['saved']:>7.1%}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"study": study_def.name, "top": sorted(top), "rows": rows}, fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

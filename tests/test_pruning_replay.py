@@ -1,0 +1,48 @@
+"""The pruning replay: decisions in trial order as a live study would make them, and the compute they save."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("pruning_replay", ROOT / "bench" / "pruning_replay.py")
+assert spec is not None and spec.loader is not None
+replay_mod = importlib.util.module_from_spec(spec)
+sys.modules["pruning_replay"] = replay_mod  # dataclasses look their module up
+spec.loader.exec_module(replay_mod)
+
+
+def _trial(number: int, slope: float) -> optuna.trial.FrozenTrial:
+    values = {step: slope * step for step in range(1, 5)}  # rises through the trial, like the objective
+    trial = create_trial(
+        params={"x": slope},
+        distributions={"x": FloatDistribution(0.0, 10.0)},
+        value=values[4],
+        intermediate_values=values,
+        state=TrialState.COMPLETE,
+    )
+    trial.number = number
+    return trial
+
+
+def test_replay_prunes_the_weak_late_trials_and_counts_the_iterations_saved() -> None:
+    slopes = [1.0, 2.0, 3.0, 0.5, 4.0, 0.1]
+    trials = [_trial(i, s) for i, s in enumerate(slopes)]
+    costs = replay_mod.step_costs([(2, 100, 1), (2, 10, 1)])  # two benchmarks: 100 and 10 iterations a step
+    assert costs == [100, 100, 10, 10]
+    setting = replay_mod.Setting("median", 50.0, n_startup_trials=3, n_warmup_steps=1)
+    res = replay_mod.replay(trials, setting, costs)
+    # The first three trials are the startup; from step 1 on (Optuna prunes at steps >= n_warmup_steps) trial 3
+    # (slope 0.5) is below the median and so is trial 5 (0.1); trial 4 (the best) runs to the end.
+    assert res["pruned"] == {3: 1, 5: 1}
+    assert res["total"] == 6 * 220 and res["spent"] == 6 * 220 - 2 * 120
+    assert abs(res["saved"] - 240 / 1320) < 1e-12
+    # No warm-up beyond the last step: nothing can be pruned.
+    none = replay_mod.replay(trials, replay_mod.Setting("median", 50.0, 3, 4), costs)
+    assert none["pruned"] == {} and none["saved"] == 0.0
