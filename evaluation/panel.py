@@ -1,0 +1,281 @@
+"""The fidelity panel: fixed designs run once at full fidelity, against which candidate proxies are ranked.
+
+A proxy is worth its cost only if it orders strong designs as the full protocol does (DESIGN.md). The panel file
+(`results/fidelity/panel.toml`) names a folder of hook modules (each file one design, named
+`<label>-<sha12>.py`), the validation split and stream seed of each benchmark, and the candidate proxies. Every
+run goes through the run cache (`evaluation.cache`, folder `results/fidelity/runs`), so the full runs are paid
+once and reused for every later proxy question, and two processes can share the work (`shard`).
+
+For each benchmark and proxy the summary gives Spearman's rho between proxy and full scores over the panel, whether
+the panel's best design (at full fidelity) is in the proxy's top 3, and the proxy's cost per design (median wall
+time of its runs times its seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clharness.atomic import write_atomic
+
+from evaluation.cache import RunFn, run_cached, sha256_text
+from evaluation.errors import UserError
+from evaluation.fidelity import spearman
+
+DEFAULT_PANEL = Path("results") / "fidelity" / "panel.toml"
+LogFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProxyDef:
+    """One candidate proxy of one benchmark (None: the published protocol's value)."""
+
+    name: str
+    experiment: str
+    iters: int | None = None
+    contexts: int | None = None
+    train_subset: int | None = None
+    seeds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PanelDef:
+    """The panel: its modules, the full-fidelity streams and the candidate proxies."""
+
+    path: Path
+    modules_dir: Path
+    val_fraction: float
+    full_seeds: Mapping[str, int]
+    proxies: tuple[ProxyDef, ...]
+
+
+def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
+    """Read and check a panel file; a bad key or value is a `UserError` naming it."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError(f"panel file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - {"modules", "val_fraction", "full_seeds", "proxy"})
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r}")
+    from clharness.protocol import PROTOCOLS
+
+    full_seeds = data.get("full_seeds", {})
+    if not full_seeds or any(b not in PROTOCOLS or not isinstance(s, int) for b, s in full_seeds.items()):
+        raise UserError(f"{path}: full_seeds must map benchmarks ({', '.join(PROTOCOLS)}) to seeds")
+    proxies = []
+    for i, raw in enumerate(data.get("proxy", [])):
+        bad = sorted(set(raw) - {"name", "experiment", "iters", "contexts", "train_subset", "seeds"})
+        if bad or raw.get("experiment") not in full_seeds or not isinstance(raw.get("name"), str):
+            raise UserError(f"{path}: proxy[{i}] needs a name and a benchmark of full_seeds; unknown: {bad}")
+        seeds = tuple(raw.get("seeds", [full_seeds[raw["experiment"]]]))
+        proxies.append(
+            ProxyDef(
+                raw["name"],
+                raw["experiment"],
+                raw.get("iters"),
+                raw.get("contexts"),
+                raw.get("train_subset"),
+                seeds,
+            )
+        )
+    names = [(p.experiment, p.name) for p in proxies]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: a proxy name appears twice for one benchmark")
+    return PanelDef(
+        path, path.parent / data.get("modules", "modules/panel"), float(data.get("val_fraction", 0.1)),
+        dict(full_seeds), tuple(proxies),
+    )  # fmt: skip
+
+
+def panel_modules(panel: PanelDef) -> dict[str, Path]:
+    """The panel's designs: label (the file name before `-<sha12>`) -> module file."""
+    modules = {p.name.rsplit("-", 1)[0]: p for p in sorted(panel.modules_dir.glob("*.py"))}
+    if len(modules) < 3:
+        raise UserError(f"the panel needs at least 3 modules in {panel.modules_dir}, found {len(modules)}")
+    return modules
+
+
+def _full_config(panel: PanelDef, experiment: str, device: str) -> Any:
+    from clharness.runner import RunConfig
+
+    seed = panel.full_seeds[experiment]
+    return RunConfig(
+        experiment=experiment, seed=seed, val_fraction=panel.val_fraction, eval_split="val", device=device
+    )
+
+
+def _proxy_configs(panel: PanelDef, proxy: ProxyDef, device: str) -> list[Any]:
+    from clharness.runner import RunConfig
+
+    return [
+        RunConfig(
+            experiment=proxy.experiment,
+            seed=seed,
+            iters=proxy.iters,
+            contexts=proxy.contexts,
+            train_subset=proxy.train_subset,
+            val_fraction=panel.val_fraction,
+            eval_split="val",
+            device=device,
+        )
+        for seed in proxy.seeds
+    ]
+
+
+def plan(
+    panel: PanelDef, *, benchmarks: Sequence[str], full: bool, proxies: Sequence[str] | None, device: str
+) -> list[tuple[str, Path, Any, str]]:
+    """Every (label, module, config, phase) run of the panel: proxies first (cheap), then full runs."""
+    modules = panel_modules(panel)
+    jobs = []
+    for proxy in panel.proxies:
+        if proxy.experiment in benchmarks and (proxies is None or proxy.name in proxies):
+            for cfg in _proxy_configs(panel, proxy, device):
+                jobs += [(label, path, cfg, f"proxy {proxy.name}") for label, path in modules.items()]
+    if full:
+        for experiment in benchmarks:
+            cfg = _full_config(panel, experiment, device)
+            jobs += [(label, path, cfg, "full") for label, path in modules.items()]
+    return jobs
+
+
+def run_panel(
+    panel: PanelDef,
+    *,
+    benchmarks: Sequence[str],
+    full: bool = True,
+    proxies: Sequence[str] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    device: str = "auto",
+    run_fn: RunFn | None = None,
+    log: LogFn = print,
+) -> int:
+    """Run this shard's share of the panel's missing runs (job i goes to shard i mod n); returns runs done."""
+    from clharness.errors import HarnessError
+
+    jobs = plan(panel, benchmarks=benchmarks, full=full, proxies=proxies, device=device)
+    mine = [job for i, job in enumerate(jobs) if i % shard[1] == shard[0]]
+    runs_dir = panel.path.parent / "runs"
+    done = 0
+    for index, (label, path, cfg, phase) in enumerate(mine):
+        t0 = time.perf_counter()
+        try:
+            record, cached = run_cached(
+                label,
+                path,
+                sha256_text(path.read_text(encoding="utf-8")),
+                cfg,
+                cache_dir=runs_dir,
+                run_fn=run_fn,
+            )
+        except HarnessError as exc:  # a diverged design has no rank; reported, and the others go on
+            log(f"[{index + 1}/{len(mine)}] {phase} {cfg.experiment} {label}: failed: {exc}")
+            continue
+        if not cached:
+            done += 1
+            acc = record["result"]["average_accuracy"]
+            log(
+                f"[{index + 1}/{len(mine)}] {phase} {cfg.experiment} {label} seed {cfg.seed}: {acc:.4f} "
+                f"in {time.perf_counter() - t0:.0f} s"
+            )
+    return done
+
+
+def _score(panel: PanelDef, label: str, path: Path, cfgs: Sequence[Any]) -> tuple[float, float] | None:
+    """(mean average accuracy, summed wall seconds) of cached runs, or None if any is missing."""
+    from evaluation.cache import code_version, load_record, result_path, run_key
+
+    sha = sha256_text(path.read_text(encoding="utf-8"))
+    accs, wall = [], 0.0
+    for cfg in cfgs:
+        key, _ = run_key(sha, cfg, code_version())
+        record = load_record(result_path(panel.path.parent / "runs", label, cfg.experiment, key, cfg.seed))
+        if record is None:
+            return None
+        accs.append(float(record["result"]["average_accuracy"]))
+        wall += float(record.get("wall_s", 0.0))
+    return statistics.fmean(accs), wall
+
+
+def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
+    """Full scores and, per candidate proxy, its scores, Spearman's rho, the best-in-top-3 check and its cost."""
+    modules = panel_modules(panel)
+    out: dict[str, Any] = {"panel": str(panel.path), "benchmarks": {}}
+    for experiment in benchmarks:
+        full = {}
+        for label, path in modules.items():
+            scored = _score(panel, label, path, [_full_config(panel, experiment, "cpu")])
+            if scored is not None:
+                full[label] = scored[0]
+        best = max(full, key=full.__getitem__) if full else None
+        rows = []
+        for proxy in (p for p in panel.proxies if p.experiment == experiment):
+            scores, walls = {}, []
+            for label, path in modules.items():
+                scored = _score(panel, label, path, _proxy_configs(panel, proxy, "cpu"))
+                if scored is not None:
+                    scores[label], _ = scored
+                    walls.append(scored[1])
+            both = sorted(set(scores) & set(full))
+            rho, p = spearman([scores[k] for k in both], [full[k] for k in both])
+            top3 = sorted(both, key=lambda k: -scores[k])[:3]
+            rows.append(
+                {
+                    "proxy": proxy.name,
+                    "settings": {"iters": proxy.iters, "contexts": proxy.contexts,
+                                 "train_subset": proxy.train_subset, "seeds": list(proxy.seeds)},
+                    "n": len(both), "spearman_rho": rho, "p_value": p,
+                    "best_in_top3": best in top3 if best in both else None,
+                    "median_cost_s": statistics.median(walls) if walls else None,
+                    "scores": scores,
+                }
+            )  # fmt: skip
+        out["benchmarks"][experiment] = {"full": full, "best": best, "proxies": rows}
+    return out
+
+
+def render(summary: Mapping[str, Any]) -> str:
+    """Markdown: per benchmark, the proxies compared, then every design's full and proxy scores."""
+    lines = ["# The fidelity panel", "", f"Panel file: `{summary['panel']}`.", ""]
+    for experiment, res in summary["benchmarks"].items():
+        full = res["full"]
+        lines += [f"## {experiment}", "", f"{len(full)} designs at full fidelity; best: `{res['best']}`.", ""]
+        lines += [
+            "| proxy | settings | designs | Spearman rho | best in top 3 | cost per design |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in res["proxies"]:
+            rho = "—" if row["spearman_rho"] != row["spearman_rho"] else f"{row['spearman_rho']:.3f}"
+            cost = "—" if row["median_cost_s"] is None else f"{row['median_cost_s']:.0f} s"
+            top = {True: "yes", False: "no", None: "—"}[row["best_in_top3"]]
+            lines.append(
+                f"| `{row['proxy']}` | `{json.dumps(row['settings'])}` | {row['n']} | {rho} | {top} | {cost} |"
+            )
+        names = [row["proxy"] for row in res["proxies"]]
+        lines += ["", "| design | full | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for label in sorted(full, key=lambda k: -full[k]):
+            cells = [
+                f"{row['scores'][label]:.4f}" if label in row["scores"] else "—" for row in res["proxies"]
+            ]
+            lines.append(f"| `{label}` | {full[label]:.4f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_summary(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
+    """Summarize what the cache holds and write `panel.md` and `panel.json` beside the panel file."""
+    summary = summarize(panel, benchmarks)
+    write_atomic(
+        panel.path.with_suffix(".json"), json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n"
+    )
+    write_atomic(panel.path.with_suffix(".md"), render(summary))
+    return summary

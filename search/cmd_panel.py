@@ -1,0 +1,63 @@
+"""`python -m search panel`: run the fidelity panel and rank its candidate proxies (evaluation/panel.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evaluation import panel as pnl
+from evaluation.errors import UserError
+from search.cli import add_threads_argument, set_threads
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `panel` subcommand."""
+    p = sub.add_parser(
+        "panel",
+        help="run the fidelity panel (full runs and candidate proxies) and rank the proxies",
+        description=(
+            "Runs every design of the panel file at the full protocol (validation split) and at each candidate "
+            "proxy, caching every run, then writes panel.md and panel.json beside the panel file: Spearman's rho "
+            "per proxy and benchmark, whether the best design is in the proxy's top 3, and the proxy's cost."
+        ),
+    )
+    p.add_argument(
+        "--panel", type=Path, default=pnl.DEFAULT_PANEL, help="default: results/fidelity/panel.toml"
+    )
+    p.add_argument("--benchmarks", nargs="+", help="default: every benchmark of the panel file")
+    p.add_argument("--proxies", nargs="+", help="only these candidate proxies (default: all)")
+    p.add_argument("--no-full", action="store_true", help="run no full-fidelity run (only proxies)")
+    p.add_argument("--report-only", action="store_true", help="run nothing; summarize the cache")
+    p.add_argument("--shard", default="0/1", help="I/N: run jobs I, I+N, ... (two processes: 0/2 and 1/2)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_threads_argument(p)
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    panel = pnl.load_panel(args.panel)
+    benchmarks = args.benchmarks or list(panel.full_seeds)
+    unknown = [b for b in benchmarks if b not in panel.full_seeds]
+    if unknown:
+        raise UserError(f"benchmark {unknown[0]!r} is not in the panel ({', '.join(panel.full_seeds)})")
+    try:
+        index, count = (int(x) for x in args.shard.split("/"))
+    except ValueError as exc:
+        raise UserError(f"--shard must be I/N, got {args.shard!r}") from exc
+    if not 0 <= index < count:
+        raise UserError(f"--shard {args.shard}: I must be in 0..N-1")
+    if not args.report_only:
+        pnl.run_panel(
+            panel, benchmarks=benchmarks, full=not args.no_full, proxies=args.proxies,
+            shard=(index, count), device=args.device,
+        )  # fmt: skip
+    summary = pnl.write_summary(panel, benchmarks)
+    for experiment, res in summary["benchmarks"].items():
+        for row in res["proxies"]:
+            print(
+                f"{experiment} {row['proxy']}: rho {row['spearman_rho']:.3f} over {row['n']} designs, "
+                f"best in top 3: {row['best_in_top3']}"
+            )
+    print(f"panel: {panel.path.with_suffix('.md')}")
+    return 0

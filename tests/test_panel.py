@@ -1,0 +1,84 @@
+"""The fidelity panel: every run planned once across shards, cached, and proxies ranked against full runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evaluation import panel as pnl
+from evaluation.errors import UserError
+
+PANEL = """\
+modules = "mods"
+val_fraction = 0.1
+[full_seeds]
+permMNIST = 1001
+[[proxy]]
+name = "good"
+experiment = "permMNIST"
+iters = 10
+[[proxy]]
+name = "reversed"
+experiment = "permMNIST"
+iters = 20
+seeds = [1001, 1003]
+"""
+# Full scores of the designs; the "good" proxy keeps their order, the "reversed" one turns it round.
+FULL = {"a": 0.95, "b": 0.90, "c": 0.85, "d": 0.80}
+
+
+def _panel(tmp_path: Path) -> pnl.PanelDef:
+    (tmp_path / "mods").mkdir()
+    for label in FULL:
+        (tmp_path / "mods" / f"{label}-000000000000.py").write_text(f"# design {label}\n")
+    (tmp_path / "panel.toml").write_text(PANEL)
+    return pnl.load_panel(tmp_path / "panel.toml")
+
+
+def _fake_run(calls: list) -> Any:
+    def run(path: str, cfg: Any, progress: bool = False) -> dict:
+        label = Path(path).name.split("-")[0]
+        calls.append((label, cfg.iters, cfg.seed))
+        full = FULL[label]
+        acc = full if cfg.iters is None else (full - 0.1 if cfg.iters == 10 else 1.7 - full)
+        return {"average_accuracy": acc, "hooks_sha256": None}
+
+    return run
+
+
+def test_shards_split_the_runs_and_the_cache_resumes(tmp_path: Path) -> None:
+    panel = _panel(tmp_path)
+    calls: list = []
+    done = [
+        pnl.run_panel(panel, benchmarks=["permMNIST"], shard=(i, 2), run_fn=_fake_run(calls), log=lambda _: None)
+        for i in range(2)
+    ]
+    # 4 designs x (1 + 2 proxy seeds + 1 full run), each exactly once over the two shards
+    assert sum(done) == 16 and len(calls) == len(set(calls)) == 16
+    assert ("a", None, 1001) in calls and ("a", 20, 1003) in calls
+    again = pnl.run_panel(panel, benchmarks=["permMNIST"], run_fn=_fake_run(calls), log=lambda _: None)
+    assert again == 0 and len(calls) == 16  # everything came from the cache
+
+
+def test_summary_ranks_each_proxy_against_the_full_runs(tmp_path: Path) -> None:
+    panel = _panel(tmp_path)
+    pnl.run_panel(panel, benchmarks=["permMNIST"], run_fn=_fake_run([]), log=lambda _: None)
+    summary = pnl.write_summary(panel, ["permMNIST"])
+    res = summary["benchmarks"]["permMNIST"]
+    assert res["full"] == pytest.approx(FULL) and res["best"] == "a"
+    good, reversed_ = res["proxies"]
+    assert good["proxy"] == "good" and good["spearman_rho"] == pytest.approx(1.0) and good["best_in_top3"]
+    assert reversed_["spearman_rho"] == pytest.approx(-1.0) and reversed_["best_in_top3"] is False
+    assert reversed_["settings"]["seeds"] == [1001, 1003] and good["n"] == 4
+    text = (tmp_path / "panel.md").read_text()
+    assert "| `good` |" in text and "1.000" in text and "-1.000" in text
+
+
+def test_bad_panel_files_are_one_line_errors(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text('colour = "red"\n[full_seeds]\npermMNIST = 1001\n')
+    with pytest.raises(UserError, match="colour"):
+        pnl.load_panel(tmp_path / "p.toml")
+    with pytest.raises(UserError, match="does not exist"):
+        pnl.load_panel(tmp_path / "missing.toml")
