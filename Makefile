@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy continual-learning/clharness space search
+	$(PY) -m mypy continual-learning/clharness space search evaluation
 
 search: $(STAMP)
 	$(PY) -m search run --study $(STUDY) --auto-fallback

@@ -1,8 +1,8 @@
 """Command line of `python -m search`: one subcommand per module, each exposing `register(subparsers)`.
 
 A subcommand module defines `register(sub: argparse._SubParsersAction) -> None`, which adds its parser and sets
-`func=<callable(args) -> int>` as the parser default. Errors a user can cause raise `UserError` (or the
-harness's `HarnessError`); they are printed as one line and exit with code 2.
+`func=<callable(args) -> int>` as the parser default. Errors a user can cause raise `UserError`
+(`evaluation.errors`) or the harness's `HarnessError`; they are printed as one line and exit with code 2.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from evaluation.errors import UserError
 
 # The explicit table of subcommands (module names under search/), in the order `--help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
@@ -22,8 +24,24 @@ SUBCOMMANDS: tuple[str, ...] = (
 )
 
 
-class UserError(Exception):
-    """An error the user can fix (bad study file, missing data...): one line, exit code 2."""
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """The `--threads` option that final-eval and fidelity share (applied by `set_threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's; 1 on a busy machine, docs/final-eval.md)",
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's CPU threads when asked (one per process is far faster on an oversubscribed CPU)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def build_parser() -> argparse.ArgumentParser:

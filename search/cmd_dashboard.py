@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import socket
 
-from search.cli import UserError
+from evaluation.errors import UserError
+from search import optuna_adapter
 from search.cmd_status import study_name
 from search.storage import default_storage_url, display_url, make_storage, open_study
 
@@ -34,7 +35,8 @@ def main(args: argparse.Namespace) -> int:
 
     name = study_name(args.study)
     url = args.storage or default_storage_url(name)
-    study = open_study(name, url)  # fails with a clear message when the study does not exist
+    open_study(name, url)  # fails with a clear message when the study does not exist
+    storage = make_storage(url)
     port = args.port
     if port is None:
         try:
@@ -47,11 +49,11 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be in 1..65535, got {port}")
     print(
         f"optuna-dashboard for study {name} ({display_url(url)}) at "
-        f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id} (Ctrl-C stops it)",
+        f"http://127.0.0.1:{port}/dashboard/studies/{optuna_adapter.study_id(storage, name)} (Ctrl-C stops it)",
         flush=True,
     )
     try:
-        run_server(make_storage(url), host="127.0.0.1", port=port)
+        run_server(storage, host="127.0.0.1", port=port)
     except OSError as exc:
         raise UserError(f"cannot serve on 127.0.0.1:{port}: {exc}") from exc
     return 0

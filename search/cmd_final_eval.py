@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
-from search import final_eval as fe
-from search.final_eval import add_threads_argument, set_threads
+from clharness.protocol import PROTOCOLS
+
+from evaluation import final_eval as fe
+from evaluation.errors import UserError
+from search.cli import add_threads_argument, set_threads
+from search.export import best_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--hooks", type=Path, help="candidate hook module (default: custom_regularization.py)")
     who.add_argument("--study", help="take the candidate from this study's best trial")
-    p.add_argument("--benchmarks", nargs="+", default=list(fe.BENCHMARKS), choices=fe.BENCHMARKS)
+    p.add_argument("--benchmarks", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     p.add_argument("--seeds", nargs="+", type=int, default=list(fe.DEFAULT_SEEDS))
     p.add_argument(
         "--methods",
@@ -41,13 +46,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_main)
 
 
+def study_modules(
+    methods: Sequence[str] | None, study: str | None
+) -> tuple[fe.ModuleSource | None, dict[str, fe.ModuleSource]]:
+    """The modules that come from studies: the candidate of `--study` and the tuned baselines asked for (all
+    of them that exist when `methods` is None); a missing `--study` candidate is a UserError."""
+    candidate = None
+    if study is not None:
+        candidate = best_source(study)
+        if candidate is None:
+            raise UserError(f"--study {study}: no storage or no completed trial to take the candidate from")
+    wanted = (
+        fe.TUNED_BASELINES if not methods else [m[len("tuned_") :] for m in methods if m.startswith("tuned_")]
+    )
+    # the study that tunes baseline b is studies/<b>.toml
+    tuned = {b: found for b in wanted if b in fe.TUNED_BASELINES and (found := best_source(b)) is not None}
+    return candidate, tuned
+
+
 def _main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     command = shlex.join(command_line(args))
+    candidate, tuned = study_modules(args.methods, args.study)
     outcome, _ = fe.final_eval(
         methods=args.methods,
         hooks=args.hooks,
-        study=args.study,
+        candidate=candidate,
+        tuned=tuned,
         benchmarks=args.benchmarks,
         seeds=args.seeds,
         device=args.device,

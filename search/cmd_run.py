@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.cli import UserError
+from evaluation.errors import UserError
 from search.storage import default_storage_url
 from search.studies import StudyDef, load_study_def
 from search.workers import run_study

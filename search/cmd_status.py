@@ -10,7 +10,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.cli import UserError
+from evaluation.errors import UserError
+from search.export import rank_trials
 from search.objective import CRASH, counts_toward_budget
 from search.storage import default_storage_url, display_url, open_study
 from search.studies import load_study_def
@@ -42,9 +43,7 @@ def format_status(study: optuna.Study, budget: int | None, top: int = 5) -> str:
     lines.append("  " + ", ".join(f"{s} {counts.get(s, 0)}" for s in order))
     if crashed:
         lines.append(f"  ({crashed} failed by a crash or Ctrl-C and re-queued; they do not count)")
-    complete = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-(t.value or 0.0), t.number)
-    )
+    complete = rank_trials(trials)
     if not complete:
         lines.append("no complete trial yet")
         return "\n".join(lines)

@@ -1,22 +1,38 @@
-"""Reading back what a trial scored: its stored module source, byte for byte."""
+"""Reading a study back: its complete trials ranked best first, and the exact module source a trial scored.
+
+`rank_trials` is the one ordering of trials in the project (status, progress lines, export, the tuned baselines
+and candidate of the final evaluation, the top designs of the fidelity measurement all use it).
+"""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cli import UserError
-from search.storage import open_study
+from evaluation.errors import UserError
+from evaluation.fidelity import DesignRun
+from evaluation.final_eval import ModuleSource
+from search import storage
+
+
+def rank_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The complete trials with a value, best first (highest value; the earlier trial on a tie)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return sorted(complete, key=lambda t: (-float(t.value or 0.0), t.number))
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The complete trial with the highest value (UserError when none has completed)."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    """The best complete trial (UserError when none has completed)."""
+    ranked = rank_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if not ranked:
         raise UserError(
             f"study {study.study_name!r} has no complete trial yet; run `python -m search run` first"
         )
-    return max(complete, key=lambda t: (t.value if t.value is not None else float("-inf"), -t.number))
+    return ranked[0]
 
 
 def get_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
@@ -30,9 +46,9 @@ def get_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     return matches[0]
 
 
-def trial_source(study_name: str, storage: str | None = None, trial: int | None = None) -> str:
+def trial_source(study_name: str, storage_url: str | None = None, trial: int | None = None) -> str:
     """The exact module source that trial `trial` (default: the best) of the study scored."""
-    study = open_study(study_name, storage)
+    study = storage.open_study(study_name, storage_url)
     frozen = get_trial(study, trial)
     source = frozen.user_attrs.get("module_source")
     if not isinstance(source, str):
@@ -41,3 +57,38 @@ def trial_source(study_name: str, storage: str | None = None, trial: int | None 
             f"({frozen.state.name.lower()} before its module was generated)"
         )
     return source
+
+
+def best_source(study_name: str) -> ModuleSource | None:
+    """The best trial's source of a study in its default storage; None when there is no storage or no trial."""
+    url = storage.default_storage_url(study_name)
+    if not Path(url[len("sqlite:///") :]).is_file():
+        return None
+    try:
+        source = trial_source(study_name)
+    except UserError:  # no completed trial, no such study in that storage: the method is simply not there
+        return None
+    return ModuleSource(source, f"best trial of study `{study_name}`")
+
+
+def top_designs(study: optuna.Study, k: int) -> list[DesignRun]:
+    """The `k` best complete trials with a stored design (identical designs counted once), for fidelity."""
+    import space
+
+    out: list[DesignRun] = []
+    seen: set[str] = set()
+    for t in rank_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+        design = t.user_attrs.get("design")
+        if not isinstance(design, dict):
+            continue
+        canonical = json.dumps(design, sort_keys=True)
+        if canonical in seen:
+            continue
+        seen.add(canonical)
+        source = t.user_attrs.get("module_source")
+        if not isinstance(source, str):  # what was scored is preferred; else regenerate it from the design
+            source = space.generate_source(space.Design.from_dict(design))
+        out.append(DesignRun(f"trial_{t.number}", "top", t.number, float(t.value or 0.0), source, design))
+        if len(out) == k:
+            break
+    return out

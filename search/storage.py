@@ -9,14 +9,14 @@ several machines share a study through a PostgreSQL URL.
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from search.cli import UserError
+from evaluation.errors import UserError
+from search import optuna_adapter
 from search.studies import repo_root, studies_dir
 
 # Seconds a SQLite writer waits for the file lock before giving up (workers write at every context).
@@ -47,29 +47,21 @@ def display_url(url: str) -> str:
 class RetryCrashedTrial:
     """Re-queue a crashed trial (dead worker, Ctrl-C) as a WAITING trial with the same parameters.
 
-    Unlike Optuna's `RetryHeartbeatStaleTrialCallback` it does not copy the user attributes: the retry
+    Optuna's retry callback without the user attributes (`optuna_adapter.retry_without_user_attrs`): the retry
     must not inherit the crashed run's `fail_reason` or partial scores. `retry_history` (system attribute)
     lists the numbers of the crashed attempts; after `max_retry` attempts the design is dropped.
     """
 
     def __init__(self, max_retry: int = 2) -> None:
         self.max_retry = max_retry
+        self._retry = optuna_adapter.retry_without_user_attrs(max_retry)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> int | None:
         """Add the retry; return its trial number, or None when the retries are used up."""
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         if len(history) > self.max_retry:
             return None
-        user_attrs = {k: v for k, v in trial.user_attrs.items() if k == "warm_start"}
-        study.add_trial(
-            optuna.create_trial(
-                state=TrialState.WAITING,
-                params=trial.params,
-                distributions=trial.distributions,
-                user_attrs=user_attrs,
-                system_attrs={**trial.system_attrs, "failed_trial": history[0], "retry_history": history},
-            )
-        )
+        self._retry(study, trial)
         retries = [
             t.number
             for t in study.get_trials(deepcopy=False)
@@ -103,8 +95,7 @@ def make_storage(
         }
     for attempt in range(3):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with optuna_adapter.no_experimental_warning():
                 return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
         except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
             # Two processes creating a fresh storage at once race on its schema tables; the second try finds

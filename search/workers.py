@@ -31,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cli import UserError
+from evaluation.errors import UserError
+from search import optuna_adapter
+from search.export import rank_trials
 from search.objective import CRASH, DesignFailed, Objective, counts_toward_budget
 from search.storage import RetryCrashedTrial, display_url, make_storage
 from search.studies import PrunerDef, SamplerDef, StudyDef, load_study_def
@@ -74,8 +77,7 @@ def make_sampler(d: SamplerDef, worker_index: int = 0) -> optuna.samplers.BaseSa
     seed = None if d.seed is None else d.seed + worker_index
     if d.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with optuna_adapter.no_experimental_warning():
         return optuna.samplers.TPESampler(
             seed=seed,
             n_startup_trials=d.n_startup_trials,
@@ -84,7 +86,7 @@ def make_sampler(d: SamplerDef, worker_index: int = 0) -> optuna.samplers.BaseSa
         )
 
 
-def make_pruner(d: PrunerDef, n_steps: int | None) -> optuna.pruners.BasePruner:
+def make_pruner(d: PrunerDef, n_steps: int) -> optuna.pruners.BasePruner:
     """The study's pruner; steps are contexts counted across the study's benchmarks."""
     if d.name == "none":
         return optuna.pruners.NopPruner()
@@ -97,7 +99,7 @@ def make_pruner(d: PrunerDef, n_steps: int | None) -> optuna.pruners.BasePruner:
             min_resource=d.min_resource, reduction_factor=d.reduction_factor
         )
     return optuna.pruners.HyperbandPruner(
-        min_resource=d.min_resource, max_resource=n_steps or "auto", reduction_factor=d.reduction_factor
+        min_resource=d.min_resource, max_resource=n_steps, reduction_factor=d.reduction_factor
     )
 
 
@@ -105,32 +107,6 @@ def load_objective_factory(ref: str) -> Callable[..., Objective]:
     """Resolve "module:attr" to the objective factory."""
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
-
-
-class Heartbeat:
-    """Record the trial's heartbeat every `interval` seconds from a daemon thread while the trial runs."""
-
-    def __init__(self, storage: Any, trial_id: int, interval: int | None) -> None:
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> Heartbeat:
-        if self._interval is not None:
-            self._storage.record_heartbeat(self._trial_id)
-            self._thread = threading.Thread(target=self._beat, name="search-heartbeat", daemon=True)
-            self._thread.start()
-        return self
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            with contextlib.suppress(Exception):  # a transient storage error must not kill the trial
-                self._storage.record_heartbeat(self._trial_id)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -197,15 +173,13 @@ def _sigint_once(signum: int, frame: Any) -> None:
 def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     """Whether `trial` started after the budget was already taken by counted and earlier running trials."""
     trials = study.get_trials(deepcopy=False)
-    me = next(t for t in trials if t._trial_id == trial._trial_id)
+    me = next(t for t in trials if t.number == trial.number)
 
     def key(t: FrozenTrial) -> tuple[datetime, int]:
-        return (t.datetime_start or datetime.max, t._trial_id)
+        return (t.datetime_start or datetime.max, t.number)
 
     ahead = [
-        t
-        for t in trials
-        if t.state == TrialState.RUNNING and t._trial_id != me._trial_id and key(t) < key(me)
+        t for t in trials if t.state == TrialState.RUNNING and t.number != me.number and key(t) < key(me)
     ]
     return sum(counts_toward_budget(t) for t in trials) + len(ahead) >= n_trials
 
@@ -223,8 +197,7 @@ class _Progress:
     def trial_done(self, study: optuna.Study, trial: FrozenTrial, seconds: float) -> None:
         trials = study.get_trials(deepcopy=False)
         counted = [t for t in trials if counts_toward_budget(t)]
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value or 0.0, default=None)
+        best = next(iter(rank_trials(trials)), None)
         since = datetime.fromtimestamp(self.spec.started_at)
         recent = [t for t in counted if t.datetime_complete is not None and t.datetime_complete >= since]
         hours = max(time.time() - self.spec.started_at, 1e-9) / 3600
@@ -274,10 +247,7 @@ def _worker_loop(spec: WorkerSpec) -> int:
     waiting_said = False
     failures_in_a_row = 0
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # dead workers' trials become FAIL and are re-queued by RetryCrashedTrial
-            optuna.storages.fail_stale_trials(study)
+        optuna_adapter.fail_stale_trials(study)  # dead workers' trials: FAIL, re-queued by RetryCrashedTrial
         trials = study.get_trials(deepcopy=False)
         done = sum(counts_toward_budget(t) for t in trials)
         if done >= spec.n_trials:
@@ -299,10 +269,10 @@ def _worker_loop(spec: WorkerSpec) -> int:
             trial = study.ask()
             surplus = _is_surplus(study, trial, spec.n_trials)
             if surplus:  # another worker took the last slot in the same instant
-                storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                optuna_adapter.put_back(storage, study, trial.number)
         if surplus:
             continue
-        state = _run_trial(study, trial, objective, retry, w.heartbeat_interval, progress)
+        state = _run_trial(study, storage, trial, objective, retry, w.heartbeat_interval, progress)
         if state is None:
             continue
         failures_in_a_row = failures_in_a_row + 1 if state == TrialState.FAIL else 0
@@ -315,6 +285,7 @@ def _worker_loop(spec: WorkerSpec) -> int:
 
 def _run_trial(
     study: optuna.Study,
+    storage: RDBStorage,
     trial: optuna.Trial,
     objective: Objective,
     retry: RetryCrashedTrial,
@@ -325,7 +296,8 @@ def _run_trial(
     t0 = time.perf_counter()
     state, value = TrialState.COMPLETE, None
     try:
-        with Heartbeat(study._storage, trial._trial_id, heartbeat_interval):
+        beat = optuna_adapter.trial_id(storage, study, trial.number)
+        with optuna_adapter.Heartbeat(storage, beat, heartbeat_interval):
             try:
                 value = objective(trial)
             except optuna.TrialPruned:
@@ -352,7 +324,7 @@ def _run_trial(
                 trial.set_user_attr("fail_kind", CRASH)
             with contextlib.suppress(Exception):
                 study.tell(trial, state=TrialState.FAIL)
-            retried = retry(study, study._storage.get_trial(trial._trial_id))
+            retried = retry(study, optuna_adapter.frozen_trial(storage, study, trial.number))
             again = f"; re-queued as trial {retried}" if retried is not None else ""
             progress.say(f"trial {trial.number} {reason}: marked failed{again}")
         finally:
@@ -492,11 +464,11 @@ def run_study(
 def _summary(study: optuna.Study, budget: int) -> None:
     trials = study.get_trials(deepcopy=False)
     done = sum(counts_toward_budget(t) for t in trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete:
+    ranked = rank_trials(trials)
+    if not ranked:
         print(f"study {study.study_name}: {done}/{budget} trials, none complete")
         return
-    best = max(complete, key=lambda t: t.value or 0.0)
+    best = ranked[0]
     scores = ", ".join(f"{k} {v:.4f}" for k, v in best.user_attrs.get("scores", {}).items())
     print(
         f"study {study.study_name}: {done}/{budget} trials; best trial {best.number}: {best.value:.4f} "

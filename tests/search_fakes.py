@@ -3,7 +3,9 @@
 It behaves like the proxy objective: suggests one parameter, reports after every "context", asks the pruner
 and stores the same user attributes. Its pace comes from the environment so a test can slow it down:
 FAKE_STEP_S (seconds per context, default 0.05) and FAKE_STEPS (contexts per trial, default 3); FAKE_FAIL
-makes every design fail.
+makes every design fail. FAKE_BARRIER (a folder) and FAKE_WORKERS (a count) make each worker process's first
+trial wait until that many processes have started a trial, so a test can require that every worker worked
+(without it, a fast worker may take the whole budget before a slow one has imported torch).
 """
 
 from __future__ import annotations
@@ -11,11 +13,32 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 
 from search.objective import DESIGN, DesignFailed
 from search.studies import StudyDef
+
+BARRIER_TIMEOUT_S = 180.0
+_arrived = False
+
+
+def _meet_the_other_workers() -> None:
+    """Sign in at FAKE_BARRIER and wait until FAKE_WORKERS processes have (once per process)."""
+    global _arrived
+    barrier = os.environ.get("FAKE_BARRIER")
+    if not barrier or _arrived:
+        return
+    folder, expected = Path(barrier), int(os.environ.get("FAKE_WORKERS", "2"))
+    (folder / str(os.getpid())).touch()
+    _arrived = True
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while len(list(folder.iterdir())) < expected:
+        if time.monotonic() > deadline:
+            arrived = len(list(folder.iterdir()))
+            raise RuntimeError(f"only {arrived} of {expected} workers started a trial")
+        time.sleep(0.05)
 
 
 def make_fake_objective(
@@ -31,6 +54,7 @@ def make_fake_objective(
             trial.set_user_attr("fail_reason", "broken on purpose")
             trial.set_user_attr("fail_kind", DESIGN)
             raise DesignFailed("broken on purpose")
+        _meet_the_other_workers()
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("module_source", f"X = {x!r}\n")
         value = 0.0

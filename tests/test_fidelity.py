@@ -11,7 +11,9 @@ import optuna
 import pytest
 
 import space
-from search import fidelity as fid
+from evaluation import fidelity as fid
+from evaluation.errors import UserError
+from search.cmd_fidelity import measure
 from search.storage import open_study
 
 # Four designs whose proxy ranks are 1, 2, 3, 4 and full ranks 2, 1, 3, 4:
@@ -40,6 +42,8 @@ def fake_space(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FakeRunner:
+    """Scores of the designs above; any other design q scores q on the proxy and 1 - q in full (rho = -1)."""
+
     def __init__(self, fail: bool = False) -> None:
         self.calls: list = []
         self.fail = fail
@@ -50,7 +54,7 @@ class FakeRunner:
         self.calls.append(cfg)
         q = float(re.search(r"Q = (\S+)", Path(hooks_path).read_text()).group(1))
         full = cfg.iters is None  # type: ignore[attr-defined]
-        acc = (FULL if full else PROXY).get(q, q)
+        acc = (FULL if full else PROXY).get(q, 1 - q if full else q)
         return {"average_accuracy": acc, "per_context_accuracy": [acc], "data_source": "torchvision"}
 
 
@@ -89,7 +93,7 @@ def test_spearman_of_known_ranks_and_the_runs_made(tmp_path: Path) -> None:
     study_file, url = make_study(tmp_path, [0.4, 0.3, 0.2, 0.1])
     runner = FakeRunner()
     out = tmp_path / "out"
-    summary = fid.fidelity(
+    summary = measure(
         str(study_file), top=4, random=0, storage=url, out_dir=out, run_fn=runner, log=lambda s: None
     )
     res = summary["benchmarks"]["splitMNIST"]
@@ -106,9 +110,9 @@ def test_spearman_of_known_ranks_and_the_runs_made(tmp_path: Path) -> None:
     assert json.loads((out / "fid.json").read_text())["benchmarks"]["splitMNIST"]["n"] == 4
 
     # rerun: everything cached; other proxy settings rerun only the proxy runs
-    fid.fidelity(str(study_file), top=4, random=0, storage=url, out_dir=out, run_fn=FakeRunner(fail=True))
+    measure(str(study_file), top=4, random=0, storage=url, out_dir=out, run_fn=FakeRunner(fail=True))
     again = FakeRunner()
-    fid.fidelity(
+    measure(
         str(study_file), top=4, random=0, storage=url, out_dir=out, run_fn=again, proxy_overrides={"iters": 5}
     )
     assert len(again.calls) == 8 and {c.iters for c in again.calls} == {5}
@@ -118,8 +122,8 @@ def test_spearman_of_known_ranks_and_the_runs_made(tmp_path: Path) -> None:
 def test_random_designs_are_seeded_and_distinct_from_the_top(tmp_path: Path) -> None:
     study_file, url = make_study(tmp_path, [0.1, 0.2])
     kw = {"top": 1, "random": 3, "storage": url, "log": lambda s: None}
-    a = fid.fidelity(str(study_file), out_dir=tmp_path / "a", run_fn=FakeRunner(), seed=7, **kw)
-    b = fid.fidelity(str(study_file), out_dir=tmp_path / "b", run_fn=FakeRunner(), seed=7, **kw)
+    a = measure(str(study_file), out_dir=tmp_path / "a", run_fn=FakeRunner(), seed=7, **kw)
+    b = measure(str(study_file), out_dir=tmp_path / "b", run_fn=FakeRunner(), seed=7, **kw)
     rows_a = a["benchmarks"]["splitMNIST"]["designs"]
     assert [r["label"] for r in rows_a] == ["trial_0", "random_0", "random_1", "random_2"]
     assert rows_a == b["benchmarks"]["splitMNIST"]["designs"]
@@ -128,11 +132,9 @@ def test_random_designs_are_seeded_and_distinct_from_the_top(tmp_path: Path) -> 
 
 
 def test_too_few_designs_is_a_user_error(tmp_path: Path) -> None:
-    from search.cli import UserError
-
     study_file, url = make_study(tmp_path, [0.1])
     with pytest.raises(UserError, match="at least 3 designs"):
-        fid.fidelity(str(study_file), top=1, random=1, storage=url, out_dir=tmp_path, run_fn=FakeRunner())
+        measure(str(study_file), top=1, random=1, storage=url, out_dir=tmp_path, run_fn=FakeRunner())
 
 
 def test_spearman_undefined_below_three() -> None:
@@ -143,8 +145,12 @@ def test_spearman_undefined_below_three() -> None:
 def test_random_designs_alone_need_no_storage(tmp_path: Path) -> None:
     study_file, _ = make_study(tmp_path, [])
     absent = f"sqlite:///{tmp_path / 'absent.db'}"
-    summary = fid.fidelity(
+    summary = measure(
         str(study_file), top=0, random=3, storage=absent, out_dir=tmp_path / "o", run_fn=FakeRunner()
     )
-    assert summary["benchmarks"]["splitMNIST"]["n"] == 3
-    assert summary["benchmarks"]["splitMNIST"]["spearman_rho"] == pytest.approx(1.0)  # proxy = full = q
+    res = summary["benchmarks"]["splitMNIST"]
+    assert res["n"] == 3 and not (tmp_path / "absent.db").exists()
+    # each design's proxy score is its q and its full score 1 - q: the ranks are reversed
+    for row in res["designs"]:
+        assert row["origin"] == "random" and row["proxy"] + row["full"] == pytest.approx(1.0)
+    assert res["spearman_rho"] == pytest.approx(-1.0)

@@ -1,24 +1,27 @@
-"""Final evaluation: cache keys, cache hits, resuming an interrupted run, a missing dataset, the report."""
+"""Final evaluation: cache keys, cache hits, resuming an interrupted run, a missing dataset, the report, and the
+search CLI's part (candidate and tuned baselines taken from studies)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 from pathlib import Path
 
 import pytest
 from clharness.errors import DataError
 from clharness.protocol import PROTOCOLS
+from clharness.runner import RunConfig
 
+from evaluation import cache
+from evaluation import final_eval as fe
+from evaluation.errors import UserError
 from search import cmd_final_eval
-from search import final_eval as fe
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = REPO / "tests" / "hooks"
 TINY = {"iters": 20, "contexts": 2}
-# Accuracies the fake harness returns for the candidate, per seed; their SE is checked against the report.
+# Accuracies the fake harness returns for the candidate, per seed. By hand: mean 0.93, squared deviations
+# 0.0009 + 0.0001 + 0.0016 = 0.0026, sample variance 0.0013, SE = sqrt(0.0013 / 3) = 0.0208.
 CANDIDATE_ACC = {42: 0.90, 43: 0.92, 44: 0.97}
 
 
@@ -81,20 +84,66 @@ def _eval(tmp_path: Path, fake: FakeHarness, **kw: object) -> tuple[fe.Outcome, 
     return fe.final_eval(**args)
 
 
+def test_the_evaluation_never_imports_the_search() -> None:
+    """DESIGN.md: the search and its CLI use `evaluation`; it takes studies' modules as sources, not studies."""
+    import ast
+
+    for path in sorted((REPO / "evaluation").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not [n for n in names if n == "search" or n.startswith("search.")], path
+
+
 def test_cache_key_covers_module_protocol_and_seed_but_not_device() -> None:
-    version = fe.code_version()
+    version = cache.code_version()
     cfg = fe.make_config("splitMNIST", 42, device="cpu")
-    key, fields = fe.run_key("a" * 64, cfg, version)
+    key, fields = cache.run_key("a" * 64, cfg, version)
     assert fields["config"]["iters"] == 2000 and fields["config"]["eval_split"] == "test"
     assert fields["config"]["acc_matrix"] is True and "cifar_trunk" not in fields["config"]
-    assert fe.run_key("a" * 64, fe.make_config("splitMNIST", 43, device="cuda"), version)[0] == key
-    assert fe.run_key("b" * 64, cfg, version)[0] != key
+    assert cache.run_key("a" * 64, fe.make_config("splitMNIST", 43, device="cuda"), version)[0] == key
+    assert cache.run_key("b" * 64, cfg, version)[0] != key
     tiny = fe.make_config("splitMNIST", 42, device="cpu", overrides=TINY)
-    assert fe.run_key("a" * 64, tiny, version)[0] != key
-    assert fe.run_key("a" * 64, cfg, "harness-other")[0] != key
+    assert cache.run_key("a" * 64, tiny, version)[0] != key
+    assert cache.run_key("a" * 64, cfg, "harness-other")[0] != key
     # None and the published value are the same protocol, so they share results
     explicit = fe.make_config("splitMNIST", 42, device="cpu", overrides={"iters": 2000, "contexts": 5})
-    assert fe.run_key("a" * 64, explicit, version)[0] == key
+    assert cache.run_key("a" * 64, explicit, version)[0] == key
+
+
+def test_cache_keys_and_paths_are_those_of_the_cached_results() -> None:
+    """Pinned: every record under results/runs and results/fidelity/runs is found by these exact keys."""
+    assert cache.code_version() == "harness-1" and cache.FINAL_EVAL_VERSION == 1
+    final = fe.make_config("splitMNIST", 42, device="cpu")
+    assert cache.run_key("a" * 64, final, "harness-1")[0] == "a55906bc5666776f"
+    assert cache.run_key("c" * 64, fe.make_config("CIFAR100", 44, device="cuda"), "harness-1")[0] == (
+        "4163a2d0200052e2"
+    )
+    proxy_seed = RunConfig(
+        experiment="permMNIST", seed=1001, val_fraction=0.1, eval_split="val", device="cpu"
+    )
+    assert cache.run_key("b" * 64, proxy_seed, "harness-1")[0] == "3d55fda6d340a6a3"
+    path = cache.result_path(Path("r"), "ewc", "permMNIST", "3d55fda6d340a6a3", 1001)
+    assert path == Path("r/permMNIST/ewc__3d55fda6d340a6a3__seed1001.json")
+
+
+def test_every_cached_record_is_found_under_its_key() -> None:
+    """The records shipped in results/ carry their key fields: recomputing the key from them gives the file."""
+    records = sorted((REPO / "results").glob("**/runs/*/*__*__seed*.json"))
+    if not records:
+        pytest.skip("no cached runs in this checkout")
+    for path in records:
+        record = json.loads(path.read_text())
+        result, fields = record["result"], record["key_fields"]
+        config = {k: v for k, v in fields["config"].items() if k != "protocol"}
+        cfg = RunConfig(seed=record["seed"], **config)
+        key, _ = cache.run_key(fields["module"], cfg, cache.code_version())
+        assert key == record["key"], path
+        assert path == cache.result_path(
+            path.parents[1], record["method"], record["experiment"], key, cfg.seed
+        )
+        assert result.get("hooks_sha256") in (None, fields["module"]), path
 
 
 def test_end_to_end_then_cache_hit(tmp_path: Path, none_preset: None) -> None:
@@ -111,17 +160,18 @@ def test_end_to_end_then_cache_hit(tmp_path: Path, none_preset: None) -> None:
     outcome2, _ = _eval(tmp_path, again)
     assert again.calls == [] and len(outcome2.cached) == 9 and outcome2.complete
 
-    # the table: standard error = sample std (ddof=1) / sqrt(n)
-    values = list(CANDIDATE_ACC.values())
-    se = statistics.stdev(values) / math.sqrt(3)
-    assert se == pytest.approx(0.0208167, abs=1e-6)
+    # the table: mean ± standard error (sample std, ddof=1, over sqrt(n)); the values are worked out above
     text = readme.read_text()
-    assert f"| `candidate` | {statistics.fmean(values):.4f} ± {se:.4f} | 3 |" in text
+    assert "| `candidate` | 0.9300 ± 0.0208 | 3 |" in text
     assert "Permuted-MNIST: no results" in text and "Split-CIFAR100: no results" in text
     assert "[harness]" not in text.split("Sources")[0]  # published numbers only on their methods' rows
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     cell = summary["results"]["splitMNIST"]["candidate"]
-    assert cell["n"] == 3 and cell["se"] == pytest.approx(se) and cell["mean"] == pytest.approx(0.93)
+    assert (
+        cell["n"] == 3
+        and cell["se"] == pytest.approx((0.0013 / 3) ** 0.5)
+        and cell["mean"] == pytest.approx(0.93)
+    )
     for png in ("splitMNIST_contexts.png", "splitMNIST_average.png"):
         data = (tmp_path / "results" / "plots" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -167,8 +217,8 @@ def test_cli_exit_code_2_when_something_could_not_run(
     tmp_path: Path, none_preset: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     fake = FakeHarness(missing=("permMNIST",))
-    monkeypatch.setattr(fe, "_default_runners", lambda: (fake.run, fake.run_joint))
-    monkeypatch.setattr(fe, "check_data", lambda experiment, data_dir=None: None)
+    monkeypatch.setattr(cache, "default_runners", lambda: (fake.run, fake.run_joint))
+    monkeypatch.setattr(cache, "check_data", lambda experiment, data_dir=None: None)
     parser = argparse.ArgumentParser()
     cmd_final_eval.register(parser.add_subparsers())
     out = tmp_path / "r"
@@ -184,8 +234,6 @@ def test_cli_exit_code_2_when_something_could_not_run(
 
 
 def test_unknown_method_and_missing_candidate_are_user_errors(tmp_path: Path) -> None:
-    from search.cli import UserError
-
     with pytest.raises(UserError, match="unknown method 'ewk'"):
         fe.resolve_methods(["ewk"], module_dir=tmp_path)
     with pytest.raises(UserError, match=r"nope\.py not found"):
@@ -216,9 +264,9 @@ def test_real_harness_tiny_final_eval(
     assert 0.5 < cand["average_accuracy"] <= 1.0  # two-way tasks: 5 Adam steps already beat chance
     outcome2, _ = _eval(tmp_path, FakeHarness(), run_fn=refuse, joint_fn=refuse, **kw)
     assert len(outcome2.cached) == 4 and not outcome2.ran
-    values = [records["candidate", s]["result"]["average_accuracy"] for s in (42, 43)]
-    se = statistics.stdev(values) / math.sqrt(2)
-    assert f"| `candidate` | {statistics.fmean(values):.4f} ± {se:.4f} | 2 |" in readme.read_text()
+    a, b = (records["candidate", s]["result"]["average_accuracy"] for s in (42, 43))
+    # two seeds: sample std = |a - b| / sqrt(2), so SE = |a - b| / 2
+    assert f"| `candidate` | {(a + b) / 2:.4f} ± {abs(a - b) / 2:.4f} | 2 |" in readme.read_text()
 
 
 def test_presets_are_generated_modules_the_harness_loads(tmp_path: Path) -> None:
@@ -231,7 +279,7 @@ def test_presets_are_generated_modules_the_harness_loads(tmp_path: Path) -> None
         assert m.path == tmp_path / f"{m.name}-{m.sha256[:12]}.py" and load_hooks(m.path).sha256 == m.sha256
 
 
-def test_tuned_baseline_comes_from_its_studys_best_trial(
+def test_tuned_baseline_and_study_candidate_come_from_the_studys_best_trial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import optuna
@@ -239,14 +287,25 @@ def test_tuned_baseline_comes_from_its_studys_best_trial(
     from search import storage
 
     monkeypatch.setattr(storage, "default_storage_url", lambda name: f"sqlite:///{tmp_path / name}.db")
-    assert "tuned_si" not in fe.available_methods()
+    assert cmd_final_eval.study_modules(None, None) == (None, {})
+    with pytest.raises(UserError, match="--study si: no storage"):
+        cmd_final_eval.study_modules(None, "si")
     study = storage.open_study("si", create=True)
-    for value, source in ((0.5, "worse = 1\n"), (0.9, (HOOKS / "si_handwritten.py").read_text())):
+    best = (HOOKS / "si_handwritten.py").read_text()
+    for value, source in ((0.5, "worse = 1\n"), (0.9, best), (0.9, "a later tie = 1\n")):
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"module_source": source}))
-    assert fe.available_methods() == ["candidate", "tuned_si", *fe.PRESET_METHODS, "joint"]
-    (method,) = fe.resolve_methods(["tuned_si"], module_dir=tmp_path / "m")
-    assert method.path.read_text() == (HOOKS / "si_handwritten.py").read_text()
-    assert "study `si`" in method.label
+    candidate, tuned = cmd_final_eval.study_modules(None, "si")
+    assert candidate is not None and candidate.source == best and "study `si`" in candidate.label
+    assert set(tuned) == {"si"} and tuned["si"] == candidate
+    assert cmd_final_eval.study_modules(["candidate", "ewc"], None) == (None, {})  # only what is asked for
+
+    assert fe.resolve_methods(None, tuned=tuned, module_dir=tmp_path / "m", hooks=HOOKS / "no_reg.py")[
+        1
+    ].name == ("tuned_si")
+    (method,) = fe.resolve_methods(["tuned_si"], tuned=tuned, module_dir=tmp_path / "m")
+    assert method.path is not None and method.path.read_text() == best
+    with pytest.raises(UserError, match="tuned_ewc: study 'ewc' has no storage"):
+        fe.resolve_methods(["tuned_ewc"], tuned=tuned, module_dir=tmp_path / "m")
 
 
 def test_a_result_of_another_module_is_never_filed(tmp_path: Path, none_preset: None) -> None:

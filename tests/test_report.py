@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search import report
+from evaluation import report
 
 
 def _record(acc: float, seed: int, k: int = 3) -> dict:
@@ -27,12 +27,40 @@ def test_standard_error_is_sample_std_over_sqrt_n() -> None:
         report.summarize([])
 
 
+def _published_cells(text: str) -> dict[str, str]:
+    """Method -> the last ("published") cell of its row in the report's main table."""
+    rows = [
+        line
+        for line in text.split("Sources of the published numbers")[0].splitlines()
+        if line.startswith("| `")
+    ]
+    return {row.split("`")[1]: row.rstrip(" |").split(" | ")[-1] for row in rows}
+
+
 def test_published_numbers_sit_on_their_methods_rows_with_sources() -> None:
-    assert report.format_references("splitMNIST", "ewc") == "0.958 [harness]"
-    assert report.format_references("permMNIST", "si") == "0.447 [harness]"
-    assert report.format_references("CIFAR100", "ewc") == "0.546 [harness], 0.7634 [vdv2022]"
-    assert report.format_references("CIFAR100", "joint") == "0.7878 [vdv2022]"
-    assert report.format_references("splitMNIST", "candidate") == "—"
+    methods = ["candidate", "none", "ewc", "online_ewc", "si", "joint"]
+    results = {"CIFAR100": {m: {42: _record(0.5, 42)} for m in methods}}
+    text = report.render_markdown(
+        results,
+        methods=[(m, m) for m in methods],
+        benchmarks=["CIFAR100"],
+        missing={},
+        command="c",
+        plots={},
+    )
+    cells = _published_cells(text)
+    assert set(cells) == set(methods)
+    for method in methods:
+        refs = report.REFERENCES["CIFAR100"].get(method, [])
+        # every published number of the method, in order, with its source; nothing on the other rows
+        assert cells[method] == (", ".join(f"{value:.4g} [{tag}]" for tag, value in refs) or "—")
+    assert cells["candidate"] == "—" and cells["ewc"].count("[") == 2
+    footnotes = text.split("Sources of the published numbers:")[1].split("Methods:")[0]
+    for by_method in report.REFERENCES.values():
+        for refs in by_method.values():
+            for tag, value in refs:
+                assert f"- [{tag}] " in footnotes  # a tag in the table is explained under it
+                assert 0 < value <= 1, (tag, value)  # fractions like ours, not percent
 
 
 def test_average_curve_is_the_mean_over_contexts_seen() -> None:

@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.cli import UserError
+from evaluation.errors import UserError
 from search.cmd_dashboard import free_port
 from search.cmd_status import format_status
 from search.export import trial_source
@@ -164,6 +164,8 @@ def test_default_storage_is_the_studys_file_in_the_repo() -> None:
 
 def test_two_workers_finish_the_budget_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    (tmp_path / "barrier").mkdir()
+    monkeypatch.setenv("FAKE_BARRIER", str(tmp_path / "barrier"))  # each worker's first trial waits for both
     study = load_study_def(write_study(tmp_path, n_trials=7))
     url = sqlite_url(tmp_path)
     # Enqueued trials (as warm-start presets are) must each be taken by one worker only.
@@ -180,7 +182,9 @@ def test_two_workers_finish_the_budget_exactly(tmp_path: Path, monkeypatch: pyte
     xs = [t.params["x"] for t in counted]
     assert len(set(xs)) == 7  # no design run twice
     assert sorted(x for x in xs if x in enqueued) == enqueued
-    assert len({t.user_attrs["worker_pid"] for t in counted}) == 2  # both processes did work
+    # two spawned processes shared the study (the barrier fails the run unless both started a trial)
+    pids = {t.user_attrs["worker_pid"] for t in counted}
+    assert len(pids) == 2 and os.getpid() not in pids
     # A rerun of a complete study runs nothing more.
     assert run_study(study, url, n_workers=2, objective=FAKE) == 0
     assert len(trials_of("fake", url)) == len(trials)
@@ -355,6 +359,8 @@ def test_two_workers_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     if not url:
         pytest.skip("CL_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)")
     monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    (tmp_path / "barrier").mkdir()
+    monkeypatch.setenv("FAKE_BARRIER", str(tmp_path / "barrier"))
     name = f"pg_{uuid.uuid4().hex[:12]}"  # the server outlives the test: a fresh study every time
     study = load_study_def(write_study(tmp_path, name=name, n_trials=6))
     assert run_study(study, url, n_workers=2, objective=FAKE) == 0

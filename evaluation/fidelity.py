@@ -3,8 +3,10 @@
 The study's top designs and some random designs of its space are run twice on the validation split with the
 study's proxy seed and held-out fraction: once at the proxy settings, once at the full published protocol. The
 Spearman rank correlation between the two scores, per benchmark, says how far the proxy can be trusted. Every
-run goes through the final evaluation's cache, so the command resumes and alternative proxy settings
-(`proxy_overrides`) can be compared against the same full runs at the cost of the proxy runs only.
+run goes through the run cache (`evaluation.cache`), so the command resumes and alternative proxy settings
+(`proxy_overrides`) can be compared against the same full runs at the cost of the proxy runs only. The designs
+arrive as a list: the search's CLI takes the top ones from the study's storage (`search.export.top_designs`) and
+adds random ones (`random_designs`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,33 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from search.final_eval import LogFn, RunFn, run_cached, sha256_text, write_atomic
+from clharness.atomic import write_atomic
+
+from evaluation.cache import RunFn, run_cached, sha256_text, store_module
+from evaluation.errors import UserError
+from evaluation.final_eval import LogFn
 
 DEFAULT_OUT = Path("results") / "fidelity"
 PROXY_FIELDS = ("iters", "contexts", "train_subset", "seeds")
+
+
+class BenchmarkProxy(Protocol):
+    """What fidelity needs of a study's benchmark (`search.studies.BenchmarkProxy` has it)."""
+
+    @property
+    def experiment(self) -> str: ...
+    @property
+    def iters(self) -> int | None: ...
+    @property
+    def contexts(self) -> int | None: ...
+    @property
+    def train_subset(self) -> int | None: ...
+    @property
+    def val_fraction(self) -> float: ...
+    @property
+    def seeds(self) -> tuple[int, ...]: ...
 
 
 @dataclass
@@ -47,35 +70,6 @@ def spearman(proxy: Sequence[float], full: Sequence[float]) -> tuple[float, floa
 
     res = spearmanr(proxy, full)
     return float(res.statistic), float(res.pvalue)
-
-
-def top_designs(study: Any, k: int) -> list[DesignRun]:
-    """The `k` best complete trials with a stored design (identical designs counted once)."""
-    from optuna.trial import TrialState
-
-    import space
-
-    trials = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None
-    ]
-    trials.sort(key=lambda t: (-t.value, t.number))
-    out: list[DesignRun] = []
-    seen: set[str] = set()
-    for t in trials:
-        design = t.user_attrs.get("design")
-        if not isinstance(design, dict):
-            continue
-        canonical = json.dumps(design, sort_keys=True)
-        if canonical in seen:
-            continue
-        seen.add(canonical)
-        source = t.user_attrs.get("module_source")
-        if not isinstance(source, str):  # what was scored is preferred; else regenerate it from the design
-            source = space.generate_source(space.Design.from_dict(design))
-        out.append(DesignRun(f"trial_{t.number}", "top", t.number, float(t.value), source, design))
-        if len(out) == k:
-            break
-    return out
 
 
 def random_designs(m: int, *, seed: int, fixed: Mapping[str, Any], exclude: set[str]) -> list[DesignRun]:
@@ -107,69 +101,49 @@ def random_designs(m: int, *, seed: int, fixed: Mapping[str, Any], exclude: set[
     return out
 
 
-def _configs(bench: Any, *, full: bool, device: str, overrides: Mapping[str, Any]) -> list[Any]:
+def _configs(bench: BenchmarkProxy, *, full: bool, device: str, overrides: Mapping[str, Any]) -> list[Any]:
     """RunConfigs of one benchmark: the proxy (one per proxy seed) or the full protocol (first proxy seed)."""
     from clharness.runner import RunConfig
 
-    common = {"experiment": bench.experiment, "val_fraction": bench.val_fraction, "eval_split": "val"}
+    common: dict[str, Any] = {
+        "experiment": bench.experiment,
+        "val_fraction": bench.val_fraction,
+        "eval_split": "val",
+    }
     if full:
         return [RunConfig(seed=bench.seeds[0], device=device, **common)]
-    settings = {name: getattr(bench, name) for name in PROXY_FIELDS}
+    settings: dict[str, Any] = {name: getattr(bench, name) for name in PROXY_FIELDS}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     seeds = settings.pop("seeds")
     return [RunConfig(seed=s, device=device, **settings, **common) for s in seeds]
 
 
 def fidelity(
-    study_name: str,
+    study: str,
+    benches: Sequence[BenchmarkProxy],
+    designs: Sequence[DesignRun],
     *,
-    top: int = 8,
-    random: int = 4,
-    benchmarks: Sequence[str] | None = None,
-    seed: int = 0,
     device: str = "auto",
     out_dir: Path = DEFAULT_OUT,
     proxy_overrides: Mapping[str, Any] | None = None,
-    storage: str | None = None,
     run_fn: RunFn | None = None,
     log: LogFn = print,
     command: str = "",
 ) -> dict:
-    """Run (or resume) the fidelity measurement of one study; writes `<out>/<study>.md` and `.json`."""
+    """Run (or resume) the fidelity measurement of `designs` on the study's proxies `benches`.
+
+    Fills each design's proxy and full scores and writes `<out>/<study>.md` and `.json` (with
+    `__<override>` in the name for alternative proxy settings); returns the summary.
+    """
     from clharness.errors import DataError, HarnessError
 
-    from search.cli import UserError
-    from search.storage import open_study
-    from search.studies import load_study_def
-
-    study_def = load_study_def(study_name)
-    benches = [b for b in study_def.benchmarks if benchmarks is None or b.experiment in benchmarks]
-    if not benches:
-        raise UserError(
-            f"study {study_def.name!r} has no benchmark among {', '.join(benchmarks or [])} "
-            f"(it has {', '.join(study_def.experiments)})"
-        )
     overrides = dict(proxy_overrides or {})
     unknown = set(overrides) - set(PROXY_FIELDS)
     if unknown:
         raise UserError(f"unknown proxy override {sorted(unknown)[0]!r}; allowed: {', '.join(PROXY_FIELDS)}")
-    if top < 0 or random < 0 or top + random < 3:
-        raise UserError("--top and --random must be >= 0 and give at least 3 designs together")
-    # random designs alone need no storage: the proxy can be measured before the study has run
-    designs = top_designs(open_study(study_def.name, storage), top) if top else []
-    if len(designs) < top:
-        log(f"fidelity: study {study_def.name!r} has only {len(designs)} distinct complete designs")
-    seen = {json.dumps(d.design, sort_keys=True) for d in designs}
-    designs += random_designs(random, seed=seed, fixed=study_def.fixed, exclude=seen)
-
-    module_dir = out_dir / "modules" / study_def.name
+    module_dir = out_dir / "modules" / study
     runs_dir = out_dir / "runs"
-    paths = {}
-    for d in designs:
-        path = module_dir / f"{d.label}-{sha256_text(d.source)[:12]}.py"  # named by content: never rewritten
-        if not path.is_file() or path.read_text(encoding="utf-8") != d.source:
-            write_atomic(path, d.source)
-        paths[d.label] = path
+    paths = {d.label: store_module(module_dir, d.label, d.source)[0] for d in designs}
 
     # the proxy runs first (cheap), then the full runs; progress with an estimate from measured durations
     plan = [(d, b, full) for full in (False, True) for b in benches for d in designs]
@@ -204,25 +178,23 @@ def fidelity(
         if scores:
             (d.full if full else d.proxy)[bench.experiment] = statistics.fmean(scores)
 
-    summary = _summarize(study_def, benches, designs, overrides, data_errors, command)
+    summary = _summarize(study, benches, designs, overrides, data_errors, command)
     out_dir.mkdir(parents=True, exist_ok=True)
     # alternative proxy settings get files of their own, beside the study's shipped proxy
-    stem = study_def.name + "".join(
+    stem = study + "".join(
         f"__{k}{'-'.join(map(str, v)) if isinstance(v, tuple | list) else v}"
         for k, v in sorted(overrides.items())
     )
     write_atomic(out_dir / f"{stem}.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     write_atomic(out_dir / f"{stem}.md", render(summary))
     for b, res in summary["benchmarks"].items():
-        log(
-            f"fidelity {study_def.name} {b}: Spearman rho = {res['spearman_rho']:.3f} over {res['n']} designs"
-        )
+        log(f"fidelity {study} {b}: Spearman rho = {res['spearman_rho']:.3f} over {res['n']} designs")
     summary["complete"] = not data_errors
     return summary
 
 
 def _eta(
-    left: Sequence[tuple[DesignRun, Any, bool]], durations: Mapping[tuple[str, bool], list[float]]
+    left: Sequence[tuple[DesignRun, BenchmarkProxy, bool]], durations: Mapping[tuple[str, bool], list[float]]
 ) -> str:
     total, unknown = 0.0, 0
     for _d, bench, full in left:
@@ -236,15 +208,15 @@ def _eta(
 
 
 def _summarize(
-    study_def: Any,
-    benches: Sequence[Any],
+    study: str,
+    benches: Sequence[BenchmarkProxy],
     designs: Sequence[DesignRun],
     overrides: Mapping[str, Any],
     data_errors: Mapping[str, str],
     command: str,
 ) -> dict:
     out: dict = {
-        "study": study_def.name,
+        "study": study,
         "command": command,
         "proxy_overrides": dict(overrides),
         "benchmarks": {},

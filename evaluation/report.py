@@ -1,6 +1,6 @@
 """The results report: a markdown table (mean ± SE over seeds), published numbers beside it, plots.
 
-Built from the cached run records of `search.final_eval` only, so it can be rebuilt at any time
+Built from the cached run records of `evaluation.final_eval` only, so it can be rebuilt at any time
 (`python -m search final-eval --report-only`) and always shows every seed the cache holds for the current
 configuration of each method.
 """
@@ -13,6 +13,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from clharness.atomic import write_atomic
 
 BENCHMARK_TITLES: dict[str, str] = {
     "splitMNIST": "Split-MNIST",
@@ -297,8 +299,6 @@ def write_report(
     extra_notes: Sequence[str] = (),
 ) -> Path:
     """Write `<out>/README.md`, `<out>/summary.json` and `<out>/plots/*.png`; returns the README's path."""
-    from search.final_eval import write_atomic
-
     plots: dict[str, list[str]] = {}
     for b in benchmarks:
         if any(results.get(b, {}).values()):
