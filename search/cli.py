@@ -21,6 +21,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "search.cmd_dashboard",
     "search.cmd_final_eval",
     "search.cmd_fidelity",
+    "search.cmd_panel",
 )
 
 

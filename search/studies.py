@@ -22,7 +22,7 @@ from evaluation.errors import UserError
 # Proxy stream seeds must stay clear of the evaluation seeds (42, 43, 44, ...): every proxy seed is >= this.
 MIN_PROXY_SEED = 1000
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "none", "successive_halving", "hyperband")
+PRUNERS = ("median", "percentile", "none", "successive_halving", "hyperband")
 # Study names reach file names and the generated module's header: keep them plain identifiers.
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
@@ -68,6 +68,7 @@ class PrunerDef:
     name: str = "median"
     n_startup_trials: int = 5  # trials that finish before any pruning
     n_warmup_steps: int = 2  # contexts reported before a trial can be pruned
+    percentile: float = 25.0  # percentile: a trial below this percentile of the others at a step is pruned
     min_resource: int = 2  # successive_halving / hyperband
     reduction_factor: int = 3  # successive_halving / hyperband
 
@@ -293,6 +294,10 @@ def _table(data: Mapping[str, Any], key: str, cls: type, path: Path) -> dict[str
                 raise UserError(f"{path}: {key}.{k} must be true or false, got {v!r}")
         elif isinstance(default, int):
             _int(raw, k, path, minimum=0 if k.startswith("n_") else 1, where=f"{key}.")
+        elif isinstance(default, float):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 100:
+                raise UserError(f"{path}: {key}.{k} must be a number in (0, 100), got {v!r}")
+            v = float(v)
         elif isinstance(default, str) and not isinstance(v, str):
             raise UserError(f"{path}: {key}.{k} must be a string, got {v!r}")
         out[k] = v

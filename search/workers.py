@@ -82,6 +82,9 @@ def make_sampler(d: SamplerDef, worker_index: int = 0) -> optuna.samplers.BaseSa
             seed=seed,
             n_startup_trials=d.n_startup_trials,
             multivariate=d.multivariate,
+            # The space is conditional (a field exists only where it acts): group=True models each set of
+            # co-occurring fields jointly instead of dropping to independent sampling.
+            group=d.multivariate,
             constant_liar=d.constant_liar,
         )
 
@@ -93,6 +96,10 @@ def make_pruner(d: PrunerDef, n_steps: int) -> optuna.pruners.BasePruner:
     if d.name == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=d.n_startup_trials, n_warmup_steps=d.n_warmup_steps
+        )
+    if d.name == "percentile":
+        return optuna.pruners.PercentilePruner(
+            d.percentile, n_startup_trials=d.n_startup_trials, n_warmup_steps=d.n_warmup_steps
         )
     if d.name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(
@@ -131,7 +138,7 @@ def prepare_study(study_def: StudyDef, storage_url: str) -> optuna.Study:
         # skip_if_exists check covers the remaining window.
         study.set_user_attr("warm_start", list(study_def.warm_start))
         for name in study_def.warm_start:
-            params = space.trial_params(space.PRESETS[name], study_def.fixed)
+            params = space.trial_params({**space.PRESETS, **space.VARIANTS}[name], study_def.fixed)
             study.enqueue_trial(params, user_attrs={"warm_start": name}, skip_if_exists=True)
     return study
 
