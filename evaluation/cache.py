@@ -246,3 +246,19 @@ def run_cached(
     start = time.perf_counter()
     result = run_fn(str(module_path), cfg, progress=False)
     return store(job, cfg, result, time.perf_counter() - start), False
+
+
+def run_joint_cached(cfg: Any, *, cache_dir: Path, run_fn: RunFn | None = None) -> tuple[dict, bool]:
+    """Joint training with an arbitrary RunConfig through the cache (filed as method `joint`)."""
+    key, fields = run_key("joint", cfg, code_version())
+    path = result_path(cache_dir, "joint", cfg.experiment, key, cfg.seed)
+    record = load_record(path)
+    if record is not None:
+        return record, True
+    if run_fn is None:
+        run_fn = default_runners()[1]
+        check_data(cfg.experiment, cfg.data_dir)
+    job = Job(Method("joint", "joint", None, "joint", "joint"), cfg.experiment, cfg.seed, key, fields, path)
+    start = time.perf_counter()
+    result = run_fn(cfg, progress=False)
+    return store(job, cfg, result, time.perf_counter() - start), False

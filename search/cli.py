@@ -22,6 +22,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "search.cmd_final_eval",
     "search.cmd_fidelity",
     "search.cmd_panel",
+    "search.cmd_promote",
 )
 
 

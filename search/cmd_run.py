@@ -10,7 +10,7 @@ from search.storage import default_storage_url
 from search.studies import StudyDef, load_study_def
 from search.workers import run_study
 
-FALLBACK_STUDY = "mnist"
+FALLBACK_STUDY = "calibrated"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

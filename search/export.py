@@ -36,9 +36,15 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 
 
 def get_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
-    """Trial `number` of the study, or its best trial when `number` is None."""
+    """Trial `number` of the study, or when `number` is None its best trial at the highest fidelity run
+    (promoted trials first, `search.promote`; else the best proxy value)."""
     if number is None:
-        return best_trial(study)
+        from search.promote import best_promoted
+
+        entry = best_promoted(study)
+        if entry is None:
+            return best_trial(study)
+        number = int(entry["trial"])
     trials = study.get_trials(deepcopy=False)
     matches = [t for t in trials if t.number == number]
     if not matches:
@@ -47,9 +53,24 @@ def get_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
 
 
 def trial_source(study_name: str, storage_url: str | None = None, trial: int | None = None) -> str:
-    """The exact module source that trial `trial` (default: the best) of the study scored."""
+    """The module source of trial `trial` (default: the best at the highest fidelity) of the study.
+
+    A trial scored only by the proxy gives the exact bytes it scored. A promoted trial is written again from its
+    design with the fidelity that chose it in the header (the code is the generator's, the same for the same
+    design; the header names the fidelity); both are deterministic, so the export reproduces byte for byte.
+    """
+    from search.promote import promoted
+
     study = storage.open_study(study_name, storage_url)
     frozen = get_trial(study, trial)
+    entries = [e for e in promoted(study) if e["trial"] == frozen.number]
+    if entries and isinstance(frozen.user_attrs.get("design"), dict):
+        import space
+
+        entry = max(entries, key=lambda e: e["iterations"])
+        design = space.Design.from_dict(frozen.user_attrs["design"])
+        provenance = {"study": study_name, "trial": frozen.number, "fidelity": entry["fidelity"]}
+        return space.generate_source(design, provenance)
     source = frozen.user_attrs.get("module_source")
     if not isinstance(source, str):
         raise UserError(

@@ -273,7 +273,7 @@ def _benchmark(raw: Any, index: int, path: Path) -> BenchmarkProxy:
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 100:
         raise UserError(f"{path}: {where}weight must be a positive number (<= 100), got {weight!r}")
     return BenchmarkProxy(
-        experiment, iters, contexts, train_subset, float(val_fraction), tuple(seeds_raw), float(weight)
+        str(experiment), iters, contexts, train_subset, float(val_fraction), tuple(seeds_raw), float(weight)
     )
 
 

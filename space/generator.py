@@ -13,10 +13,10 @@ import json
 import math
 import os
 import re
-import tempfile
 import textwrap
 from collections.abc import Mapping
-from pathlib import Path
+
+from clharness.atomic import write_atomic
 
 from space import components
 from space.design import Design, DesignError
@@ -206,6 +206,8 @@ def generate_source(design: Design, provenance: Mapping[str, str | int | float] 
 def _header(design: Design, prov: Mapping[str, str]) -> str:
     if "study" in prov:
         source = f"study {prov['study']}" + (f", trial {prov['trial']}" if "trial" in prov else "")
+        if "fidelity" in prov:  # promoted: the trial was chosen by its score at this fidelity
+            source += f" (chosen at fidelity {prov['fidelity']})"
     elif "preset" in prov:
         source = f"the preset {prov['preset']}"
     else:
@@ -430,17 +432,5 @@ def _docline(text: str) -> str:
 
 
 def write_module(path: str | os.PathLike[str], source: str) -> None:
-    """Write `source` to `path` atomically (a temporary file in the same folder, then rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(source)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `source` to `path` atomically (clharness.atomic)."""
+    write_atomic(path, source)

@@ -52,7 +52,9 @@ def test_shards_split_the_runs_and_the_cache_resumes(tmp_path: Path) -> None:
     panel = _panel(tmp_path)
     calls: list = []
     done = [
-        pnl.run_panel(panel, benchmarks=["permMNIST"], shard=(i, 2), run_fn=_fake_run(calls), log=lambda _: None)
+        pnl.run_panel(
+            panel, benchmarks=["permMNIST"], shard=(i, 2), run_fn=_fake_run(calls), log=lambda _: None
+        )
         for i in range(2)
     ]
     # 4 designs x (1 + 2 proxy seeds + 1 full run), each exactly once over the two shards

@@ -375,14 +375,16 @@ def test_two_workers_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 # ------------------------------------------------------------------------------------------------ fallback
 
 
-def test_auto_fallback_runs_mnist_when_cifar100_is_absent(tmp_path: Path) -> None:
+def test_auto_fallback_runs_the_calibrated_study_when_cifar100_is_absent(tmp_path: Path) -> None:
     from search.cmd_run import fallback
 
     default = load_study_def("default")
     study, line = fallback(default, str(tmp_path))
-    assert study.name == "mnist" and study.experiments == ("splitMNIST", "permMNIST")
-    assert line is not None and line.startswith(f"CIFAR-100 is not in {tmp_path}: running the 'mnist' study")
+    assert study.name == "calibrated" and study.experiments == ("permMNIST", "splitMNIST")
+    assert line is not None and line.startswith(
+        f"CIFAR-100 is not in {tmp_path}: running the 'calibrated' study"
+    )
     assert "CIFAR100" in line and "make pretrain-trunk" in line
     (tmp_path / "cifar-100-python").mkdir()
     assert fallback(default, str(tmp_path)) == (default, None)
-    assert fallback(load_study_def("mnist"), str(tmp_path / "elsewhere"))[1] is None  # no CIFAR needed
+    assert fallback(load_study_def("calibrated"), str(tmp_path / "elsewhere"))[1] is None  # no CIFAR needed

@@ -1,0 +1,65 @@
+"""`python -m search promote`: re-run a study's best trials at a higher fidelity and store their scores."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evaluation.errors import UserError
+from search import promote as prm
+from search.cli import add_threads_argument, set_threads
+from search.storage import open_study
+from search.studies import load_study_def
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `promote` subcommand."""
+    p = sub.add_parser(
+        "promote",
+        help="re-run a study's K best trials at the full protocol (validation split) and store the scores",
+        description=(
+            "Runs the K best distinct designs of the study (by proxy value) on each of its benchmarks at the "
+            "full published protocol, or at the fidelity given by --iters/--contexts/--train-subset, on the "
+            "validation split with the study's proxy stream seeds, with none and joint training as anchors. "
+            "Every run is cached; the scores are stored on the study, and `export`/`make regenerate` then pick "
+            "the best design at the highest fidelity run."
+        ),
+    )
+    p.add_argument("--study", required=True, help="study name (studies/<name>.toml) or file")
+    p.add_argument("--top", type=int, default=5, help="how many of the best trials (default 5)")
+    p.add_argument("--storage", help="storage URL (default: the study's file under studies/)")
+    p.add_argument("--iters", type=int, help="iterations per context (default: the published protocol's)")
+    p.add_argument("--contexts", type=int, help="contexts (default: all)")
+    p.add_argument("--train-subset", type=int, help="training images per context (default: all)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument(
+        "--out", type=Path, default=prm.DEFAULT_OUT, help="run cache and modules (default: results/fidelity)"
+    )
+    add_threads_argument(p)
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    for name in ("iters", "contexts", "train_subset"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    study_def = load_study_def(args.study)
+    study = open_study(study_def.name, args.storage)
+    overrides = {"iters": args.iters, "contexts": args.contexts, "train_subset": args.train_subset}
+    results = prm.promote(
+        study, study_def, top=args.top, overrides=overrides, device=args.device, out_dir=args.out
+    )
+    if not results:
+        raise UserError(f"study {study_def.name!r} has no complete trial with a stored module to promote")
+    best = prm.best_promoted(study)
+    assert best is not None
+    print(
+        f"promoted {len(results)} trials at fidelity {prm.fidelity_name(overrides)}; best at the highest fidelity: "
+        f"trial {best['trial']} ({best['fidelity']}, value {best['value']:.4f}); "
+        f"write it with: python -m search export --study {study_def.name} --out custom_regularization.py"
+    )
+    return 0
