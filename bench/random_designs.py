@@ -1,0 +1,149 @@
+"""Are random points of the space plausible regularizers? N random designs against the presets, on one proxy.
+
+Draws N designs uniformly from a version of the space (`v2`: today's calibrated space; `v1`: the first space, taken
+from git commit `V1_COMMIT` and run in a subprocess, so that its sampler and generator are the ones the first
+reference study used), runs them and the published presets of the same version on one benchmark's proxy
+(validation split) through the run cache, and reports the share of random designs within `--margin` of the best
+preset (issue 9 asks for at least a quarter within 0.01 on the Permuted-MNIST proxy).
+
+    OMP_NUM_THREADS=1 python bench/random_designs.py --space v2 --n 40 --iters 150 --shard 0/2   # and 1/2
+    python bench/random_designs.py --space v2 --n 40 --iters 150 --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+V1_COMMIT = "a0c0e35"  # the last commit of the first space
+PRESETS = ("ewc", "online_ewc", "si", "mas", "l2")
+OUT = ROOT / "results" / "fidelity"
+
+# Run in a subprocess with a space package on its path: prints [[label, source], ...] as JSON.
+_DRAW = """
+import json, sys
+import optuna
+import space
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+n, seed, presets = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
+out = [["preset_" + p, space.generate_source(space.PRESETS[p], {"preset": p})] for p in presets]
+study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+while len(out) < len(presets) + n:
+    trial = study.ask()
+    try:
+        out.append([f"random_{len(out) - len(presets)}", space.generate_source(space.suggest(trial))])
+    except ValueError:
+        pass
+    study.tell(trial, 0.0)
+print(json.dumps(out))
+"""
+
+
+def draw(version: str, n: int, seed: int) -> list[tuple[str, str]]:
+    """(label, module source) of the presets and `n` random designs of that version of the space."""
+    with tempfile.TemporaryDirectory(prefix="space-") as tmp:
+        if version == "v1":
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", V1_COMMIT, "space"], check=True, capture_output=True
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+            path = tmp
+        else:
+            path = str(ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-c", _DRAW, str(n), str(seed), ",".join(PRESETS)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"},
+            cwd=tmp,
+        )
+    return [(label, source) for label, source in json.loads(proc.stdout)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    from clharness.runner import RunConfig
+
+    from evaluation.cache import code_version, load_record, result_path, run_cached, run_key, store_module
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", choices=("v1", "v2"), required=True)
+    p.add_argument("--n", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sampler")
+    p.add_argument("--experiment", default="permMNIST")
+    p.add_argument("--iters", type=int, required=True, help="proxy iterations per context")
+    p.add_argument("--contexts", type=int)
+    p.add_argument("--proxy-seed", type=int, default=1001)
+    p.add_argument("--margin", type=float, default=0.01)
+    p.add_argument("--shard", default="0/1")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    index, count = (int(x) for x in args.shard.split("/"))
+    cfg = RunConfig(
+        experiment=args.experiment, seed=args.proxy_seed, iters=args.iters, contexts=args.contexts,
+        val_fraction=0.1, eval_split="val", device="cpu",
+    )  # fmt: skip
+    tag = f"random_{args.space}"
+    designs = draw(args.space, args.n, args.seed)
+    scores: dict[str, float] = {}
+    for i, (label, source) in enumerate(designs):
+        name = f"{tag}_{label}"
+        path, sha = store_module(OUT / "modules" / tag, label, source)
+        if args.report_only or i % count != index:
+            key, _ = run_key(sha, cfg, code_version())
+            record = load_record(result_path(OUT / "runs", name, cfg.experiment, key, cfg.seed))
+        else:
+            try:
+                record, cached = run_cached(name, path, sha, cfg, cache_dir=OUT / "runs")
+            except Exception as exc:  # a diverged or broken design scores nothing; reported
+                print(f"{label}: failed: {exc}", flush=True)
+                continue
+            if not cached:
+                print(f"{label}: {record['result']['average_accuracy']:.4f}", flush=True)
+        if record is not None:
+            scores[label] = float(record["result"]["average_accuracy"])
+    presets = {k: v for k, v in scores.items() if k.startswith("preset_")}
+    randoms = {k: v for k, v in scores.items() if k.startswith("random_")}
+    if not presets or not randoms:
+        print(f"{len(presets)} presets and {len(randoms)} random designs scored so far")
+        return 0
+    best = max(presets.values())
+    close = [k for k, v in randoms.items() if v >= best - args.margin]
+    summary = {
+        "space": args.space,
+        "proxy": {
+            "experiment": args.experiment,
+            "iters": args.iters,
+            "contexts": args.contexts,
+            "seed": args.proxy_seed,
+        },
+        "presets": presets,
+        "best_preset": best,
+        "random_scored": len(randoms),
+        "random_drawn": args.n,
+        "within_margin": len(close),
+        "share_within_margin": len(close) / len(randoms),
+        "random_median": statistics.median(randoms.values()),
+        "random": randoms,
+    }
+    stem = f"{tag}_{args.experiment}_iters{args.iters}"
+    (OUT / f"{stem}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    print(
+        f"{args.space}: {len(close)}/{len(randoms)} random designs ({len(close) / len(randoms):.0%}) within "
+        f"{args.margin} of the best preset ({best:.4f}); median random {summary['random_median']:.4f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
