@@ -77,6 +77,13 @@ SPACE: dict[str, Spec] = {
     ),
     "si_clamp": Spec("choice", choices=(False, True), applies=lambda v: "si" in uses(v)),
     "mix": Spec("float", 0.1, 0.9, applies=lambda v: len(uses(v)) == 2),
+    # Before the data fields: whether a design reads data depends on it.
+    "reference": Spec(
+        "choice",
+        choices=("fisher", "fisher_first", "none"),
+        search=("fisher", "fisher_first"),
+        applies=_regularizes,
+    ),
     # 0 = every example of the finished context.
     "data_examples": Spec("choice", choices=(200, 1000, 5000, 0), applies=_reads_data),
     "data_subset": Spec(
@@ -87,12 +94,6 @@ SPACE: dict[str, Spec] = {
     "norm": Spec("choice", choices=("none", "mean", "rank"), applies=_regularizes),
     "power": Spec("float", 0.25, 2.0, search_low=0.25, search_high=1.0, applies=_regularizes),
     "clip_quantile": Spec("float", 0.9, 1.0, search_low=0.95, search_high=1.0, applies=_regularizes),
-    "reference": Spec(
-        "choice",
-        choices=("fisher", "fisher_first", "none"),
-        search=("fisher", "fisher_first"),
-        applies=_regularizes,
-    ),
     "accumulate": Spec("choice", choices=("sum", "decay", "max"), applies=_regularizes),
     "decay_gamma": Spec(
         "float", 0.5, 1.0, search_low=0.5, search_high=0.99, applies=lambda v: v.get("accumulate") == "decay"
