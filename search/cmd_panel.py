@@ -28,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--proxies", nargs="+", help="only these candidate proxies (default: all)")
     p.add_argument("--no-full", action="store_true", help="run no full-fidelity run (only proxies)")
     p.add_argument("--report-only", action="store_true", help="run nothing; summarize the cache")
+    p.add_argument(
+        "--add-from-study",
+        metavar="STUDY",
+        help="first add the best distinct designs of this study to the panel",
+    )
+    p.add_argument("--top", type=int, default=3, help="how many designs --add-from-study adds (default 3)")
+    p.add_argument("--storage", help="storage URL of --add-from-study (default: the study's own)")
     p.add_argument("--shard", default="0/1", help="I/N: run jobs I, I+N, ... (two processes: 0/2 and 1/2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     add_threads_argument(p)
@@ -47,6 +54,9 @@ def _main(args: argparse.Namespace) -> int:
         raise UserError(f"--shard must be I/N, got {args.shard!r}") from exc
     if not 0 <= index < count:
         raise UserError(f"--shard {args.shard}: I must be in 0..N-1")
+    if args.add_from_study:
+        for label in _add_from_study(panel, args.add_from_study, args.top, args.storage):
+            print(f"panel: added {label}")
     if not args.report_only:
         pnl.run_panel(
             panel, benchmarks=benchmarks, full=not args.no_full, proxies=args.proxies,
@@ -61,3 +71,20 @@ def _main(args: argparse.Namespace) -> int:
             )
     print(f"panel: {panel.path.with_suffix('.md')}")
     return 0
+
+
+def _add_from_study(panel: pnl.PanelDef, study_name: str, top: int, storage_url: str | None) -> list[str]:
+    """Store the module sources of the study's `top` best distinct designs in the panel's folder."""
+    from evaluation.cache import store_module
+    from search.export import top_designs
+    from search.storage import open_study
+
+    designs = top_designs(open_study(study_name, storage_url), top)
+    if not designs:
+        raise UserError(f"study {study_name!r} has no complete trial with a design to add to the panel")
+    labels = []
+    for d in designs:
+        label = f"{study_name}_{d.label}"
+        store_module(panel.modules_dir, label, d.source)
+        labels.append(label)
+    return labels
