@@ -84,3 +84,20 @@ def test_bad_panel_files_are_one_line_errors(tmp_path: Path) -> None:
         pnl.load_panel(tmp_path / "p.toml")
     with pytest.raises(UserError, match="does not exist"):
         pnl.load_panel(tmp_path / "missing.toml")
+
+
+def test_add_from_study_stores_the_best_distinct_designs(tmp_path: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from search.cmd_panel import _add_from_study
+
+    panel = _panel(tmp_path)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="camp", storage=url, direction="maximize")
+    for value, design in [(0.5, "x"), (0.9, "y"), (0.8, "y"), (0.7, "z")]:  # "y" twice: counted once
+        attrs = {"design": {"d": design}, "module_source": f"# module {design}\n"}
+        study.add_trial(create_trial(value=value, user_attrs=attrs, state=TrialState.COMPLETE))
+    assert _add_from_study(panel, "camp", 2, url) == ["camp_trial_1", "camp_trial_3"]
+    assert {"camp_trial_1", "camp_trial_3"} <= set(pnl.panel_modules(panel))
+    assert pnl.panel_modules(panel)["camp_trial_1"].read_text() == "# module y\n"
