@@ -30,15 +30,12 @@ class Component:
 # field picks the entry.
 ESTIMATORS: dict[str, Component] = {
     "fisher_exact": Component(c._fisher_exact, ("_per_example_sums",)),
-    "fisher_sampled": Component(c._fisher_sampled, ("_per_example_sums", "_label_nll", "_EXAMPLE_CHUNK")),
+    "fisher_sampled": Component(c._fisher_sampled, ("_per_example_sums", "_label_nll")),
     "fisher_empirical": Component(c._fisher_empirical, ("_per_example_sums", "_label_nll")),
     "si": Component(c._si),
     "mas": Component(c._mas, ("_per_example_sums", "_output_norm")),
     "uniform": Component(c._uniform),
 }
-
-# Estimators that read examples of the finished context (the others read only the model's attributes).
-DATA_ESTIMATORS: frozenset[str] = frozenset({"fisher_exact", "fisher_sampled", "fisher_empirical", "mas"})
 
 # Per-tensor normalizations applied to every estimator before mixing (design field `norm`; "none" mixes
 # estimators brought to a unit total instead).
