@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmarks", nargs="+", help="default: every benchmark of the panel file")
     p.add_argument("--proxies", nargs="+", help="only these candidate proxies (default: all)")
     p.add_argument("--no-full", action="store_true", help="run no full-fidelity run (only proxies)")
+    p.add_argument("--no-proxies", action="store_true", help="run only the full-fidelity runs")
     p.add_argument("--report-only", action="store_true", help="run nothing; summarize the cache")
     p.add_argument(
         "--add-from-study",
@@ -59,7 +60,7 @@ def _main(args: argparse.Namespace) -> int:
             print(f"panel: added {label}")
     if not args.report_only:
         pnl.run_panel(
-            panel, benchmarks=benchmarks, full=not args.no_full, proxies=args.proxies,
+            panel, benchmarks=benchmarks, full=not args.no_full, proxies=[] if args.no_proxies else args.proxies,
             shard=(index, count), device=args.device,
         )  # fmt: skip
     summary = pnl.write_summary(panel, benchmarks)
