@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from evaluation.errors import UserError
@@ -55,16 +56,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit codes: 2 for an error the user can fix (one line on stderr), 130 / 143 after Ctrl-C / SIGTERM (as a
+# shell reports a job ended by that signal), 141 when the reader of stdout went away (`status | head`).
+EXIT_USER_ERROR = 2
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, run the subcommand, map user errors to exit code 2."""
     from clharness.errors import HarnessError
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader gone away (`status | head`) is caught below
+        return code
     except (UserError, HarnessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; everything already computed is kept", file=sys.stderr)
-        return 130
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as exc:
+        signame = getattr(exc, "signame", "SIGINT")
+        what = "stopped by SIGTERM" if signame == "SIGTERM" else "interrupted"
+        print(f"{what}; everything already computed is kept", file=sys.stderr)
+        return 143 if signame == "SIGTERM" else 130
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """The reader of stdout is gone: point stdout at /dev/null so the exit flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

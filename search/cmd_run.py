@@ -1,14 +1,18 @@
-"""`python -m search run`: create or resume a study and run trials until its budget is spent."""
+"""`python -m search run`: create or resume a study and run trials until its budget is spent.
+
+Your runs write `studies/local/NAME.db` (gitignored) unless `--storage` is given; the committed
+`studies/NAME.db` files are reference studies and never written (search/storage.py).
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from evaluation.errors import UserError
-from search.storage import default_storage_url
+from search.data_check import check_data_dir
+from search.storage import local_storage_url
 from search.studies import StudyDef, load_study_def
-from search.workers import run_study
+from search.workers import DEFAULT_OBJECTIVE, DEFAULT_PROBE, run_study
 
 FALLBACK_STUDY = "calibrated"
 
@@ -22,10 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--n-trials", type=int, default=None, help="the study's total budget (default: its file's)"
     )
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/NAME.db)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default: sqlite:///studies/local/NAME.db, your own study; the committed "
+        "studies/NAME.db references are never written)",
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (docs/search.md)")
-    p.add_argument("--data-dir", default=None, help="dataset root (default: $CL_DATA_DIR, else <repo>/data)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="dataset root, an existing folder (default: $CL_DATA_DIR, else <repo>/data)",
+    )
     p.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)"
     )
@@ -34,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="when the study needs CIFAR-100 and it is not in the data dir, run the mnist study instead",
     )
+    # Test seams (not for users): the objective factory and the data probe as "module:function".
+    p.add_argument("--objective", default=DEFAULT_OBJECTIVE, help=argparse.SUPPRESS)
+    p.add_argument("--data-probe", default=DEFAULT_PROBE, help=argparse.SUPPRESS)
     p.set_defaults(func=main)
 
 
@@ -62,17 +78,17 @@ def fallback(study_def: StudyDef, data_dir: str | None) -> tuple[StudyDef, str |
 
 def main(args: argparse.Namespace) -> int:
     """Run the study named by `args`."""
+    data_dir = check_data_dir(args.data_dir)  # a typo is an error, not the offline fallback
     study_def = load_study_def(args.study)
     if args.auto_fallback:
-        study_def, line = fallback(study_def, args.data_dir)
+        study_def, line = fallback(study_def, data_dir)
         if line:
             print(line, flush=True)
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")
-    storage = args.storage or default_storage_url(study_def.name)
-    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    storage = args.storage or local_storage_url(study_def.name)
     return run_study(
         study_def,
         storage,
@@ -81,4 +97,6 @@ def main(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         device=args.device,
         threads=args.threads,
+        objective=args.objective,
+        probe=args.data_probe,
     )

@@ -7,20 +7,28 @@ So the loop asks and tells (public API) and reaches the storage through the func
 study name and trial number only (no private attributes). They use the storage methods of
 `optuna.storages.BaseStorage` and `RDBStorage.record_heartbeat`; pyproject bounds optuna to the versions this
 module is tested with (tests/test_search_machinery.py runs every function here).
+
+`RetryingRDBStorage` wraps the RDB storage's calls, private ones included (those that `_CachedStorage`, Optuna's
+wrapper of every RDB storage, makes), so that a database server restart does not end a long worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import sys
 import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
+
+from evaluation.errors import UserError
 
 
 @contextlib.contextmanager
@@ -52,10 +60,31 @@ def put_back(storage: BaseStorage, study: optuna.Study, number: int) -> None:
     storage.set_trial_state_values(trial_id(storage, study, number), TrialState.WAITING)
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the RUNNING trials whose worker stopped beating; the storage's stale-trial callback re-queues them."""
-    with no_experimental_warning():
-        optuna.storages.fail_stale_trials(study)
+def fail_stale_trials(
+    study: optuna.Study, storage: BaseStorage, user_attrs: Mapping[str, Any] | None = None
+) -> list[int]:
+    """Fail the RUNNING trials whose worker stopped beating, with `user_attrs` (the fail reason) set first; the
+    storage's stale-trial callback re-queues them. Returns the numbers of the trials this call failed.
+
+    `optuna.storages.fail_stale_trials` without the attributes: a finished trial's attributes cannot be set.
+    """
+    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
+        return []
+    failed: list[FrozenTrial] = []
+    for tid in storage._get_stale_trial_ids(study_id(storage, study.study_name)):
+        try:
+            for key, value in (user_attrs or {}).items():
+                storage.set_trial_user_attr(tid, key, value)
+            if storage.set_trial_state_values(tid, state=TrialState.FAIL):
+                failed.append(copy.deepcopy(storage.get_trial(tid)))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it (or its own worker finished it) meanwhile
+    callback = storage.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        with no_experimental_warning():
+            for trial in failed:
+                callback(study, trial)
+    return [t.number for t in failed]
 
 
 class Heartbeat:
@@ -100,3 +129,199 @@ def retry_without_user_attrs(max_retry: int) -> Any:
             callback(study, clean)
 
     return retry
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A storage that rides out a database server restart
+
+
+class StorageUnreachable(UserError):
+    """The database stayed unreachable for the whole retry window: one line, exit code 2."""
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) is a lost or refused database connection."""
+    from sqlalchemy import exc as sa
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, sa.DBAPIError) and cur.connection_invalidated:
+            return True
+        if isinstance(cur, sa.OperationalError | sa.InterfaceError | sa.PendingRollbackError):
+            return True
+        if type(cur).__module__.startswith("psycopg") and type(cur).__name__ in (
+            "OperationalError",
+            "InterfaceError",
+        ):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+# Every RDBStorage method that talks to the database, as BaseStorage and `_CachedStorage` call them.
+_DATABASE_CALLS = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "get_trial_params",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+
+
+class RetryingRDBStorage(RDBStorage):
+    """An RDBStorage whose database calls survive a lost connection (a server restart, a failover).
+
+    A call that fails on a lost or refused connection is retried with backoff (0.5 s doubling to 15 s) for up
+    to `retry_s` seconds, then raises `StorageUnreachable` (one line). Once a call has given up, later calls
+    try once without waiting until one succeeds, so that a worker's cleanup does not wait the window again.
+    `log` hears one line when an outage begins and one when it ends. Only the outermost call of a thread
+    retries (storage methods call each other).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry_s: float,
+        label: str | None = None,
+        log: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(url, **kwargs)
+        self.retry_s = retry_s
+        self.label = label or url
+        self._log = log
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._gave_up = False
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        for key in ("_local", "_lock", "_down_since", "_gave_up", "_log"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._log = None
+        self._init_state()
+
+    def say(self, text: str) -> None:
+        if self._log is not None:
+            self._log(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def _call(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if getattr(self._local, "inside", False):
+            return method(self, *args, **kwargs)
+        self._local.inside = True
+        try:
+            return self._retry(method, args, kwargs)
+        finally:
+            self._local.inside = False
+
+    def _retry(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        deadline: float | None = None
+        delay = 0.5
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                now = time.monotonic()
+                with self._lock:
+                    if self._down_since is None:
+                        self._down_since = now
+                        self.say(
+                            f"storage {self.label} unreachable ({_one_line(exc)}); retrying for up to "
+                            f"{self.retry_s:.0f} s"
+                        )
+                    gave_up = self._gave_up  # this or another thread (the heartbeat) ran out of time
+                if deadline is None or gave_up:
+                    deadline = now if gave_up else now + self.retry_s
+                if now >= deadline:
+                    with self._lock:
+                        self._gave_up = True
+                        since = self._down_since
+                    waited = now - since if since is not None else 0.0
+                    raise StorageUnreachable(
+                        f"storage {self.label} unreachable for {waited:.0f} s ({_one_line(exc)})"
+                    ) from exc
+                time.sleep(max(0.0, min(delay, deadline - now)))
+                delay = min(delay * 2, 15.0)
+                continue
+            if self._down_since is not None:
+                with self._lock:
+                    since, self._down_since, self._gave_up = self._down_since, None, False
+                if since is not None:
+                    self.say(f"storage {self.label} reachable again after {time.monotonic() - since:.0f} s")
+            return result
+
+    @contextlib.contextmanager
+    def without_retry(self) -> Iterator[None]:
+        """Calls in this block (this thread) try once: for cleanup after the storage has given up."""
+        previous = getattr(self._local, "inside", False)
+        self._local.inside = True
+        try:
+            yield
+        finally:
+            self._local.inside = previous
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of the innermost database error's message."""
+    cur: BaseException = exc
+    while cur.__cause__ is not None:
+        cur = cur.__cause__
+    lines = [line.strip() for line in str(cur).splitlines() if line.strip()]
+    return f"{type(cur).__name__}: {lines[0]}" if lines else type(cur).__name__
+
+
+def _retrying(name: str) -> Callable[..., Any]:
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(method, args, kwargs)
+
+    return call
+
+
+for _name in _DATABASE_CALLS:
+    if hasattr(RDBStorage, _name):
+        setattr(RetryingRDBStorage, _name, _retrying(_name))

@@ -1,13 +1,26 @@
-"""Where studies live: a local SQLite file under `studies/` by default, any Optuna RDB URL otherwise.
+"""Where studies live, and the storage they are opened with.
+
+Studies by name (the layout, docs/search.md "Storage"):
+
+- `studies/NAME.db` is a committed **reference** study: evidence that the shipped module, the README and the
+  tests read. Runs never write it (`check_writable`).
+- `studies/local/NAME.db` (gitignored) is **your** study: `python -m search run --study NAME` (and `make search`)
+  writes it unless `--storage` is given.
+- Reading commands (status, export and `make regenerate`, dashboard, promote, fidelity, final-eval) open your
+  local study when it exists, else the committed reference (`default_storage_url`); `--reference` (status,
+  export) reads the reference even when you have a local one; `--storage URL` is always taken as given.
 
 The storage is an `optuna.storages.RDBStorage` with a heartbeat, so a trial whose worker died (SIGKILL, power
 loss, lost machine) is failed after `grace_period` seconds and re-queued by `RetryCrashedTrial`.
 SQLite is opened with a long lock timeout so that several worker processes on one machine can share one file;
-several machines share a study through a PostgreSQL URL.
+several machines share a study through a PostgreSQL URL, opened so that a server restart does not kill a
+worker: every call retries a lost connection for up to `storage_retry_s()` seconds
+(`optuna_adapter.RetryingRDBStorage`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -21,26 +34,115 @@ from search.studies import repo_root, studies_dir
 
 # Seconds a SQLite writer waits for the file lock before giving up (workers write at every context).
 SQLITE_TIMEOUT_S = 120
+# Seconds a database call keeps retrying a lost connection (a server restart takes a few) before the worker
+# gives up with one line; SEARCH_STORAGE_RETRY_S overrides it.
+STORAGE_RETRY_S = 300.0
+SQLITE = "sqlite:///"
+
+
+def storage_retry_s() -> float:
+    """How long a lost database connection is retried: $SEARCH_STORAGE_RETRY_S, else `STORAGE_RETRY_S`."""
+    text = os.environ.get("SEARCH_STORAGE_RETRY_S")
+    if not text:
+        return STORAGE_RETRY_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise UserError(f"SEARCH_STORAGE_RETRY_S must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def local_dir() -> Path:
+    """Where your own studies live (gitignored): `studies/local/`."""
+    return studies_dir() / "local"
+
+
+def reference_storage_url(name: str) -> str:
+    """`sqlite:///<repo>/studies/<name>.db`: the committed reference study (read-only evidence)."""
+    return f"{SQLITE}{studies_dir() / f'{name}.db'}"
+
+
+def local_storage_url(name: str) -> str:
+    """`sqlite:///<repo>/studies/local/<name>.db`: the study that `run` writes by default."""
+    return f"{SQLITE}{local_dir() / f'{name}.db'}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///` URL (None for other URLs and in-memory databases)."""
+    if not url.startswith(SQLITE):
+        return None
+    db = url[len(SQLITE) :].split("?", 1)[0]
+    return Path(db) if db and db != ":memory:" else None
 
 
 def default_storage_url(name: str) -> str:
-    """`sqlite:///<repo>/studies/<name>.db`: the study's own file, resolved from the package location.
+    """What reading commands open for study `name`: your local study when it exists, else the reference.
 
-    From the repository root the same file is `sqlite:///studies/<name>.db`, which optuna-dashboard opens.
+    Both are resolved from the package location, so a study opens from any working directory; from the
+    repository root the same files are `sqlite:///studies/local/<name>.db` and `sqlite:///studies/<name>.db`.
     """
-    return f"sqlite:///{studies_dir() / f'{name}.db'}"
+    local = local_storage_url(name)
+    path = sqlite_path(local)
+    if path is not None and path.is_file():
+        return local
+    return reference_storage_url(name)
+
+
+def read_storage_url(name: str, storage: str | None = None, *, reference: bool = False) -> str:
+    """The storage a reading command opens: `storage` as given, else the reference when asked, else the default."""
+    if storage and reference:
+        raise UserError("--reference reads the committed studies/NAME.db; it does not go with --storage")
+    if storage:
+        return storage
+    return reference_storage_url(name) if reference else default_storage_url(name)
+
+
+def storage_note(name: str, url: str) -> str:
+    """` (the committed reference; ...)` or ` (your local study; ...)`: which of the two a command reads."""
+    if url == reference_storage_url(name):
+        return " (the committed reference study)"
+    if url == local_storage_url(name):
+        reference = sqlite_path(reference_storage_url(name))
+        if reference is not None and reference.is_file():
+            return f" (your local study; --reference reads the committed studies/{name}.db)"
+        return " (your local study)"
+    return ""
+
+
+def is_reference(url: str) -> bool:
+    """Whether `url` is a file directly in `studies/`: a committed reference study (read-only)."""
+    path = sqlite_path(url)
+    if path is None:
+        return False
+    try:
+        return path.resolve().parent == studies_dir().resolve()
+    except OSError:
+        return False
+
+
+def check_writable(url: str) -> None:
+    """Refuse to run trials into a reference study (`studies/NAME.db`): it is evidence, never written by runs."""
+    if is_reference(url):
+        path = sqlite_path(url)
+        assert path is not None
+        name = path.stem
+        raise UserError(
+            f"{display_url(url)} is a committed reference study and read-only; runs write "
+            f"{display_url(local_storage_url(name))} (drop --storage) or another --storage. To publish a study "
+            f"as a reference, copy its file to studies/{name}.db and commit it"
+        )
 
 
 def display_url(url: str) -> str:
     """The URL as a user would type it from the repository root (relative for files inside the repo)."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix):
-        path = Path(url[len(prefix) :])
-        if path.is_absolute():
-            try:
-                return prefix + str(path.relative_to(repo_root()))
-            except ValueError:
-                return url
+    path = sqlite_path(url)
+    if path is not None and path.is_absolute():
+        try:
+            return SQLITE + str(path.relative_to(repo_root()))
+        except ValueError:
+            return url
     return url
 
 
@@ -77,15 +179,29 @@ def make_storage(
     grace_period: int | None = None,
     max_retry: int = 2,
 ) -> RDBStorage:
-    """An RDB storage for `url`; with an interval, dead workers' trials are detected and retried."""
+    """An RDB storage for `url`; with an interval, dead workers' trials are detected and retried.
+
+    A server database (PostgreSQL, MySQL) is opened as a `RetryingRDBStorage`: a lost connection is retried
+    for `storage_retry_s()` seconds before `StorageUnreachable`. SQLite files are local and not retried
+    beyond their lock timeout. Every failure to open is a one-line `UserError`.
+    """
     engine_kwargs: dict[str, object] = {}
-    if url.startswith("sqlite:"):
-        db = url.split(":///", 1)[-1]
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    server = not url.startswith("sqlite:")
+    if not server:
+        path = sqlite_path(url)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+                raise UserError(
+                    f"cannot open storage {display_url(url)}: cannot create the folder {path.parent} ({why})"
+                ) from exc
+            if path.is_dir():
+                raise UserError(f"cannot open storage {display_url(url)}: {path} is a folder, not a file")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
-        engine_kwargs["pool_pre_ping"] = True  # a server restart must not kill a long-running worker
+        engine_kwargs["pool_pre_ping"] = True  # a connection the server dropped is replaced on checkout
     kwargs: dict[str, object] = {}
     if heartbeat_interval is not None:
         kwargs = {
@@ -93,19 +209,34 @@ def make_storage(
             "grace_period": grace_period,
             "heartbeat_stale_trial_callback": RetryCrashedTrial(max_retry),
         }
+    retry_s = storage_retry_s() if server else 0.0
     for attempt in range(3):
         try:
             with optuna_adapter.no_experimental_warning():
+                if server:
+                    return optuna_adapter.RetryingRDBStorage(
+                        url,
+                        retry_s=retry_s,
+                        label=display_url(url),
+                        engine_kwargs=engine_kwargs,
+                        **kwargs,  # type: ignore[arg-type]
+                    )
                 return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
         except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
             # Two processes creating a fresh storage at once race on its schema tables; the second try finds
             # them made. Anything still failing is reported.
             if attempt == 2 or ("UNIQUE constraint" not in str(exc) and "already exists" not in str(exc)):
-                raise UserError(
-                    f"cannot open storage {display_url(url)}: {str(exc).splitlines()[0]}"
-                ) from exc
+                raise UserError(f"cannot open storage {display_url(url)}: {_first_line(exc)}") from exc
             time.sleep(0.5)
     raise AssertionError("unreachable")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (sqlalchemy appends SQL and a URL on more lines)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
 
 
 def open_study(
@@ -116,15 +247,17 @@ def open_study(
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
-    """Load study `name` from `storage` (default: its file under studies/); create it (maximize) if asked."""
+    """Load study `name` from `storage` (default: `default_storage_url`); create it (maximize) if asked."""
     url_or_storage = storage if storage is not None else default_storage_url(name)
     if isinstance(url_or_storage, str):
-        if not create and url_or_storage.startswith("sqlite:///"):
-            db = Path(url_or_storage[len("sqlite:///") :])
-            if not db.is_file():
-                raise UserError(
-                    f"study {name!r} has no storage yet ({display_url(url_or_storage)}); run it first"
-                )
+        path = sqlite_path(url_or_storage)
+        if not create and path is not None and not path.is_file():
+            where = display_url(url_or_storage)
+            if storage is None:
+                where = f"neither {display_url(local_storage_url(name))} nor {display_url(reference_storage_url(name))}"
+            raise UserError(
+                f"study {name!r} has no storage yet ({where}); run it first: python -m search run --study {name}"
+            )
         url_or_storage = make_storage(url_or_storage)
     if create:
         return optuna.create_study(

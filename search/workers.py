@@ -7,6 +7,11 @@ counts trials that are complete, pruned, or failed by their own design (`objecti
 crashed trials do not count, since their retry will run the design again. A trial started while the budget
 was being taken by trials of other workers is put back as WAITING, so the study ends with exactly `n_trials`
 counted trials however many workers share it.
+
+Before any trial the command probes the data the workers will train on (`search.data_check`): a study records
+its data's source and fingerprint and refuses trials scored on other data. Each trial is sampled with a seed of
+its own (`PerTrialSeedSampler`), so no process, worker or resume proposes a design again from the same seed.
+SIGTERM (a scheduler's stop) is handled like Ctrl-C.
 """
 
 from __future__ import annotations
@@ -35,13 +40,21 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.errors import UserError
-from search import optuna_adapter
+from search import data_check, optuna_adapter
 from search.export import rank_trials
 from search.objective import CRASH, DesignFailed, Objective, counts_toward_budget
-from search.storage import RetryCrashedTrial, display_url, make_storage
+from search.storage import (
+    RetryCrashedTrial,
+    check_writable,
+    display_url,
+    local_storage_url,
+    make_storage,
+)
 from search.studies import PrunerDef, SamplerDef, StudyDef, load_study_def
 
 DEFAULT_OBJECTIVE = "search.objective:make_objective"
+# "module:function(experiments, data_dir) -> data record" (search.data_check.probe; tests swap in a stand-in)
+DEFAULT_PROBE = "search.data_check:probe"
 # Failed designs are recorded and the study goes on, but this many failures in a row stop the worker.
 MAX_FAILURES_IN_A_ROW = 5
 
@@ -60,6 +73,7 @@ class WorkerSpec:
     n_workers: int = 1
     started_at: float = 0.0  # epoch seconds when the command began (for the trials-per-hour rate)
     threads: int = 1  # torch CPU threads of this worker
+    probe: str = DEFAULT_PROBE  # how the worker fingerprints its data (checked against the study's record)
 
 
 def default_threads(n_workers: int) -> int:
@@ -72,9 +86,16 @@ def default_threads(n_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // n_workers // 2)
 
 
-def make_sampler(d: SamplerDef, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """The study's sampler; with a seed, worker i uses seed + i so workers do not propose the same points."""
-    seed = None if d.seed is None else d.seed + worker_index
+def trial_seed(seed: int | None, number: int) -> int | None:
+    """The sampler seed of trial `number`: derived from the study file's `seed`; None (fresh entropy) without one."""
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"search-sampler:{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")  # numpy's RandomState takes < 2**32
+
+
+def base_sampler(d: SamplerDef, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The study's sampler with one seed."""
     if d.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with optuna_adapter.no_experimental_warning():
@@ -87,6 +108,54 @@ def make_sampler(d: SamplerDef, worker_index: int = 0) -> optuna.samplers.BaseSa
             group=d.multivariate,
             constant_liar=d.constant_liar,
         )
+
+
+class PerTrialSeedSampler(optuna.samplers.BaseSampler):
+    """The study's sampler, made afresh for every trial with the seed `trial_seed(seed, trial number)`.
+
+    A sampler seeded once per process proposes the same sequence on every start: a resumed run, or a second
+    process joining the study, ran designs again (measured: 6 trials held 5 distinct designs; two processes
+    with 2 workers each duplicated 2 of 12). Trial numbers are unique within a study, so no two trials draw
+    from the same seed whichever process, worker or resume runs them; with a `seed` in the study file trial n
+    is still reproducible (the same seed and, with one worker, the same history), without one every trial
+    draws fresh entropy. The samplers keep no state between trials besides their random generator (TPE reads
+    the history from the storage), so nothing is lost by making them per trial.
+    """
+
+    def __init__(self, d: SamplerDef) -> None:
+        self._def = d
+        self._inner = base_sampler(d, trial_seed(d.seed, -1))
+
+    def __str__(self) -> str:
+        return f"PerTrialSeedSampler({self._inner})"
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner = base_sampler(self._def, trial_seed(self._def.seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+def make_sampler(d: SamplerDef) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per trial (`PerTrialSeedSampler`)."""
+    return PerTrialSeedSampler(d)
 
 
 def make_pruner(d: PrunerDef, n_steps: int) -> optuna.pruners.BasePruner:
@@ -171,10 +240,65 @@ def claim_lock(storage_url: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sigint_once(signum: int, frame: Any) -> None:
-    """First Ctrl-C raises KeyboardInterrupt; later ones are ignored so the cleanup can finish."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or a scheduler's stop (SIGTERM): handled alike, the signal's name kept for the exit code."""
+
+    def __init__(self, signame: str = "SIGINT") -> None:
+        super().__init__(signame)
+        self.signame = signame
+
+
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
+
+
+def signame_of(exc: BaseException) -> str:
+    """`SIGTERM` for an `Interrupted` by SIGTERM, else `SIGINT` (a plain KeyboardInterrupt is Ctrl-C)."""
+    return exc.signame if isinstance(exc, Interrupted) else "SIGINT"
+
+
+def interrupt_reason(exc: BaseException) -> str:
+    """The fail reason of a trial stopped by a signal."""
+    return "interrupted (SIGTERM)" if signame_of(exc) == "SIGTERM" else "interrupted (Ctrl-C)"
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """The first SIGINT or SIGTERM raises `Interrupted`; later ones are ignored so the cleanup can finish."""
+    for sig in INTERRUPT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def interrupt_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` in this block (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in INTERRUPT_SIGNALS}
+    for sig in INTERRUPT_SIGNALS:
+        signal.signal(sig, _interrupt_once)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C or SIGTERM during a trial's cleanup must not leave the trial RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in INTERRUPT_SIGNALS}
+    for sig in INTERRUPT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
@@ -191,33 +315,125 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     return sum(counts_toward_budget(t) for t in trials) + len(ahead) >= n_trials
 
 
-class _Progress:
-    """One line per finished trial: done / budget, best value, trials per hour since this command began."""
+# ----------------------------------------------------------------------------------------------------------
+# Progress
 
-    def __init__(self, spec: WorkerSpec) -> None:
+
+def format_scores(trial: FrozenTrial) -> str:
+    """`permMNIST 0.9012, splitMNIST 0.9876`: a trial's proxy accuracy per benchmark."""
+    scores = trial.user_attrs.get("scores") or {}
+    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, int | float))
+
+
+def format_best(trials: list[FrozenTrial]) -> str:
+    """`0.8520 (#4: permMNIST 0.9012, splitMNIST 0.9876)`, or `-` with no complete trial."""
+    best = next(iter(rank_trials(trials)), None)
+    if best is None or best.value is None:
+        return "-"
+    scores = format_scores(best)
+    return f"{best.value:.4f} (#{best.number}{': ' + scores if scores else ''})"
+
+
+def format_duration(seconds: float) -> str:
+    """`45 s`, `12 min`, `3.4 h`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def seconds_per_trial(trials: list[FrozenTrial], last: int = 20) -> float | None:
+    """Mean wall time of the last `last` counted trials (from their start and end times), None without any."""
+    spans = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if counts_toward_budget(t) and t.datetime_start is not None and t.datetime_complete is not None
+    ]
+    spans = spans[-last:]
+    return sum(spans) / len(spans) if spans else None
+
+
+def step_positions(study_def: StudyDef) -> list[str]:
+    """What step n (1-based, index n - 1) of a trial has reached: `permMNIST seed 1001, context 4/10`."""
+    from clharness.protocol import PROTOCOLS
+
+    out: list[str] = []
+    for b in study_def.benchmarks:
+        n = b.contexts if b.contexts is not None else PROTOCOLS[b.experiment].contexts
+        for seed in b.seeds:
+            out.extend(f"{b.experiment} seed {seed}, context {k}/{n}" for k in range(1, n + 1))
+    return out
+
+
+def live_progress_enabled() -> bool:
+    """The updating per-context line is drawn on a terminal only (a log gets the per-trial lines)."""
+    return sys.stdout.isatty()
+
+
+class _Progress:
+    """Progress on stdout: one line per finished trial (done / budget, the best so far with its per-benchmark
+    scores, trials per hour since this command began, the ETA of the budget) and, on a terminal, one updating
+    line with the benchmark, seed and context the running trial has reached."""
+
+    def __init__(self, spec: WorkerSpec, study_def: StudyDef) -> None:
         self.spec = spec
         self.tag = f"[worker {spec.worker_index}] " if spec.n_workers > 1 else ""
+        self.live = live_progress_enabled()
+        self.positions = step_positions(study_def)
+        self._shown = False
+        self._t0 = time.monotonic()
+
+    def _clear(self) -> None:
+        if self._shown:
+            sys.stdout.write("\r\x1b[K")
+            self._shown = False
 
     def say(self, text: str) -> None:
+        self._clear()
         print(f"{self.tag}{text}", flush=True)
+
+    def trial_started(self) -> None:
+        self._t0 = time.monotonic()
+
+    def step(self, number: int, step: int) -> None:
+        """The trial reported step `step`: redraw the live line."""
+        if not self.live:
+            return
+        where = self.positions[step - 1] if 0 < step <= len(self.positions) else f"step {step}"
+        total = len(self.positions)
+        text = f"{self.tag}trial {number}: {where} (step {step}/{total}), {time.monotonic() - self._t0:.0f} s"
+        sys.stdout.write(f"\r{text}\x1b[K")
+        sys.stdout.flush()
+        self._shown = True
 
     def trial_done(self, study: optuna.Study, trial: FrozenTrial, seconds: float) -> None:
         trials = study.get_trials(deepcopy=False)
         counted = [t for t in trials if counts_toward_budget(t)]
-        best = next(iter(rank_trials(trials)), None)
         since = datetime.fromtimestamp(self.spec.started_at)
         recent = [t for t in counted if t.datetime_complete is not None and t.datetime_complete >= since]
         hours = max(time.time() - self.spec.started_at, 1e-9) / 3600
+        rate = len(recent) / hours
+        left = max(self.spec.n_trials - len(counted), 0)
+        eta = f", ETA {format_duration(left / rate * 3600)}" if rate > 0 and left else ""
         value = f"{trial.value:.4f}" if trial.value is not None else "-"
         note = f" ({trial.user_attrs['warm_start']})" if "warm_start" in trial.user_attrs else ""
         reason = trial.user_attrs.get("fail_reason")
-        best_txt = f"{best.value:.4f} (#{best.number})" if best is not None else "-"
         self.say(
             f"trial {trial.number}{note} {trial.state.name.lower()} {value} in {seconds:.0f} s"
             f"{' - ' + reason if reason else ''} | {len(counted)}/{self.spec.n_trials} done, "
-            f"best {best_txt}, "
-            f"{len(recent) / hours:.0f} trials/h"
+            f"best {format_best(trials)}, {rate:.0f} trials/h{eta}"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The worker loop
+
+
+def load_ref(ref: str) -> Callable[..., Any]:
+    """Resolve "module:attr"."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
 def run_worker(spec: WorkerSpec) -> int:
@@ -230,6 +446,18 @@ def run_worker(spec: WorkerSpec) -> int:
         return _worker_loop(spec)
     finally:
         torch.set_num_threads(previous)  # run in-process (tests, one worker): leave the process as found
+
+
+def _check_worker_data(study: optuna.Study, spec: WorkerSpec, study_def: StudyDef) -> dict[str, Any]:
+    """This worker's data record, which must be the study's (the command recorded it before starting us)."""
+    mine: dict[str, Any] = load_ref(spec.probe)(study_def.experiments, spec.data_dir)
+    stored = study.user_attrs.get(data_check.STUDY_ATTR)
+    if isinstance(stored, dict) and not data_check.same_data(stored, mine):
+        raise UserError(
+            f"this worker's data ({mine['source']}, fingerprint {mine['fingerprint']}) is not the data study "
+            f"{study.study_name!r} is scored on ({stored.get('source')}, fingerprint {stored.get('fingerprint')})"
+        )
+    return mine
 
 
 def _worker_loop(spec: WorkerSpec) -> int:
@@ -245,16 +473,26 @@ def _worker_loop(spec: WorkerSpec) -> int:
     study = optuna.load_study(
         study_name=study_def.name,
         storage=storage,
-        sampler=make_sampler(study_def.sampler, spec.worker_index),
+        sampler=make_sampler(study_def.sampler),
         pruner=make_pruner(study_def.pruner, study_def.n_steps),
     )
     objective = load_objective_factory(spec.objective)(study_def, data_dir=spec.data_dir, device=spec.device)
-    progress = _Progress(spec)
+    data = _check_worker_data(study, spec, study_def)
+    progress = _Progress(spec, study_def)
+    stale_reason = {
+        "fail_reason": (
+            f"its worker stopped beating for over {w.grace_period} s (killed, machine lost, or the storage "
+            "was unreachable); re-queued"
+        ),
+        "fail_kind": CRASH,
+    }
     poll_s = max(1, min(5, w.heartbeat_interval))
     waiting_said = False
     failures_in_a_row = 0
     while True:
-        optuna_adapter.fail_stale_trials(study)  # dead workers' trials: FAIL, re-queued by RetryCrashedTrial
+        # dead workers' trials: FAIL with a reason, re-queued by RetryCrashedTrial
+        for number in optuna_adapter.fail_stale_trials(study, storage, stale_reason):
+            progress.say(f"trial {number}: {stale_reason['fail_reason']}")
         trials = study.get_trials(deepcopy=False)
         done = sum(counts_toward_budget(t) for t in trials)
         if done >= spec.n_trials:
@@ -279,7 +517,7 @@ def _worker_loop(spec: WorkerSpec) -> int:
                 optuna_adapter.put_back(storage, study, trial.number)
         if surplus:
             continue
-        state = _run_trial(study, storage, trial, objective, retry, w.heartbeat_interval, progress)
+        state = _run_trial(study, storage, trial, objective, retry, w.heartbeat_interval, progress, data)
         if state is None:
             continue
         failures_in_a_row = failures_in_a_row + 1 if state == TrialState.FAIL else 0
@@ -290,6 +528,18 @@ def _worker_loop(spec: WorkerSpec) -> int:
             )
 
 
+def _storage_cause(exc: BaseException) -> optuna_adapter.StorageUnreachable | None:
+    """The `StorageUnreachable` that `exc` was raised from, if any (the objective may wrap it)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, optuna_adapter.StorageUnreachable):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _run_trial(
     study: optuna.Study,
     storage: RDBStorage,
@@ -298,45 +548,47 @@ def _run_trial(
     retry: RetryCrashedTrial,
     heartbeat_interval: int,
     progress: _Progress,
+    data: dict[str, Any],
 ) -> TrialState | None:
     """Run one trial under a heartbeat and tell its result; return its final state (None: dropped)."""
     t0 = time.perf_counter()
+    progress.trial_started()
     state, value = TrialState.COMPLETE, None
+    report = trial.report
+
+    def report_and_show(value: float, step: int) -> None:
+        report(value, step)
+        progress.step(trial.number, step)
+
+    trial.report = report_and_show  # type: ignore[method-assign]  # the live line follows the reports
     try:
         beat = optuna_adapter.trial_id(storage, study, trial.number)
         with optuna_adapter.Heartbeat(storage, beat, heartbeat_interval):
+            trial.set_user_attr("data_source", data["source"])
+            trial.set_user_attr("data_fingerprint", data["fingerprint"])
             try:
                 value = objective(trial)
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
-            except DesignFailed:
+            except DesignFailed as exc:
+                lost = _storage_cause(exc)
+                if lost is not None:  # the storage failed under the objective: not the design's fault
+                    raise lost from exc
                 state = TrialState.FAIL
+                if not trial.user_attrs.get("fail_reason"):  # every failed trial says why
+                    trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+                    trial.set_user_attr("fail_kind", "design")
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another worker finished this trial meanwhile (it judged our heartbeat stale and re-queued it): the
         # retry runs the design again, so this run is dropped and the worker goes on.
         progress.say(f"trial {trial.number} was closed by another worker meanwhile; dropping this run")
         return None
-    except BaseException as exc:  # Ctrl-C, missing data, a bug: fail the trial, re-queue it, stop this worker
-        previous = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave the trial RUNNING
-        try:
-            reason = (
-                "interrupted (Ctrl-C)"
-                if isinstance(exc, KeyboardInterrupt)
-                else f"{type(exc).__name__}: {exc}"
-            )
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("fail_reason", reason)
-                trial.set_user_attr("fail_kind", CRASH)
-            with contextlib.suppress(Exception):
-                study.tell(trial, state=TrialState.FAIL)
-            retried = retry(study, optuna_adapter.frozen_trial(storage, study, trial.number))
-            again = f"; re-queued as trial {retried}" if retried is not None else ""
-            progress.say(f"trial {trial.number} {reason}: marked failed{again}")
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, previous)
+    except (
+        BaseException
+    ) as exc:  # a signal, missing data, a bug: fail the trial, re-queue it, stop this worker
+        quick = isinstance(exc, KeyboardInterrupt) and isinstance(storage, optuna_adapter.RetryingRDBStorage)
+        with _signals_ignored(), storage.without_retry() if quick else contextlib.nullcontext():  # type: ignore[attr-defined]
+            _fail_crashed(study, storage, trial, exc, retry, progress)
         raise
     try:
         # a pruned trial keeps its last reported value, as optuna's optimize does
@@ -350,36 +602,99 @@ def _run_trial(
     return frozen.state
 
 
+def _fail_crashed(
+    study: optuna.Study,
+    storage: RDBStorage,
+    trial: optuna.Trial,
+    exc: BaseException,
+    retry: RetryCrashedTrial,
+    progress: _Progress,
+) -> None:
+    """Mark a crashed trial FAIL with its reason and re-queue it; say in one line what became of it."""
+    if isinstance(exc, KeyboardInterrupt):
+        reason = interrupt_reason(exc)
+    else:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    try:
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("fail_kind", CRASH)
+        study.tell(trial, state=TrialState.FAIL)
+        retried = retry(study, optuna_adapter.frozen_trial(storage, study, trial.number))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        progress.say(f"trial {trial.number} {reason}: already closed by another worker")
+        return
+    except Exception as cleanup:
+        if _storage_cause(cleanup) is None and not optuna_adapter.is_connection_error(cleanup):
+            raise
+        progress.say(
+            f"trial {trial.number} {reason}: the storage is unreachable, so it stays RUNNING until its heartbeat "
+            "is older than the study's grace_period; the next worker then fails and re-queues it"
+        )
+        return
+    again = f"; re-queued as trial {retried}" if retried is not None else ""
+    progress.say(f"trial {trial.number} {reason}: marked failed{again}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Several worker processes on this machine
 
 
-def _worker_process(spec: WorkerSpec) -> None:
-    """Entry point of a spawned worker: share the cores, run the loop, exit 0 / 2 (user error) / 130 / 1."""
-    signal.signal(signal.SIGINT, _sigint_once)
+def _exit_line(exc: BaseException) -> str:
+    """`Type: first line of the message`."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _worker_process(spec: WorkerSpec, deaths: Any) -> None:
+    """Entry point of a spawned worker: run the loop, exit 0 / 2 (user error) / 130, 143 (signal) / 1.
+
+    A worker that dies puts (index, why) on `deaths` so that the command can say which worker died and why
+    (a user error in one line, a bug with its traceback printed here too).
+    """
+    for sig in INTERRUPT_SIGNALS:
+        signal.signal(sig, _interrupt_once)
     from clharness.errors import HarnessError
 
     try:
         code = run_worker(spec)
-    except KeyboardInterrupt:
-        code = 130
-    except (UserError, HarnessError) as exc:
-        print(f"[worker {spec.worker_index}] error: {exc}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as exc:
+        code = EXIT_CODES[signame_of(exc)]
+    except (UserError, HarnessError) as exc:  # said in one line by the command (`run_workers`)
+        deaths.put((spec.worker_index, str(exc)))
         code = 2
-    except Exception:
+    except Exception as exc:
         traceback.print_exc()
+        deaths.put((spec.worker_index, _exit_line(exc)))
         code = 1
     sys.stdout.flush()
     sys.exit(code)
 
 
+def _death_line(index: int, code: int | None, why: str | None) -> str:
+    if why is not None:
+        return f"worker {index} died: {why}"
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"worker {index} was killed by {name}{hint}"
+    return f"worker {index} exited with code {code}"
+
+
 def run_workers(spec: WorkerSpec, n_workers: int) -> int:
-    """Run `n_workers` (1: in this process) on the study; return the worst exit code of the workers."""
+    """Run `n_workers` (1: in this process) on the study; return the worst exit code of the workers.
+
+    When a worker dies the others go on (its trial is re-queued, or failed as stale after the grace period and
+    retried) and finish the budget; the command then says which worker died and why, on stderr.
+    """
     if n_workers == 1:
         return run_worker(replace(spec, n_workers=1))
     ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and the SQLite connection
+    deaths = ctx.SimpleQueue()
     procs = [
-        ctx.Process(target=_worker_process, args=(replace(spec, worker_index=i, n_workers=n_workers),))
+        ctx.Process(target=_worker_process, args=(replace(spec, worker_index=i, n_workers=n_workers), deaths))
         for i in range(n_workers)
     ]
     for p in procs:
@@ -387,26 +702,35 @@ def run_workers(spec: WorkerSpec, n_workers: int) -> int:
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:
-        # The terminal sent SIGINT to every worker too; forward it for the case it reached only this process.
+    except KeyboardInterrupt as exc:
+        # Forward the signal for the case it reached only this process (a scheduler's SIGTERM to our pid).
+        sig = signal.Signals[signame_of(exc)]
         for p in procs:
             if p.is_alive() and p.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGINT)
+                    os.kill(p.pid, sig)
         for p in procs:
             p.join(timeout=60)
             if p.is_alive():
                 p.terminate()
         raise
+    why: dict[int, str] = {}
+    while not deaths.empty():
+        index, text = deaths.get()
+        why[index] = text
     codes = [p.exitcode for p in procs]
-    if any(c == 130 for c in codes):
-        raise KeyboardInterrupt
+    for signame, exit_code in EXIT_CODES.items():
+        if exit_code in codes:
+            raise Interrupted(signame)
+    dead = [i for i, c in enumerate(codes) if c != 0]
+    for i in dead:
+        print(_death_line(i, codes[i], why.get(i)), file=sys.stderr, flush=True)
+    if dead and len(dead) < n_workers:
+        print(f"the other {n_workers - len(dead)} worker(s) went on to the end", file=sys.stderr, flush=True)
     for bad in (2, 1):
         if bad in codes:
             return bad
-    if any(c not in (0, None) for c in codes):
-        return 1
-    return 0
+    return 1 if dead else 0
 
 
 @contextlib.contextmanager
@@ -430,26 +754,48 @@ def run_study(
     device: str = "auto",
     objective: str = DEFAULT_OBJECTIVE,
     threads: int | None = None,
+    probe: str = DEFAULT_PROBE,
 ) -> int:
-    """Create or resume the study and run workers until `n_trials` (default: the study's) are counted."""
+    """Create or resume the study and run workers until `n_trials` (default: the study's) are counted.
+
+    Refuses (UserError) a reference storage, and data other than the study's. SIGINT and SIGTERM raise
+    `Interrupted` once the running trials are failed and re-queued.
+    """
     budget = n_trials if n_trials is not None else study_def.n_trials
     if n_workers < 1:
         raise UserError(f"--workers must be at least 1, got {n_workers}")
-    with quiet_optuna():
+    check_writable(storage_url)
+    with quiet_optuna(), interrupt_signals():
+        make_storage(storage_url)  # a bad URL is one line before the data is loaded
+        data: dict[str, Any] = load_ref(probe)(study_def.experiments, data_dir)
         study = prepare_study(study_def, storage_url)
         trials = study.get_trials(deepcopy=False)
-        done = sum(counts_toward_budget(t) for t in trials)
         where = display_url(storage_url)
+        ran = [t.number for t in trials if t.state != TrialState.WAITING]  # enqueued warm starts have not run
+        note = data_check.adopt_or_check(study, data, where, first_trial=max(ran, default=-1) + 1)
+        if note:
+            print(note, flush=True)
+        done = sum(counts_toward_budget(t) for t in trials)
         if done >= budget:
             print(
                 f"study {study_def.name}: complete, {done}/{budget} trials in {where}; "
                 "raise --n-trials to run more"
             )
             return 0
+        n_threads = threads if threads is not None else default_threads(n_workers)
+        history = ""
+        if done:
+            per_trial = seconds_per_trial(trials)
+            eta = (
+                f", ~{format_duration(per_trial)} per trial: ETA {format_duration((budget - done) * per_trial / n_workers)}"
+                if per_trial
+                else ""
+            )
+            history = f", best {format_best(trials)}{eta}"
         print(
-            f"study {study_def.name}: {done}/{budget} trials done, storage {where}, {n_workers} worker(s) "
-            f"x {threads if threads is not None else default_threads(n_workers)} thread(s), "
-            f"benchmarks {', '.join(study_def.experiments)}",
+            f"study {study_def.name}: {done}/{budget} trials done{history}; storage {where}, "
+            f"{n_workers} worker(s) x {n_threads} thread(s), benchmarks {', '.join(study_def.experiments)}, "
+            f"{data_check.describe(data)}",
             flush=True,
         )
         spec = WorkerSpec(
@@ -460,25 +806,27 @@ def run_study(
             device=device,
             objective=objective,
             started_at=time.time(),
-            threads=threads if threads is not None else default_threads(n_workers),
+            threads=n_threads,
+            probe=probe,
         )
         code = run_workers(spec, n_workers)
-        if code == 0:
-            _summary(study, budget)
+        _summary(study, budget, data, storage_url)
         return code
 
 
-def _summary(study: optuna.Study, budget: int) -> None:
+def _summary(study: optuna.Study, budget: int, data: dict[str, Any], storage_url: str) -> None:
     trials = study.get_trials(deepcopy=False)
     done = sum(counts_toward_budget(t) for t in trials)
+    offline = f" (data: {data_check.describe(data)})" if data_check.is_offline(data) else ""
     ranked = rank_trials(trials)
     if not ranked:
-        print(f"study {study.study_name}: {done}/{budget} trials, none complete")
+        print(f"study {study.study_name}: {done}/{budget} trials, none complete{offline}")
         return
     best = ranked[0]
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in best.user_attrs.get("scores", {}).items())
+    name = study.study_name
+    where = "" if storage_url == local_storage_url(name) else f" --storage {display_url(storage_url)}"
     print(
-        f"study {study.study_name}: {done}/{budget} trials; best trial {best.number}: {best.value:.4f} "
-        f"({scores}); "
-        f"write it with: python -m search export --study {study.study_name} --out custom_regularization.py"
+        f"study {name}: {done}/{budget} trials; best trial {best.number}: {best.value:.4f} "
+        f"({format_scores(best)}){offline}; "
+        f"write it with: python -m search export --study {name}{where} --out custom_regularization.py"
     )

@@ -1,4 +1,5 @@
-"""A stand-in objective for tests of the search machinery (storage, workers, retries) without the harness.
+"""A stand-in objective for tests of the search machinery (storage, workers, retries) without the harness,
+and the helpers those tests share (a study file for it, running `python -m search run` with it).
 
 It behaves like the proxy objective: suggests one parameter, reports after every "context", asks the pruner
 and stores the same user attributes. Its pace comes from the environment so a test can slow it down:
@@ -6,18 +7,31 @@ FAKE_STEP_S (seconds per context, default 0.05) and FAKE_STEPS (contexts per tri
 makes every design fail. FAKE_BARRIER (a folder) and FAKE_WORKERS (a count) make each worker process's first
 trial wait until that many processes have started a trial, so a test can require that every worker worked
 (without it, a fast worker may take the whole budget before a slow one has imported torch).
+FAKE_DIE ("raise" or "kill") makes the first process that starts a trial die in it (FAKE_DIE_MARK, a file path,
+records which one did): "raise" raises RuntimeError("fake worker died"), "kill" sends itself SIGKILL.
+
+`fake_probe` stands in for the data probe (`search.data_check.probe`): FAKE_DATA="source:fingerprint" (default
+"torchvision:fake") names the data the run would be scored on, without loading any.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
+from evaluation.errors import UserError
+from search.data_check import make_record
 from search.objective import DESIGN, DesignFailed
+from search.storage import open_study
 from search.studies import StudyDef
 
 BARRIER_TIMEOUT_S = 180.0
@@ -41,6 +55,28 @@ def _meet_the_other_workers() -> None:
         time.sleep(0.05)
 
 
+def fake_probe(experiments: object, data_dir: str | None) -> dict[str, object]:
+    """A data record from FAKE_DATA, with the signature of `search.data_check.probe`."""
+    source, _, fingerprint = os.environ.get("FAKE_DATA", "torchvision:fake").partition(":")
+    return make_record({"MNIST": {"source": source, "sha256": fingerprint}}, str(data_dir or "fake-root"))
+
+
+def _maybe_die() -> None:
+    """FAKE_DIE: the first process to get here dies (the mark file makes it the only one)."""
+    how, mark = os.environ.get("FAKE_DIE"), os.environ.get("FAKE_DIE_MARK")
+    if not how or not mark:
+        return
+    try:
+        fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError("fake worker died")
+
+
 def make_fake_objective(
     study_def: StudyDef, *, data_dir: str | None = None, device: str = "auto"
 ) -> Callable[[optuna.Trial], float]:
@@ -56,6 +92,7 @@ def make_fake_objective(
             raise DesignFailed("broken on purpose")
         _meet_the_other_workers()
         trial.set_user_attr("worker_pid", os.getpid())
+        _maybe_die()
         trial.set_user_attr("module_source", f"X = {x!r}\n")
         value = 0.0
         for step in range(1, steps + 1):
@@ -70,3 +107,91 @@ def make_fake_objective(
         return value
 
     return objective
+
+
+# ------------------------------------------------------------------------------------------------ test helpers
+
+TESTS = Path(__file__).resolve().parent
+FAKE = "search_fakes:make_fake_objective"
+FAKE_PROBE = "search_fakes:fake_probe"
+
+
+def write_study(tmp_path: Path, name: str = "fake", n_trials: int = 6, extra: str = "") -> Path:
+    """A study file for the fake objective: random sampler, no pruner, 1 s heartbeat, 3 s grace period."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            n_trials = {n_trials}
+            {extra}
+            [sampler]
+            name = "random"
+            seed = 0
+            [pruner]
+            name = "none"
+            [workers]
+            heartbeat_interval = 1
+            grace_period = 3
+            [[benchmark]]
+            experiment = "splitMNIST"
+            iters = 10
+            contexts = 2
+            """
+        )
+    )
+    return path
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+def trials_of(name: str, url: str) -> list[FrozenTrial]:
+    return open_study(name, url).get_trials(deepcopy=False)
+
+
+def fake_env(step_s: float, steps: int = 3, **extra: str) -> dict[str, str]:
+    """The environment of a subprocess that runs the fake objective (importable from tests/)."""
+    env = dict(os.environ, FAKE_STEP_S=str(step_s), FAKE_STEPS=str(steps), **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_argv(study: Path, url: str, workers: int = 1, *more: str) -> list[str]:
+    """`python -m search run` on `study` with the fake objective and the fake data probe."""
+    return [
+        sys.executable, "-m", "search", "run", "--study", str(study), "--storage", url,
+        "--workers", str(workers), "--objective", FAKE, "--data-probe", FAKE_PROBE, *more,
+    ]  # fmt: skip
+
+
+def start_fake_run(study: Path, url: str, workers: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`python -m search run` with the fake objective, in its own process group like a terminal job."""
+    return subprocess.Popen(
+        run_argv(study, url, workers),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_running_trial(
+    name: str, url: str, proc: subprocess.Popen[str], timeout: float = 120
+) -> list[FrozenTrial]:
+    """Poll until some trial is RUNNING and has reported at least one step (the machine may be busy)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early ({proc.returncode}): {proc.communicate()[0]}")
+        try:
+            running = [
+                t for t in trials_of(name, url) if t.state == TrialState.RUNNING and t.intermediate_values
+            ]
+        except UserError:
+            running = []
+        if running:
+            return running
+        time.sleep(0.2)
+    raise AssertionError("no trial started running in time")

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 import uuid
@@ -17,106 +16,31 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from search_fakes import (
+    FAKE,
+    FAKE_PROBE,
+    fake_env,
+    sqlite_url,
+    start_fake_run,
+    trials_of,
+    wait_for_running_trial,
+    write_study,
+)
 
 from evaluation.errors import UserError
 from search.cmd_dashboard import free_port
 from search.cmd_status import format_status
 from search.export import trial_source
 from search.objective import counts_toward_budget
-from search.storage import default_storage_url, make_storage, open_study
+from search.storage import (
+    default_storage_url,
+    local_storage_url,
+    make_storage,
+    open_study,
+    reference_storage_url,
+)
 from search.studies import load_study_def, repo_root
 from search.workers import run_study
-
-TESTS = Path(__file__).resolve().parent
-FAKE = "search_fakes:make_fake_objective"
-
-
-def write_study(tmp_path: Path, name: str = "fake", n_trials: int = 6, extra: str = "") -> Path:
-    """A study file for the fake objective: random sampler, no pruner, 1 s heartbeat, 3 s grace period."""
-    path = tmp_path / f"{name}.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            n_trials = {n_trials}
-            {extra}
-            [sampler]
-            name = "random"
-            seed = 0
-            [pruner]
-            name = "none"
-            [workers]
-            heartbeat_interval = 1
-            grace_period = 3
-            [[benchmark]]
-            experiment = "splitMNIST"
-            iters = 10
-            contexts = 2
-            """
-        )
-    )
-    return path
-
-
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'study.db'}"
-
-
-def trials_of(name: str, url: str) -> list[optuna.trial.FrozenTrial]:
-    return open_study(name, url).get_trials(deepcopy=False)
-
-
-def fake_env(step_s: float, steps: int = 3) -> dict[str, str]:
-    env = dict(os.environ, FAKE_STEP_S=str(step_s), FAKE_STEPS=str(steps))
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    return env
-
-
-# A worker command as `python -m search run` would start it, with the fake objective injected.
-RUN_FAKE = textwrap.dedent(
-    """\
-    import sys
-    from search.studies import load_study_def
-    from search.workers import run_study
-    try:
-        code = run_study(load_study_def(sys.argv[1]), sys.argv[2], n_workers=int(sys.argv[3]),
-                         objective="search_fakes:make_fake_objective")
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
-    """
-)
-
-
-def start_fake_run(study: Path, url: str, workers: int, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", RUN_FAKE, str(study), url, str(workers)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, like a terminal job
-    )
-
-
-def wait_for_running_trial(
-    name: str, url: str, proc: subprocess.Popen[str], timeout: float = 120
-) -> list[optuna.trial.FrozenTrial]:
-    """Poll until some trial is RUNNING and has reported at least one step (the machine may be busy)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended early ({proc.returncode}): {proc.communicate()[0]}")
-        try:
-            running = [
-                t for t in trials_of(name, url) if t.state == TrialState.RUNNING and t.intermediate_values
-            ]
-        except UserError:
-            running = []
-        if running:
-            return running
-        time.sleep(0.2)
-    raise AssertionError("no trial started running in time")
-
 
 # ------------------------------------------------------------------------------------------------ study files
 
@@ -154,9 +78,10 @@ def test_unknown_study_lists_the_shipped_ones() -> None:
         load_study_def("nope")
 
 
-def test_default_storage_is_the_studys_file_in_the_repo() -> None:
-    url = default_storage_url("mnist")
-    assert url == f"sqlite:///{repo_root() / 'studies' / 'mnist.db'}"
+def test_storages_are_the_studys_files_in_the_repo() -> None:
+    assert reference_storage_url("mnist") == f"sqlite:///{repo_root() / 'studies' / 'mnist.db'}"
+    assert local_storage_url("mnist") == f"sqlite:///{repo_root() / 'studies' / 'local' / 'mnist.db'}"
+    assert default_storage_url("mnist") in (reference_storage_url("mnist"), local_storage_url("mnist"))
 
 
 # ------------------------------------------------------------------------------------------- budget, workers
@@ -173,7 +98,7 @@ def test_two_workers_finish_the_budget_exactly(tmp_path: Path, monkeypatch: pyte
     created = optuna.create_study(study_name="fake", storage=make_storage(url), direction="maximize")
     for x in enqueued:
         created.enqueue_trial({"x": x})
-    assert run_study(study, url, n_workers=2, objective=FAKE) == 0
+    assert run_study(study, url, n_workers=2, objective=FAKE, probe=FAKE_PROBE) == 0
     trials = trials_of("fake", url)
     counted = [t for t in trials if counts_toward_budget(t)]
     assert len(counted) == 7
@@ -186,7 +111,7 @@ def test_two_workers_finish_the_budget_exactly(tmp_path: Path, monkeypatch: pyte
     pids = {t.user_attrs["worker_pid"] for t in counted}
     assert len(pids) == 2 and os.getpid() not in pids
     # A rerun of a complete study runs nothing more.
-    assert run_study(study, url, n_workers=2, objective=FAKE) == 0
+    assert run_study(study, url, n_workers=2, objective=FAKE, probe=FAKE_PROBE) == 0
     assert len(trials_of("fake", url)) == len(trials)
 
 
@@ -194,9 +119,9 @@ def test_resume_continues_until_the_budget(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("FAKE_STEP_S", "0")
     study = load_study_def(write_study(tmp_path, n_trials=5))
     url = sqlite_url(tmp_path)
-    assert run_study(study, url, n_trials=2, objective=FAKE) == 0
+    assert run_study(study, url, n_trials=2, objective=FAKE, probe=FAKE_PROBE) == 0
     assert sum(map(counts_toward_budget, trials_of("fake", url))) == 2
-    assert run_study(study, url, objective=FAKE) == 0
+    assert run_study(study, url, objective=FAKE, probe=FAKE_PROBE) == 0
     assert sum(map(counts_toward_budget, trials_of("fake", url))) == 5
 
 
@@ -214,7 +139,7 @@ def test_killed_worker_trial_is_retried_and_study_completes(
     assert [t.state for t in trials_of("fake", url) if t.number == killed.number] == [TrialState.RUNNING]
     monkeypatch.setenv("FAKE_STEP_S", "0.05")
     t0 = time.time()
-    assert run_study(load_study_def(study_path), url, objective=FAKE) == 0
+    assert run_study(load_study_def(study_path), url, objective=FAKE, probe=FAKE_PROBE) == 0
     assert time.time() - t0 < 30
     trials = trials_of("fake", url)
     by_number = {t.number: t for t in trials}
@@ -259,7 +184,7 @@ def test_failed_designs_count_and_a_run_of_failures_stops(
     study = load_study_def(write_study(tmp_path, n_trials=10))
     url = sqlite_url(tmp_path)
     with pytest.raises(RuntimeError, match="5 trials in a row failed"):
-        run_study(study, url, objective=FAKE)
+        run_study(study, url, objective=FAKE, probe=FAKE_PROBE)
     trials = trials_of("fake", url)
     assert [t.state for t in trials] == [TrialState.FAIL] * 5
     assert all(t.user_attrs["fail_reason"] == "broken on purpose" for t in trials)
@@ -274,7 +199,7 @@ def test_status_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("FAKE_STEP_S", "0")
     study = load_study_def(write_study(tmp_path, n_trials=4))
     url = sqlite_url(tmp_path)
-    run_study(study, url, objective=FAKE)
+    run_study(study, url, objective=FAKE, probe=FAKE_PROBE)
     opened = open_study("fake", url)
     best = max(opened.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value)
     text = format_status(opened, 4)
@@ -301,7 +226,7 @@ def test_dashboard_serves_the_study_and_trial_attributes(
     monkeypatch.setenv("FAKE_STEP_S", "0")
     study = load_study_def(write_study(tmp_path, n_trials=2))
     url = sqlite_url(tmp_path)
-    run_study(study, url, objective=FAKE)
+    run_study(study, url, objective=FAKE, probe=FAKE_PROBE)
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -363,7 +288,7 @@ def test_two_workers_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("FAKE_BARRIER", str(tmp_path / "barrier"))
     name = f"pg_{uuid.uuid4().hex[:12]}"  # the server outlives the test: a fresh study every time
     study = load_study_def(write_study(tmp_path, name=name, n_trials=6))
-    assert run_study(study, url, n_workers=2, objective=FAKE) == 0
+    assert run_study(study, url, n_workers=2, objective=FAKE, probe=FAKE_PROBE) == 0
     trials = trials_of(name, url)
     counted = [t for t in trials if counts_toward_budget(t)]
     assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted)
