@@ -4,6 +4,7 @@ STAMP := .venv/.installed
 STUDY ?= default
 DEVICE ?= auto
 THREADS ?=
+REFERENCE ?=
 export CL_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: setup test test-slow lint search final-eval regenerate dashboard status fidelity \
@@ -28,14 +29,16 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy continual-learning/clharness space search evaluation
 
+# Runs write your own study, studies/local/$(STUDY).db; the committed studies/*.db references are read-only.
 search: $(STAMP)
 	$(PY) -m search run --study $(STUDY) --auto-fallback
 
+# Both read studies/local/$(STUDY).db when you have one, else the committed reference; REFERENCE=1 forces it.
 status: $(STAMP)
-	$(PY) -m search status --study $(STUDY)
+	$(PY) -m search status --study $(STUDY) $(if $(REFERENCE),--reference)
 
 regenerate: $(STAMP)
-	$(PY) -m search export --study $(STUDY) --out custom_regularization.py
+	$(PY) -m search export --study $(STUDY) $(if $(REFERENCE),--reference) --out custom_regularization.py
 
 dashboard: $(STAMP)
 	$(PY) -m search dashboard --study $(STUDY)

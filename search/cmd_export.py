@@ -21,8 +21,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--study", help="a study name: exports the source its trial scored (the best by default)"
     )
-    parser.add_argument("--trial", type=int, help="trial number within --study (default: the best trial)")
-    parser.add_argument("--storage", help="storage URL of --study (default: sqlite:///studies/<name>.db)")
+    parser.add_argument(
+        "--trial", type=int, help="a complete trial's number within --study (default: the best trial)"
+    )
+    parser.add_argument(
+        "--storage",
+        help="storage URL of --study (default: your studies/local/<name>.db, else the committed studies/<name>.db)",
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="read the committed studies/<name>.db even if you have a local one",
+    )
     parser.add_argument("--out", required=True, metavar="FILE", help="the module to write (atomically)")
     parser.set_defaults(func=run)
 
@@ -31,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     """Generate (or fetch) the source and write it atomically."""
     import space
 
-    if (args.trial is not None or args.storage) and not args.study:
-        raise UserError("--trial and --storage go with --study")
+    if (args.trial is not None or args.storage or args.reference) and not args.study:
+        raise UserError("--trial, --storage and --reference go with --study")
+    where = ""
     if args.preset is not None:
         if args.preset not in space.PRESETS:
             raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(space.PRESETS)}")
@@ -50,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
         source = space.generate_source(design)
     else:
         from search.export import trial_source  # the search part owns study storage
+        from search.storage import display_url, read_storage_url, storage_note
 
-        source = trial_source(args.study, args.storage, args.trial)
+        url = read_storage_url(args.study, args.storage, reference=args.reference)
+        source = trial_source(args.study, url, args.trial)
+        where = f" from study {args.study} in {display_url(url)}{storage_note(args.study, url)}"
     space.write_module(args.out, source)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}{where}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: all, with every tuned baseline whose study exists)",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="dataset root, an existing folder (default: $CL_DATA_DIR, else <repo>/data), as for `run`",
+    )
     p.add_argument("--out", type=Path, default=fe.DEFAULT_OUT, help="results folder (default: results)")
     add_threads_argument(p)
     p.add_argument(
@@ -65,6 +71,13 @@ def study_modules(
 
 
 def _main(args: argparse.Namespace) -> int:
+    from search.data_check import check_data_dir
+
+    data_dir = check_data_dir(args.data_dir)
+    if data_dir is not None:
+        # The harness reads $CL_DATA_DIR when a run names no folder; the run cache's keys leave paths out, so
+        # runs made with the data elsewhere are still found.
+        os.environ["CL_DATA_DIR"] = data_dir
     set_threads(args.threads)
     command = shlex.join(command_line(args))
     candidate, tuned = study_modules(args.methods, args.study)
@@ -93,7 +106,10 @@ def command_line(args: argparse.Namespace) -> list[str]:
     argv += ["--benchmarks", *args.benchmarks, "--seeds", *map(str, args.seeds)]
     if args.methods:
         argv += ["--methods", *args.methods]
-    argv += ["--device", args.device, "--out", str(args.out)]
+    argv += ["--device", args.device]
+    if args.data_dir is not None:
+        argv += ["--data-dir", str(args.data_dir)]
+    argv += ["--out", str(args.out)]
     if args.threads is not None:
         argv += ["--threads", str(args.threads)]
     return [*argv, "--report-only"] if args.report_only else argv

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from evaluation.errors import UserError
 from search.export import rank_trials
 from search.objective import CRASH, counts_toward_budget
-from search.storage import default_storage_url, display_url, open_study
+from search.storage import display_url, open_study, read_storage_url, storage_note
 from search.studies import load_study_def
 
 
@@ -26,7 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `status` subcommand."""
     p = sub.add_parser("status", help="trial counts by state and the best trials of a study")
     p.add_argument("--study", default="default", help="study name or study file")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/NAME.db)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default: your studies/local/NAME.db, else the committed studies/NAME.db)",
+    )
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="read the committed studies/NAME.db even if you have a local one",
+    )
     p.add_argument("--top", type=int, default=5, help="how many of the best trials to list (default 5)")
     p.set_defaults(func=main)
 
@@ -75,8 +84,8 @@ def main(args: argparse.Namespace) -> int:
     budget = None
     with contextlib.suppress(UserError):  # a study kept only as storage (no file) still has a status
         budget = load_study_def(args.study).n_trials
-    storage = args.storage or default_storage_url(name)
+    storage = read_storage_url(name, args.storage, reference=args.reference)
     study = open_study(name, storage)
-    print(f"storage {display_url(storage)}")
+    print(f"storage {display_url(storage)}{storage_note(name, storage)}")
     print(format_status(study, budget, args.top))
     return 0

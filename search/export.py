@@ -49,7 +49,19 @@ def get_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     matches = [t for t in trials if t.number == number]
     if not matches:
         raise UserError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
-    return matches[0]
+    found = matches[0]
+    if found.state != TrialState.COMPLETE:
+        # A failed or pruned trial was not fully scored (a failed one may not even run): never exported.
+        state = {TrialState.FAIL: "failed", TrialState.RUNNING: "still running"}.get(
+            found.state, found.state.name.lower()
+        )
+        reason = found.user_attrs.get("fail_reason")
+        why = f" ({reason})" if reason else ""
+        raise UserError(
+            f"trial {number} of study {study.study_name!r} {state}{why}; only complete trials are exported "
+            "(`python -m search status` lists them; without --trial the best is taken)"
+        )
+    return found
 
 
 def trial_source(study_name: str, storage_url: str | None = None, trial: int | None = None) -> str:
