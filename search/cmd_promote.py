@@ -8,7 +8,7 @@ from pathlib import Path
 from evaluation.errors import UserError
 from search import promote as prm
 from search.cli import add_threads_argument, set_threads
-from search.storage import open_study
+from search.storage import check_writable, open_study, read_storage_url
 from search.studies import load_study_def
 
 
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--study", required=True, help="study name (studies/<name>.toml) or file")
     p.add_argument("--top", type=int, default=5, help="how many of the best trials (default 5)")
-    p.add_argument("--storage", help="storage URL (default: the study's file under studies/)")
+    p.add_argument("--storage", help="storage URL (default: your local study, studies/local/NAME.db)")
     p.add_argument("--iters", type=int, help="iterations per context (default: the published protocol's)")
     p.add_argument("--contexts", type=int, help="contexts (default: all)")
     p.add_argument("--train-subset", type=int, help="training images per context (default: all)")
@@ -48,7 +48,9 @@ def _main(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     study_def = load_study_def(args.study)
-    study = open_study(study_def.name, args.storage)
+    url = read_storage_url(study_def.name, args.storage)
+    check_writable(url)  # promotion results are written onto the study: never onto a committed reference
+    study = open_study(study_def.name, url)
     overrides = {"iters": args.iters, "contexts": args.contexts, "train_subset": args.train_subset}
     results = prm.promote(
         study, study_def, top=args.top, overrides=overrides, device=args.device, out_dir=args.out

@@ -55,7 +55,7 @@ class SamplerDef:
     """Which Optuna sampler and how it is set up."""
 
     name: str = "tpe"
-    seed: int | None = None  # with several workers, worker i uses seed + i
+    seed: int | None = None  # trial n samples with a seed drawn from (seed, n): reproducible, never repeated
     n_startup_trials: int = 10  # random trials before TPE models the history (warm-start trials count)
     multivariate: bool = True
     constant_liar: bool = True  # parallel workers avoid proposing the same point
