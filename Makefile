@@ -4,10 +4,11 @@ STAMP := .venv/.installed
 STUDY ?= default
 DEVICE ?= auto
 THREADS ?=
+TOP ?= 5
 REFERENCE ?=
 export CL_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: setup test test-slow lint search final-eval regenerate dashboard status fidelity \
+.PHONY: setup test test-slow lint search final-eval regenerate dashboard status fidelity panel promote \
         bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
@@ -48,6 +49,14 @@ final-eval: $(STAMP)
 
 fidelity: $(STAMP)
 	$(PY) -m search fidelity --study $(STUDY) $(if $(THREADS),--threads $(THREADS))
+
+# The fidelity panel (docs/fidelity.md): full runs and candidate proxies, cached; SHARD=0/2 and 1/2 share the work.
+panel: $(STAMP)
+	$(PY) -m search panel $(if $(SHARD),--shard $(SHARD)) $(if $(THREADS),--threads $(THREADS))
+
+# Re-runs the study's TOP best trials at the full protocol (validation split) and stores the scores on it.
+promote: $(STAMP)
+	$(PY) -m search promote --study $(STUDY) --top $(TOP) $(if $(THREADS),--threads $(THREADS))
 
 pretrain-trunk: $(STAMP)
 	$(PY) continual-learning/pretrain_trunk.py --device $(DEVICE)
