@@ -7,12 +7,15 @@ configuration of each method.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clharness.atomic import write_atomic
 
@@ -104,15 +107,289 @@ def _valid_matrix(record: Mapping) -> list[list[float]] | None:
     return [[float(v) for v in row] for row in matrix]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Paired differences: the candidate against each baseline, seed by seed
+
+
+CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Candidate minus one baseline on the seeds both ran: per seed, mean and standard error (None: one seed)."""
+
+    seeds: tuple[int, ...]
+    diffs: tuple[float, ...]
+    mean: float
+    se: float | None
+
+    @property
+    def n(self) -> int:
+        """The number of paired seeds."""
+        return len(self.seeds)
+
+
+def paired_differences(
+    by_method: Mapping[str, Mapping[int, dict]], candidate: str = CANDIDATE
+) -> dict[str, Paired]:
+    """Per baseline (every other method with a seed in common), the candidate's accuracy minus its own."""
+    mine = by_method.get(candidate, {})
+    out: dict[str, Paired] = {}
+    for method, recs in by_method.items():
+        seeds = tuple(sorted(set(mine) & set(recs)))
+        if method == candidate or not seeds:
+            continue
+        diffs = tuple(
+            float(mine[s]["result"]["average_accuracy"]) - float(recs[s]["result"]["average_accuracy"])
+            for s in seeds
+        )
+        summary = summarize(diffs)
+        out[method] = Paired(seeds, diffs, summary.mean, summary.se)
+    return out
+
+
+def verdict(p: Paired) -> str:
+    """Whether the mean difference lies beyond 2 standard errors from 0, and on which side."""
+    if p.se is None:
+        return "one seed: no standard error"
+    if p.se == 0.0 and p.mean == 0.0:
+        return "no: identical on every seed"
+    if abs(p.mean) > 2 * p.se:
+        return "**yes: candidate higher**" if p.mean > 0 else "**yes: candidate lower**"
+    return "no"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one method is drawn in every figure."""
+
+    color: str
+    marker: str
+    ls: str = "-"
+    lw: float = 1.4
+    zorder: float = 2.0
+
+
+# One colour per method, the same in every figure (tab10 and its light shades; red is the candidate's alone).
+STYLES: dict[str, Style] = {
+    CANDIDATE: Style("#d62728", "o", lw=2.6, zorder=5.0),
+    "ewc": Style("#1f77b4", "s"),
+    "online_ewc": Style("#ff7f0e", "^"),
+    "si": Style("#2ca02c", "v"),
+    "mas": Style("#9467bd", "D"),
+    "l2": Style("#8c564b", "P"),
+    "none": Style("#7f7f7f", "X"),
+    "joint": Style("#000000", "", ls="--", lw=1.2),
+    "tuned_ewc": Style("#17becf", "*", ls="--"),
+    "tuned_online_ewc": Style("#bcbd22", "*", ls="--"),
+    "tuned_si": Style("#98df8a", "*", ls="--"),
+    "tuned_mas": Style("#e377c2", "*", ls="--"),
+}
+_SPARE_COLORS = ("#aec7e8", "#ffbb78", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79")
+
+
+def method_style(method: str) -> Style:
+    """The method's style; a method without one gets a spare colour chosen from its name (stable)."""
+    if method in STYLES:
+        return STYLES[method]
+    index = int(hashlib.sha256(method.encode()).hexdigest(), 16) % len(_SPARE_COLORS)
+    return Style(_SPARE_COLORS[index], "h")
+
+
+def _same_as(by_method: Mapping[str, Mapping[int, dict]], method: str) -> str | None:
+    """An earlier method whose every seed scored exactly as `method`'s (two names for one computation)."""
+    mine = {s: r["result"]["average_accuracy"] for s, r in by_method.get(method, {}).items()}
+    for other, recs in by_method.items():
+        if other == method:
+            return None
+        if mine and {s: r["result"]["average_accuracy"] for s, r in recs.items()} == mine:
+            return other
+    return None
+
+
+def top_group(finals: Mapping[str, float], share: float = 0.25) -> list[str]:
+    """The methods whose final accuracy lies within `share` of the whole range below the best one."""
+    if not finals:
+        return []
+    hi, lo = max(finals.values()), min(finals.values())
+    return [m for m, v in finals.items() if v >= hi - share * (hi - lo)]
+
+
+def _curves(mats: Sequence[Sequence[Sequence[float]]]) -> tuple[Any, Any, Any]:
+    import numpy as np
+
+    curves = np.array([average_curve(mat) for mat in mats])
+    mean = curves.mean(axis=0)
+    se = curves.std(axis=0, ddof=1) / math.sqrt(len(curves)) if len(curves) > 1 else None
+    return np.arange(1, curves.shape[1] + 1), mean, se
+
+
+def _plot_contexts(title: str, matrices: Mapping[str, list[list[list[float]]]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    n = len(matrices)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 3.1 * rows + 0.6), squeeze=False, sharey=True, layout="constrained"
+    )
+    for ax, (method, mats) in zip(axes.flat, matrices.items(), strict=False):
+        k = len(mats[0])
+        for ctx in range(k):
+            # accuracy of context ctx+1 after training on contexts ctx+1..k, mean over seeds; contexts in shades
+            # of one sequential map, so that no context takes a method's colour
+            ys = [statistics.fmean(mat[row][ctx] for mat in mats) for row in range(ctx, k)]
+            shade = plt.get_cmap("viridis")(0.9 * ctx / max(k - 1, 1))
+            ax.plot(range(ctx + 1, k + 1), ys, marker="o", ms=3, color=shade, label=f"context {ctx + 1}")
+        ax.set_title(f"{method} (n={len(mats)})", fontsize=10, color=method_style(method).color)
+        ax.set_xlabel("contexts trained")
+        ax.set_xticks(range(1, k + 1))
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{title}: each context's accuracy as training proceeds (mean over seeds)", fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_average(
+    title: str,
+    by_method: Mapping[str, Mapping[int, dict]],
+    matrices: Mapping[str, list[list[list[float]]]],
+    path: Path,
+) -> None:
+    """Average accuracy over the contexts seen, per method; a zoomed panel where the best methods overlap.
+
+    The full panel draws the standard error as a band in the line's colour; the zoomed panel as error bars
+    side by side (bands of six close methods would cover each other). A method whose every seed scored exactly
+    as an earlier one's is drawn as markers only and says so in the legend.
+    """
+    import matplotlib.pyplot as plt
+
+    flat = {m: statistics.fmean(float(r["result"]["average_accuracy"]) for r in recs.values())
+            for m, recs in by_method.items() if m not in matrices and recs}  # fmt: skip
+    curves = {m: _curves(mats) for m, mats in matrices.items()}
+    finals = {m: float(c[1][-1]) for m, c in curves.items()}
+    group = top_group(finals)
+    lows = [float(c[1].min()) for c in curves.values()]
+    highs = [float(c[1].max()) for c in curves.values()] + list(flat.values())
+    spread = max(finals[m] for m in group) - min(finals[m] for m in group) if group else 0.0
+    zoom = len(group) >= 2 and bool(lows) and spread < 0.25 * (max(highs) - min(lows))
+    fig, axes = plt.subplots(
+        1, 2 if zoom else 1, figsize=(12.5 if zoom else 7.5, 5.6), squeeze=False, layout="constrained"
+    )
+    panels = [(axes[0, 0], list(curves), "all methods (band: ± SE)")]
+    if zoom:
+        panels.append((axes[0, 1], group, "zoom on the methods that end near the best (bars: ± SE)"))
+    for ax, shown, subtitle in panels:
+        zoomed = ax is not axes[0, 0]
+        ys: list[float] = []
+        for i, method in enumerate(shown):
+            xs, mean, se = curves[method]
+            st = method_style(method)
+            same = _same_as(by_method, method)
+            label = f"{method} (n={len(matrices[method])}{'; same accuracies as ' + same if same else ''})"
+            line = {"ls": "none", "zorder": 6.0} if same else {"ls": st.ls, "lw": st.lw, "zorder": st.zorder}
+            ms = 9 if st.marker == "*" else 5
+            if zoomed and se is not None:
+                dodge = 0.06 * (i - (len(shown) - 1) / 2)
+                ax.errorbar(xs + dodge, mean, yerr=se, color=st.color, marker=st.marker, ms=ms, capsize=2,
+                            elinewidth=0.9, label=label, **line)  # fmt: skip
+            else:
+                ax.plot(xs, mean, color=st.color, marker=st.marker, ms=ms, label=label, **line)
+                if se is not None and not same:
+                    ax.fill_between(xs, mean - se, mean + se, color=st.color, alpha=0.15, lw=0, zorder=1)
+            ys += list(mean) + (list(mean - se) + list(mean + se) if se is not None else [])
+            ax.set_xticks(xs)
+        for method, final in flat.items():
+            st = method_style(method)
+            if not zoomed or min(ys) <= final <= max(ys) + 0.5 * (max(ys) - min(ys)):
+                n = len(by_method[method])
+                ax.axhline(
+                    final, color=st.color, ls=st.ls, lw=st.lw, label=f"{method} (n={n}; final accuracy)"
+                )
+                ys.append(final)
+        if zoomed:
+            pad = 0.06 * (max(ys) - min(ys) or 0.01)
+            ax.set_ylim(min(ys) - pad, max(ys) + pad)
+        ax.set_title(subtitle, fontsize=9)
+        ax.set_xlabel("contexts trained")
+        ax.set_ylabel("average test accuracy over the contexts seen")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    ncol = min(5, math.ceil(len(labels) / 2))
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: average accuracy as contexts are added (mean over seeds)", fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_paired(title: str, paired: Mapping[str, Paired], path: Path) -> None:
+    """One row per baseline: the candidate's difference per seed, the mean and mean ± 2 SE, with 0 marked."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    n = len(paired)
+    fig, axes = plt.subplots(n, 1, figsize=(8.5, 0.95 * n + 1.3), squeeze=False, layout="constrained")
+    for ax, (method, p) in zip(axes[:, 0], paired.items(), strict=True):
+        st = method_style(method)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.scatter(p.diffs, [0.25] * p.n, color=st.color, s=22, zorder=3, label="seeds")
+        half = 2 * p.se if p.se is not None else 0.0
+        values = [0.0, *p.diffs, p.mean - half, p.mean + half]
+        lo, hi = min(values), max(values)
+        pad = 0.12 * (hi - lo) if hi > lo else 0.001  # all differences 0: a range of +-0.001
+        # seeds whose points nearly coincide share one label
+        clusters: list[tuple[float, list[str]]] = []
+        for d, seed in sorted(zip(p.diffs, p.seeds, strict=True)):
+            if clusters and d - clusters[-1][0] < 0.04 * (hi - lo + 2 * pad):
+                clusters[-1][1].append(str(seed))
+            else:
+                clusters.append((d, [str(seed)]))
+        for d, seeds in clusters:
+            ax.annotate(",".join(seeds), (d, 0.25), xytext=(0, 5), textcoords="offset points", fontsize=6,
+                        ha="center", color="dimgray")  # fmt: skip
+        ax.errorbar([p.mean], [-0.25], xerr=[half] if p.se is not None else None, fmt="D", color=st.color,
+                    ms=6, capsize=4, lw=1.6, zorder=3)  # fmt: skip
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(-0.8, 0.8)
+        ax.set_yticks([])
+        ax.set_ylabel(f"vs {method}", rotation=0, ha="right", va="center", fontsize=9, color=st.color)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.grid(axis="x", alpha=0.3)
+        said = verdict(p).replace("**", "")
+        text = (
+            f"{p.mean:+.4f} ± {2 * p.se:.4f} (2 SE)\nn={p.n}: {said}"
+            if p.se is not None
+            else f"{p.mean:+.4f}\n{said}"
+        )
+        ax.text(1.01, 0.5, text, transform=ax.transAxes, fontsize=7.5, va="center")
+    axes[-1, 0].set_xlabel("candidate − baseline, average test accuracy (each row has its own scale)")
+    fig.suptitle(
+        f"{title}: candidate minus each baseline, paired by seed\n"
+        "dots: seeds; diamond and bar: mean ± 2 standard errors; the line: no difference",
+        fontsize=10,
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_benchmark(
     experiment: str, by_method: Mapping[str, Mapping[int, dict]], plot_dir: Path
 ) -> list[Path]:
-    """Two PNGs: each context's accuracy as training proceeds (one panel per method) and the average curve."""
+    """The benchmark's PNGs: each context's accuracy per method, the average curve, and (with a candidate) the
+    candidate's paired difference against each baseline."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers and CI
-    import matplotlib.pyplot as plt
-    import numpy as np
 
     title = BENCHMARK_TITLES.get(experiment, experiment)
     matrices = {
@@ -122,68 +399,49 @@ def plot_benchmark(
     matrices = {m: mats for m, mats in matrices.items() if mats and len({len(x) for x in mats}) == 1}
     written: list[Path] = []
     plot_dir.mkdir(parents=True, exist_ok=True)
-
     if matrices:
-        n = len(matrices)
-        cols = min(3, n)
-        rows = math.ceil(n / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
-        for ax, (method, mats) in zip(axes.flat, matrices.items(), strict=False):
-            k = len(mats[0])
-            for ctx in range(k):
-                # accuracy of context ctx+1 after training on contexts ctx+1..k, mean over seeds
-                ys = [statistics.fmean(mat[row][ctx] for mat in mats) for row in range(ctx, k)]
-                ax.plot(range(ctx + 1, k + 1), ys, marker="o", ms=3, label=f"context {ctx + 1}")
-            ax.set_title(f"{method} (n={len(mats)})", fontsize=10)
-            ax.set_xlabel("contexts trained")
-            ax.set_xticks(range(1, k + 1))
-            ax.grid(alpha=0.3)
-        for ax in axes[:, 0]:
-            ax.set_ylabel("test accuracy")
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-        axes.flat[0].legend(fontsize=7, loc="lower left")
-        fig.suptitle(f"{title}: accuracy of each context as training proceeds")
-        fig.tight_layout()
         path = plot_dir / f"{experiment}_contexts.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _plot_contexts(title, matrices, path)
         written.append(path)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drew = False
-    for method, mats in matrices.items():
-        curves = np.array([average_curve(mat) for mat in mats])
-        xs = np.arange(1, curves.shape[1] + 1)
-        mean = curves.mean(axis=0)
-        ax.plot(xs, mean, marker="o", ms=3, label=method)
-        ax.set_xticks(xs)
-        if len(curves) > 1:
-            se = curves.std(axis=0, ddof=1) / math.sqrt(len(curves))
-            ax.fill_between(xs, mean - se, mean + se, alpha=0.2)
-        drew = True
-    for method, recs in by_method.items():
-        if method in matrices or not recs:
-            continue  # methods without a matrix (joint) are drawn as their final accuracy
-        final = statistics.fmean(float(r["result"]["average_accuracy"]) for r in recs.values())
-        ax.axhline(final, ls="--", lw=1, color="gray", label=f"{method} (final)")
-        drew = True
-    if drew:
-        ax.set_xlabel("contexts trained")
-        ax.set_ylabel("average test accuracy over contexts seen")
-        ax.set_title(f"{title}: average accuracy as contexts are added (mean ± SE over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, ncol=2)
-        fig.tight_layout()
+    if any(by_method.values()):
         path = plot_dir / f"{experiment}_average.png"
-        fig.savefig(path, dpi=110)
+        _plot_average(title, by_method, matrices, path)
         written.append(path)
-    plt.close(fig)
+    paired = paired_differences(by_method)
+    if paired:
+        path = plot_dir / f"{experiment}_paired.png"
+        _plot_paired(title, paired, path)
+        written.append(path)
     return written
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The report
+
+PROVENANCE = (
+    "with every seed the cache already held for each method's current configuration, from earlier "
+    "invocations too"
+)
+
+
+def paired_table(by_method: Mapping[str, Mapping[int, dict]]) -> list[str]:
+    """The candidate against each baseline, paired by seed: the lines of a markdown table (none without a
+    candidate)."""
+    paired = paired_differences(by_method)
+    if not paired:
+        return []
+    lines = [
+        "Candidate minus each baseline, paired by seed (average test accuracy; the standard error is that of "
+        "the mean difference, ddof=1): the figure and the table the verdict rests on.",
+        "",
+        "| baseline | seeds | candidate − baseline, per seed | mean ± SE | beyond 2 SE |",
+        "|---|---|---|---|---|",
+    ]
+    for method, p in paired.items():
+        per_seed = ", ".join(f"{seed}: {d:+.4f}" for seed, d in zip(p.seeds, p.diffs, strict=True))
+        cell = f"{p.mean:+.4f} ± {p.se:.4f}" if p.se is not None else f"{p.mean:+.4f} (n=1)"
+        lines.append(f"| `{method}` | {p.n} | {per_seed} | {cell} | {verdict(p)} |")
+    return [*lines, ""]
 
 
 def render_markdown(
@@ -195,6 +453,7 @@ def render_markdown(
     command: str,
     plots: Mapping[str, Sequence[str]],
     extra_notes: Sequence[str] = (),
+    provenance: str = PROVENANCE,
 ) -> str:
     """The report text. `results[experiment][method][seed]` is a run record; `methods` is [(name, label)]."""
     with_results = [b for b in benchmarks if any(results.get(b, {}).values())]
@@ -205,8 +464,7 @@ def render_markdown(
         "standard error is the sample standard deviation, ddof=1, divided by sqrt(n)), full published "
         "protocol, test split. Published numbers are beside ours, each tagged with its source below.",
         "",
-        f"Produced by: `{command}` (with every seed the cache already held for each method's current "
-        "configuration, from earlier invocations too).",
+        f"Produced by: `{command}` ({provenance}).",
         "",
     ]
     if with_results:
@@ -249,6 +507,7 @@ def render_markdown(
         lines += [f"## {title} ({BENCHMARK_SETTINGS.get(b, '')})", ""]
         for png in plots.get(b, []):
             lines += [f"![{title}]({png})", ""]
+        lines += paired_table(results.get(b, {}))
         lines += ["| method | seed | average accuracy | per-context accuracy | device | wall time | file |"]
         lines += ["|---|---|---|---|---|---|---|"]
         for name, _label in methods:
@@ -297,6 +556,7 @@ def write_report(
     missing: Mapping[str, str],
     command: str,
     extra_notes: Sequence[str] = (),
+    provenance: str = PROVENANCE,
 ) -> Path:
     """Write `<out>/README.md`, `<out>/summary.json` and `<out>/plots/*.png`; returns the README's path."""
     plots: dict[str, list[str]] = {}
@@ -312,9 +572,133 @@ def write_report(
         command=command,
         plots=plots,
         extra_notes=extra_notes,
+        provenance=provenance,
     )
     readme = out_dir / "README.md"
     write_atomic(readme, text)
-    summary = {"command": command, "results": summary_json(results, methods)}
+    summary = {
+        "command": command,
+        "results": summary_json(results, methods),
+        "paired": {
+            b: {
+                m: {"seeds": list(p.seeds), "diffs": list(p.diffs), "mean": p.mean, "se": p.se}
+                for m, p in paired_differences(by_method).items()
+            }
+            for b, by_method in results.items()
+            if paired_differences(by_method)
+        },
+    }
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return readme
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The report of the cached runs as they are: `python -m evaluation.report`
+
+AS_CACHED = (
+    "every cached run as it is: each method with the module it was run with, named under Methods, whatever "
+    "today's generator or candidate would produce"
+)
+
+
+def results_as_cached(
+    out_dir: Path, benchmarks: Sequence[str]
+) -> tuple[dict[str, dict[str, dict[int, dict]]], list[tuple[str, str]], list[str]]:
+    """Every cached final-evaluation record of `out_dir/runs`, each method with the module it ran.
+
+    A record counts when its key is the one the current harness gives its module at the published protocol
+    on the test split (so records of another harness version or of protocol overrides are left out); where a
+    method has records of several modules on a benchmark, the most recently finished one is reported and the
+    others are named in the notes. Returns (results, [(method, label)], notes).
+    """
+    from evaluation import cache
+    from evaluation.final_eval import PRESET_METHODS, TUNED_BASELINES, make_config
+
+    version = cache.code_version()
+    by_key: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}
+    left_out: list[str] = []
+    for b in benchmarks:
+        for path in sorted((out_dir / "runs" / b).glob("*__*__seed*.json")):
+            record = cache.load_record(path)
+            if record is None or not isinstance(record.get("key_fields"), dict):
+                left_out.append(f"`{path.relative_to(out_dir).as_posix()}` (unreadable)")
+                continue
+            module = str(record["key_fields"].get("module"))
+            expected, _ = cache.run_key(module, make_config(b, int(record["seed"]), device="auto"), version)
+            if record.get("key") != expected:
+                left_out.append(f"`{path.relative_to(out_dir).as_posix()}` (another harness or protocol)")
+                continue
+            record["_relpath"] = path.relative_to(out_dir).as_posix()
+            by_key.setdefault((b, str(record["method"])), {}).setdefault(str(record["key"]), {})[
+                int(record["seed"])
+            ] = record
+    results: dict[str, dict[str, dict[int, dict]]] = {b: {} for b in benchmarks}
+    labels: dict[str, str] = {}
+    notes: list[str] = []
+    for (b, method), keys in by_key.items():
+        latest = max(keys, key=lambda k: max(str(r.get("finished_at", "")) for r in keys[k].values()))
+        results[b][method] = dict(sorted(keys[latest].items()))
+        first = next(iter(keys[latest].values()))
+        module = str(first["key_fields"]["module"])
+        label = str(first.get("method_label", method))
+        if module != "joint":
+            name = f"modules/{method}-{module[:12]}.py"
+            label += (
+                f"; module [`{name}`]({name})" if (out_dir / name).is_file() else f"; module {module[:12]}"
+            )
+        labels.setdefault(method, label)
+        if labels[method] != label:
+            labels[method] += f"; on {BENCHMARK_TITLES.get(b, b)}: {label}"
+        for other in sorted(set(keys) - {latest}):
+            notes.append(
+                f"`{method}` on {BENCHMARK_TITLES.get(b, b)} also has runs of an older configuration (key "
+                f"{other}, {len(keys[other])} seeds), not shown."
+            )
+    if left_out:
+        notes.append(f"Left out: {', '.join(left_out)}.")
+    order = ["candidate", *(f"tuned_{t}" for t in TUNED_BASELINES), *PRESET_METHODS, "joint"]
+    names = sorted(labels, key=lambda m: (order.index(m) if m in order else len(order), m))
+    results = {b: {m: results[b][m] for m in names if m in results[b]} for b in results}  # the table's order
+    return results, [(m, labels[m]) for m in names], notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Rebuild `<out>/README.md`, `summary.json` and the plots from the cached runs as they are; run nothing."""
+    import argparse
+    import shlex
+
+    from clharness.protocol import PROTOCOLS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.report",
+        description="Rebuild the final-evaluation report from every cached run as it is (each method with the "
+        "module it was run with), running nothing. `python -m search final-eval --report-only` instead reports "
+        "each method's current module (today's generator, today's candidate).",
+    )
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
+    parser.add_argument("--benchmarks", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    args = parser.parse_args(argv)
+    if not (args.out / "runs").is_dir():
+        print(f"error: no cached runs under {args.out / 'runs'}", file=sys.stderr)
+        return 2
+    results, methods, notes = results_as_cached(args.out, args.benchmarks)
+    command = shlex.join(
+        ["python", "-m", "evaluation.report", "--out", str(args.out), "--benchmarks", *args.benchmarks]
+    )
+    missing = {b: f"no cached runs: `python -m search final-eval --benchmarks {b}`" for b in args.benchmarks}
+    readme = write_report(
+        args.out,
+        results,
+        methods=methods,
+        benchmarks=args.benchmarks,
+        missing=missing,
+        command=command,
+        extra_notes=notes,
+        provenance=AS_CACHED,
+    )
+    print(f"report: {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

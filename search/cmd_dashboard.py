@@ -1,14 +1,28 @@
-"""`python -m search dashboard`: optuna-dashboard on a study's storage, on the loopback interface."""
+"""`python -m search dashboard`: optuna-dashboard on a study's storage, on the loopback interface.
+
+Before serving, the study is annotated (`search.annotate`: the objective's name, the study's note with its
+description and promoted trials), and the dashboard gets the study's artifact store, so that every trial's
+module opens and downloads as a file. A committed reference study (`studies/NAME.db`) is evidence and is not
+written: the dashboard serves an in-memory copy of it, annotated, and says so.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 
+import optuna
+from optuna.storages import BaseStorage, InMemoryStorage
+
 from evaluation.errors import UserError
-from search import optuna_adapter
+from search import annotate, optuna_adapter
 from search.cmd_status import study_name
-from search.storage import default_storage_url, display_url, make_storage, open_study
+from search.storage import default_storage_url, display_url, is_reference, make_storage, open_study
+
+# Study system attributes of optuna-dashboard that name a trial by its storage id (trial notes, and artifacts
+# uploaded through old dashboards): an in-memory copy gives trials new ids, so these keys are renamed.
+_TRIAL_KEY = re.compile(r"^(dashboard:(?:artifacts:)?)(\d+)(:.*)$", re.DOTALL)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -22,11 +36,46 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `dashboard` subcommand."""
     p = sub.add_parser("dashboard", help="serve optuna-dashboard for a study on 127.0.0.1")
     p.add_argument("--study", default="default", help="study name or study file")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/NAME.db)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default: your studies/local/NAME.db, else the committed studies/NAME.db)",
+    )
     p.add_argument(
         "--port", type=int, default=None, help="port (default: 8080 when free, else any free port)"
     )
     p.set_defaults(func=main)
+
+
+def in_memory_copy(name: str, url: str) -> tuple[InMemoryStorage, optuna.Study]:
+    """Study `name` of `url` copied into memory: trials, attributes and the dashboard's notes and artifacts."""
+    src_storage = make_storage(url)
+    source = open_study(name, src_storage)
+    storage = InMemoryStorage()
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+    try:
+        copy = optuna.create_study(study_name=name, storage=storage, directions=source.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    trials = source.get_trials(deepcopy=False)
+    copy.add_trials(trials)
+    new_id = {
+        optuna_adapter.trial_id(src_storage, source, t.number): optuna_adapter.trial_id(
+            storage, copy, t.number
+        )
+        for t in trials
+    }
+    copy_id = optuna_adapter.study_id(storage, name)
+    for key, value in src_storage.get_study_system_attrs(optuna_adapter.study_id(src_storage, name)).items():
+        if m := _TRIAL_KEY.match(key):
+            if int(m.group(2)) not in new_id:
+                continue  # a note of a trial of another study in the same file
+            key = f"{m.group(1)}{new_id[int(m.group(2))]}{m.group(3)}"
+        storage.set_study_system_attr(copy_id, key, value)
+    for key, value in source.user_attrs.items():
+        copy.set_user_attr(key, value)
+    return storage, copy
 
 
 def main(args: argparse.Namespace) -> int:
@@ -36,7 +85,17 @@ def main(args: argparse.Namespace) -> int:
     name = study_name(args.study)
     url = args.storage or default_storage_url(name)
     open_study(name, url)  # fails with a clear message when the study does not exist
-    storage = make_storage(url)
+    storage: BaseStorage
+    if is_reference(url):
+        storage, study = in_memory_copy(name, url)
+        what = "an in-memory copy of the committed reference; edits made in the dashboard are not saved"
+    else:
+        storage = make_storage(url)
+        study = open_study(name, storage)
+        what = "notes written in the dashboard are saved to the study"
+    annotate.annotate_study(study, annotate.description_of(study), url)
+    folder = annotate.artifact_dir(url, name)
+    store = annotate.artifact_store(folder) if folder.is_dir() or not is_reference(url) else None
     port = args.port
     if port is None:
         try:
@@ -47,13 +106,16 @@ def main(args: argparse.Namespace) -> int:
             port = free_port()
     elif not 0 < port < 65536:
         raise UserError(f"--port must be in 1..65535, got {port}")
+    modules = (
+        f"modules from {annotate.display_path(folder)}" if store else "no module files (none were stored)"
+    )
     print(
-        f"optuna-dashboard for study {name} ({display_url(url)}) at "
+        f"optuna-dashboard for study {name} ({display_url(url)}; {what}; {modules}) at "
         f"http://127.0.0.1:{port}/dashboard/studies/{optuna_adapter.study_id(storage, name)} (Ctrl-C stops it)",
         flush=True,
     )
     try:
-        run_server(storage, host="127.0.0.1", port=port)
+        run_server(storage, host="127.0.0.1", port=port, artifact_store=store)
     except OSError as exc:
         raise UserError(f"cannot serve on 127.0.0.1:{port}: {exc}") from exc
     return 0

@@ -125,6 +125,7 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
     from clharness.runner import run
 
     import space
+    from search.annotate import annotate_trial, note_scores  # it imports this module
 
     total_weight = sum(b.weight for b in study_def.benchmarks)
     total_steps = sum(
@@ -144,9 +145,12 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
         except ValueError as exc:  # space.DesignError: the sampled combination cannot be generated
             _fail(trial, f"design rejected: {exc}")
             raise DesignFailed(str(exc)) from exc
+        description = space.describe(design)
         trial.set_user_attr("design", design.to_dict())
-        trial.set_user_attr("description", space.describe(design))
+        trial.set_user_attr("description", description)
         trial.set_user_attr("module_source", source)
+        # For optuna-dashboard: the description as the trial's note, the module as a file to open or download.
+        annotate_trial(trial, description=description, source=source)
         scores: dict[str, float] = {}
         per_context: dict[str, list[float]] = {}
         step = 0
@@ -210,6 +214,9 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
             trial.set_user_attr("scores", scores)
             trial.set_user_attr("per_context", per_context)
             trial.set_user_attr("wall_time_s", round(time.perf_counter() - t0, 3))
+            if scores:  # for optuna-dashboard: the scores in the trial's note too, beside its description
+                gaps = {b: (s, gap_share(s, anchors[b])) for b, s in scores.items()}
+                note_scores(trial, description, gaps)
         return objective_value(scores, study_def, anchors)
 
     return objective

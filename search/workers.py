@@ -200,6 +200,7 @@ def prepare_study(study_def: StudyDef, storage_url: str) -> optuna.Study:
     if attrs.get("study_file") != text:
         study.set_user_attr("study_file", text)  # what the dashboard shows as the study's definition
         study.set_user_attr("benchmarks", list(study_def.experiments))
+    importlib.import_module("search.annotate").annotate_study(study, study_def.description, storage_url)
     if study_def.warm_start and "warm_start" not in attrs:
         import space
 
