@@ -62,6 +62,7 @@ def _main(args: argparse.Namespace) -> int:
     print(
         f"promoted {len(results)} trials at fidelity {prm.fidelity_name(overrides)}; best at the highest fidelity: "
         f"trial {best['trial']} ({best['fidelity']}, value {best['value']:.4f}); "
-        f"write it with: python -m search export --study {study_def.name} --out custom_regularization.py"
+        f"write it with: python -m search export --study {study_def.name}"
+        f"{f' --storage {args.storage}' if args.storage else ''} --out custom_regularization.py"
     )
     return 0
