@@ -29,7 +29,6 @@ class HookModule:
     estimate_importance: Callable[..., Any]
     compute_regularization_loss: Callable[..., Any]
     reg_strength_scale: float
-    module: ModuleType
 
 
 def _check_function(module: ModuleType, path: Path, name: str, n_args: int) -> Callable[..., Any]:
@@ -138,5 +137,4 @@ def load_hooks(path: str | os.PathLike[str]) -> HookModule:
         estimate_importance=_check_function(module, path, "estimate_importance", 4),
         compute_regularization_loss=_check_function(module, path, "compute_regularization_loss", 3),
         reg_strength_scale=reg_strength_scale(getattr(module, "CONFIG_OVERRIDES", None), path),
-        module=module,
     )
