@@ -68,7 +68,7 @@ def fallback(study_def: StudyDef, data_dir: str | None) -> tuple[StudyDef, str |
 
     root = paths.data_dir(data_dir)
     line = (
-        f"CIFAR-100 is not in {root}: running the '{FALLBACK_STUDY}' study (Split-MNIST, Permuted-MNIST) "
+        f"CIFAR-100 is not in {root}: running the '{FALLBACK_STUDY}' study (Permuted-MNIST, Split-MNIST) "
         f"instead of '{study_def.name}'. For the full suite: python -c \"import torchvision as t; "
         f"[d('{root}', download=True) for d in (t.datasets.CIFAR10, t.datasets.CIFAR100)]\", "
         "then `make pretrain-trunk`, then `make search` again."
