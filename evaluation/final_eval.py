@@ -25,7 +25,7 @@ from evaluation.report import write_report
 PRESET_METHODS: tuple[str, ...] = ("none", "ewc", "online_ewc", "si", "mas", "l2")
 # Baselines that get a search budget of their own (DESIGN.md): method `tuned_<name>` is the best trial of the
 # study `studies/<name>.toml` (the preset with its strength searched), when its storage has a completed trial.
-TUNED_BASELINES: tuple[str, ...] = ("ewc", "online_ewc", "si", "mas")
+TUNED_BASELINES: tuple[str, ...] = ("ewc", "online_ewc", "si", "mas", "l2")
 DEFAULT_SEEDS: tuple[int, ...] = (42, 43, 44)
 DEFAULT_OUT = Path("results")
 DEFAULT_HOOKS = Path("custom_regularization.py")

@@ -188,8 +188,9 @@ STYLES: dict[str, Style] = {
     "tuned_online_ewc": Style("#bcbd22", "*", ls="--"),
     "tuned_si": Style("#98df8a", "*", ls="--"),
     "tuned_mas": Style("#e377c2", "*", ls="--"),
+    "tuned_l2": Style("#c49c94", "*", ls="--"),
 }
-_SPARE_COLORS = ("#aec7e8", "#ffbb78", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79")
+_SPARE_COLORS = ("#aec7e8", "#ffbb78", "#c5b0d5", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79")
 
 
 def method_style(method: str) -> Style:
