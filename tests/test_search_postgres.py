@@ -106,7 +106,11 @@ def test_a_server_restart_during_a_trial_does_not_end_the_worker(tmp_path: Path,
     proc = start_fake_run(path, server.url, 1, fake_env(step_s=0.5, steps=8))
     try:
         [running] = wait_for_running_trial("fake", server.url, proc)
-        server.pg_ctl("-m", "fast", "-w", "restart")  # ends every connection, down for a moment
+        # Down for 3 s, several report intervals: the worker's storage calls must meet the outage (a bare
+        # restart can fall between two calls, and then there is nothing to retry).
+        server.pg_ctl("-m", "fast", "-w", "stop")
+        time.sleep(3.0)
+        server.pg_ctl("-w", "start")
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
