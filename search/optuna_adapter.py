@@ -8,7 +8,8 @@ study name and trial number only (no private attributes). They use the storage m
 `optuna.storages.BaseStorage` and `RDBStorage.record_heartbeat`; pyproject bounds optuna to the versions this
 module is tested with (tests/test_search_machinery.py runs every function here).
 
-`RetryingRDBStorage` wraps the RDB storage's calls, private ones included (those that `_CachedStorage`, Optuna's
+`SignalSafeRDBStorage` runs each of the RDB storage's calls whole under Ctrl-C, and `RetryingRDBStorage` (for
+database servers) also retries them; both wrap the calls, private ones included (those that `_CachedStorage`, Optuna's
 wrapper of every RDB storage, makes), so that a database server restart does not end a long worker.
 """
 
@@ -29,6 +30,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.errors import UserError
+from search import interrupts
 
 
 @contextlib.contextmanager
@@ -197,7 +199,16 @@ _DATABASE_CALLS = (
 )
 
 
-class RetryingRDBStorage(RDBStorage):
+class SignalSafeRDBStorage(RDBStorage):
+    """An RDBStorage whose database calls a Ctrl-C or SIGTERM cannot cut in half: the signal's `Interrupted`
+    is raised when the call returns (`search.interrupts.deferred`), so no connection is left holding a lock."""
+
+    def _call(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        with interrupts.deferred():
+            return method(self, *args, **kwargs)
+
+
+class RetryingRDBStorage(SignalSafeRDBStorage):
     """An RDBStorage whose database calls survive a lost connection (a server restart, a failover).
 
     A call that fails on a lost or refused connection is retried with backoff (0.5 s doubling to 15 s) for up
@@ -259,7 +270,8 @@ class RetryingRDBStorage(RDBStorage):
         delay = 0.5
         while True:
             try:
-                result = method(self, *args, **kwargs)
+                with interrupts.deferred():  # each attempt whole; a signal still ends the waits between them
+                    result = method(self, *args, **kwargs)
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
@@ -312,11 +324,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(cur).__name__}: {lines[0]}" if lines else type(cur).__name__
 
 
-def _retrying(name: str) -> Callable[..., Any]:
+def _wrapped(name: str) -> Callable[..., Any]:
     method = getattr(RDBStorage, name)
 
     @functools.wraps(method)
-    def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+    def call(self: SignalSafeRDBStorage, *args: Any, **kwargs: Any) -> Any:
         return self._call(method, args, kwargs)
 
     return call
@@ -324,4 +336,4 @@ def _retrying(name: str) -> Callable[..., Any]:
 
 for _name in _DATABASE_CALLS:
     if hasattr(RDBStorage, _name):
-        setattr(RetryingRDBStorage, _name, _retrying(_name))
+        setattr(SignalSafeRDBStorage, _name, _wrapped(_name))

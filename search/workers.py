@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -40,8 +39,16 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.errors import UserError
-from search import data_check, optuna_adapter
+from search import data_check, interrupts, optuna_adapter
 from search.export import rank_trials
+from search.interrupts import (
+    EXIT_CODES,
+    Interrupted,
+    interrupt_reason,
+    interrupt_signals,
+    signals_ignored,
+    signame_of,
+)
 from search.objective import CRASH, DesignFailed, Objective, counts_toward_budget
 from search.storage import (
     RetryCrashedTrial,
@@ -239,67 +246,6 @@ def claim_lock(storage_url: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) or a scheduler's stop (SIGTERM): handled alike, the signal's name kept for the exit code."""
-
-    def __init__(self, signame: str = "SIGINT") -> None:
-        super().__init__(signame)
-        self.signame = signame
-
-
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
-
-
-def signame_of(exc: BaseException) -> str:
-    """`SIGTERM` for an `Interrupted` by SIGTERM, else `SIGINT` (a plain KeyboardInterrupt is Ctrl-C)."""
-    return exc.signame if isinstance(exc, Interrupted) else "SIGINT"
-
-
-def interrupt_reason(exc: BaseException) -> str:
-    """The fail reason of a trial stopped by a signal."""
-    return "interrupted (SIGTERM)" if signame_of(exc) == "SIGTERM" else "interrupted (Ctrl-C)"
-
-
-def _interrupt_once(signum: int, frame: Any) -> None:
-    """The first SIGINT or SIGTERM raises `Interrupted`; later ones are ignored so the cleanup can finish."""
-    for sig in INTERRUPT_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signal.Signals(signum).name)
-
-
-@contextlib.contextmanager
-def interrupt_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise `Interrupted` in this block (main thread only; elsewhere nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in INTERRUPT_SIGNALS}
-    for sig in INTERRUPT_SIGNALS:
-        signal.signal(sig, _interrupt_once)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """A second Ctrl-C or SIGTERM during a trial's cleanup must not leave the trial RUNNING."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in INTERRUPT_SIGNALS}
-    for sig in INTERRUPT_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
@@ -509,13 +455,7 @@ def _worker_loop(spec: WorkerSpec) -> int:
             time.sleep(poll_s)
             continue
         waiting_said = False
-        with claim_lock(spec.storage_url), warnings.catch_warnings():
-            # optuna warns that heartbeats are meant for Study.optimize; this loop records them itself
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
-            surplus = _is_surplus(study, trial, spec.n_trials)
-            if surplus:  # another worker took the last slot in the same instant
-                optuna_adapter.put_back(storage, study, trial.number)
+        trial, surplus = _ask(study, storage, spec)
         if surplus:
             continue
         state = _run_trial(study, storage, trial, objective, retry, w.heartbeat_interval, progress, data)
@@ -527,6 +467,27 @@ def _worker_loop(spec: WorkerSpec) -> int:
                 f"{failures_in_a_row} trials in a row failed (last: trial {trial.number}); that looks like a bug "
                 "rather than bad designs: see their fail_reason with `python -m search status`"
             )
+
+
+def _ask(study: optuna.Study, storage: RDBStorage, spec: WorkerSpec) -> tuple[optuna.Trial, bool]:
+    """A new trial and whether it is surplus (put back: another worker took the budget's last slot).
+
+    A Ctrl-C is held until the trial exists, which then goes back to WAITING: no trial is left RUNNING."""
+    trial: optuna.Trial | None = None
+    try:
+        with interrupts.deferred(), claim_lock(spec.storage_url), warnings.catch_warnings():
+            # optuna warns that heartbeats are meant for Study.optimize; this loop records them itself
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+            surplus = _is_surplus(study, trial, spec.n_trials)
+            if surplus:  # another worker took the last slot in the same instant
+                optuna_adapter.put_back(storage, study, trial.number)
+    except KeyboardInterrupt:
+        if trial is not None:
+            with signals_ignored():
+                optuna_adapter.put_back(storage, study, trial.number)
+        raise
+    return trial, surplus
 
 
 def _storage_cause(exc: BaseException) -> optuna_adapter.StorageUnreachable | None:
@@ -553,7 +514,6 @@ def _run_trial(
 ) -> TrialState | None:
     """Run one trial under a heartbeat and tell its result; return its final state (None: dropped)."""
     t0 = time.perf_counter()
-    progress.trial_started()
     state, value = TrialState.COMPLETE, None
     report = trial.report
 
@@ -561,8 +521,9 @@ def _run_trial(
         report(value, step)
         progress.step(trial.number, step)
 
-    trial.report = report_and_show  # type: ignore[method-assign]  # the live line follows the reports
     try:
+        trial.report = report_and_show  # type: ignore[method-assign]  # the live line follows the reports
+        progress.trial_started()
         beat = optuna_adapter.trial_id(storage, study, trial.number)
         with optuna_adapter.Heartbeat(storage, beat, heartbeat_interval):
             trial.set_user_attr("data_source", data["source"])
@@ -588,7 +549,7 @@ def _run_trial(
         BaseException
     ) as exc:  # a signal, missing data, a bug: fail the trial, re-queue it, stop this worker
         quick = isinstance(exc, KeyboardInterrupt) and isinstance(storage, optuna_adapter.RetryingRDBStorage)
-        with _signals_ignored(), storage.without_retry() if quick else contextlib.nullcontext():  # type: ignore[attr-defined]
+        with signals_ignored(), storage.without_retry() if quick else contextlib.nullcontext():  # type: ignore[attr-defined]
             _fail_crashed(study, storage, trial, exc, retry, progress)
         raise
     try:
@@ -652,8 +613,7 @@ def _worker_process(spec: WorkerSpec, deaths: Any) -> None:
     A worker that dies puts (index, why) on `deaths` so that the command can say which worker died and why
     (a user error in one line, a bug with its traceback printed here too).
     """
-    for sig in INTERRUPT_SIGNALS:
-        signal.signal(sig, _interrupt_once)
+    interrupts.install()
     from clharness.errors import HarnessError
 
     try:

@@ -313,3 +313,31 @@ def test_auto_fallback_runs_the_calibrated_study_when_cifar100_is_absent(tmp_pat
     (tmp_path / "cifar-100-python").mkdir()
     assert fallback(default, str(tmp_path)) == (default, None)
     assert fallback(load_study_def("calibrated"), str(tmp_path / "elsewhere"))[1] is None  # no CIFAR needed
+
+
+def test_a_signal_during_a_database_call_is_raised_when_the_call_returns(tmp_path: Path) -> None:
+    """Ctrl-C must never cut a storage call in half (a half-done call can keep SQLite's write lock held)."""
+    import sqlalchemy
+
+    from search import interrupts
+
+    storage = make_storage(sqlite_url(tmp_path))
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name("s"))
+    statements: list[str] = []
+
+    def interrupt_mid_write(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement.split()[0])
+        if statement.startswith("INSERT INTO trial_user_attributes") and "sent" not in statements:
+            statements.append("sent")
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between the call's SQL statements
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", interrupt_mid_write)
+    with interrupts.interrupt_signals():
+        with pytest.raises(interrupts.Interrupted, match="SIGINT"):
+            storage.set_trial_user_attr(trial_id, "k", 1)
+        assert "sent" in statements
+        # the write completed, and the storage is usable at once (no lock left behind)
+        assert storage.get_trial_user_attrs(trial_id) == {"k": 1}
+        storage.set_trial_user_attr(trial_id, "after", 2)
+    assert study.trials[0].user_attrs == {"k": 1, "after": 2}
