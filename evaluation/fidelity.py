@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from clharness.atomic import write_atomic
 
-from evaluation.cache import RunFn, run_cached, sha256_text, store_module
+from evaluation.cache import RunFn, run_cached, sha256_text, store_module, validation_configs
 from evaluation.errors import UserError
 from evaluation.final_eval import LogFn
 
@@ -103,19 +103,16 @@ def random_designs(m: int, *, seed: int, fixed: Mapping[str, Any], exclude: set[
 
 def _configs(bench: BenchmarkProxy, *, full: bool, device: str, overrides: Mapping[str, Any]) -> list[Any]:
     """RunConfigs of one benchmark: the proxy (one per proxy seed) or the full protocol (first proxy seed)."""
-    from clharness.runner import RunConfig
-
-    common: dict[str, Any] = {
-        "experiment": bench.experiment,
-        "val_fraction": bench.val_fraction,
-        "eval_split": "val",
-    }
     if full:
-        return [RunConfig(seed=bench.seeds[0], device=device, **common)]
+        return validation_configs(
+            bench.experiment, bench.seeds[:1], val_fraction=bench.val_fraction, device=device
+        )
     settings: dict[str, Any] = {name: getattr(bench, name) for name in PROXY_FIELDS}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     seeds = settings.pop("seeds")
-    return [RunConfig(seed=s, device=device, **settings, **common) for s in seeds]
+    return validation_configs(
+        bench.experiment, seeds, val_fraction=bench.val_fraction, device=device, **settings
+    )
 
 
 def fidelity(

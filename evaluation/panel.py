@@ -24,7 +24,7 @@ from typing import Any
 
 from clharness.atomic import write_atomic
 
-from evaluation.cache import RunFn, run_cached, sha256_text
+from evaluation.cache import RunFn, run_cached, sha256_text, validation_configs
 from evaluation.errors import UserError
 from evaluation.fidelity import spearman
 
@@ -105,30 +105,22 @@ def panel_modules(panel: PanelDef) -> dict[str, Path]:
 
 
 def _full_config(panel: PanelDef, experiment: str, device: str) -> Any:
-    from clharness.runner import RunConfig
-
-    seed = panel.full_seeds[experiment]
-    return RunConfig(
-        experiment=experiment, seed=seed, val_fraction=panel.val_fraction, eval_split="val", device=device
+    (cfg,) = validation_configs(
+        experiment, [panel.full_seeds[experiment]], val_fraction=panel.val_fraction, device=device
     )
+    return cfg
 
 
 def _proxy_configs(panel: PanelDef, proxy: ProxyDef, device: str) -> list[Any]:
-    from clharness.runner import RunConfig
-
-    return [
-        RunConfig(
-            experiment=proxy.experiment,
-            seed=seed,
-            iters=proxy.iters,
-            contexts=proxy.contexts,
-            train_subset=proxy.train_subset,
-            val_fraction=panel.val_fraction,
-            eval_split="val",
-            device=device,
-        )
-        for seed in proxy.seeds
-    ]
+    return validation_configs(
+        proxy.experiment,
+        proxy.seeds,
+        val_fraction=panel.val_fraction,
+        device=device,
+        iters=proxy.iters,
+        contexts=proxy.contexts,
+        train_subset=proxy.train_subset,
+    )
 
 
 def plan(

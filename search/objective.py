@@ -62,19 +62,19 @@ def chance_accuracy(experiment: str) -> float:
 
 
 def _config(bench: BenchmarkProxy, seed: int, *, data_dir: str | None, device: str) -> Any:
-    from clharness.runner import RunConfig
+    from evaluation.cache import validation_configs
 
-    return RunConfig(
-        experiment=bench.experiment,
-        seed=seed,
-        iters=bench.iters,
-        contexts=bench.contexts,
+    (cfg,) = validation_configs(
+        bench.experiment,
+        [seed],
         val_fraction=bench.val_fraction,
-        eval_split="val",
         device=device,
         data_dir=data_dir,
+        iters=bench.iters,
+        contexts=bench.contexts,
         train_subset=bench.train_subset,
     )
+    return cfg
 
 
 def anchor_key(bench: BenchmarkProxy) -> str:

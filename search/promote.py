@@ -37,21 +37,17 @@ def fidelity_name(overrides: Mapping[str, int | None]) -> str:
 
 
 def _configs(bench: BenchmarkProxy, overrides: Mapping[str, int | None], device: str) -> list[Any]:
-    from clharness.runner import RunConfig
+    from evaluation.cache import validation_configs
 
-    return [
-        RunConfig(
-            experiment=bench.experiment,
-            seed=seed,
-            iters=overrides.get("iters"),
-            contexts=overrides.get("contexts"),
-            train_subset=overrides.get("train_subset"),
-            val_fraction=bench.val_fraction,
-            eval_split="val",
-            device=device,
-        )
-        for seed in bench.seeds
-    ]
+    return validation_configs(
+        bench.experiment,
+        bench.seeds,
+        val_fraction=bench.val_fraction,
+        device=device,
+        iters=overrides.get("iters"),
+        contexts=overrides.get("contexts"),
+        train_subset=overrides.get("train_subset"),
+    )
 
 
 def _iterations(study_def: StudyDef, overrides: Mapping[str, int | None]) -> int:
