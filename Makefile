@@ -6,9 +6,12 @@ DEVICE ?= auto
 THREADS ?=
 TOP ?= 5
 REFERENCE ?=
+STORAGE ?=
+# STORAGE: a storage URL, or a path to an SQLite file (the campaign's: studies/campaign/$(STUDY).db)
+STORAGE_ARG = $(if $(STORAGE),--storage $(if $(findstring ://,$(STORAGE)),$(STORAGE),sqlite:///$(abspath $(STORAGE))))
 export CL_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: setup test test-slow lint search final-eval regenerate dashboard status fidelity panel promote \
+.PHONY: setup test test-slow lint search campaign final-eval regenerate dashboard status fidelity panel promote \
         bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
@@ -32,17 +35,22 @@ lint: $(STAMP)
 
 # Runs write your own study, studies/local/$(STUDY).db; the committed studies/*.db references are read-only.
 search: $(STAMP)
-	$(PY) -m search run --study $(STUDY) --auto-fallback
+	$(PY) -m search run --study $(STUDY) --auto-fallback $(STORAGE_ARG)
+
+# The campaign (docs/search.md): two single-thread workers on the committed, resumable campaign storage.
+campaign: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m search run --study $(STUDY) --workers 2 --threads 1 \
+		--storage sqlite:///$(CURDIR)/studies/campaign/$(STUDY).db
 
 # Both read studies/local/$(STUDY).db when you have one, else the committed reference; REFERENCE=1 forces it.
 status: $(STAMP)
-	$(PY) -m search status --study $(STUDY) $(if $(REFERENCE),--reference)
+	$(PY) -m search status --study $(STUDY) $(if $(REFERENCE),--reference) $(STORAGE_ARG)
 
 regenerate: $(STAMP)
-	$(PY) -m search export --study $(STUDY) $(if $(REFERENCE),--reference) --out custom_regularization.py
+	$(PY) -m search export --study $(STUDY) $(if $(REFERENCE),--reference) $(STORAGE_ARG) --out custom_regularization.py
 
 dashboard: $(STAMP)
-	$(PY) -m search dashboard --study $(STUDY)
+	$(PY) -m search dashboard --study $(STUDY) $(STORAGE_ARG)
 
 final-eval: $(STAMP)
 	$(PY) -m search final-eval --device $(DEVICE) $(if $(THREADS),--threads $(THREADS))
@@ -56,7 +64,7 @@ panel: $(STAMP)
 
 # Re-runs the study's TOP best trials at the full protocol (validation split) and stores the scores on it.
 promote: $(STAMP)
-	$(PY) -m search promote --study $(STUDY) --top $(TOP) $(if $(THREADS),--threads $(THREADS))
+	$(PY) -m search promote --study $(STUDY) --top $(TOP) $(STORAGE_ARG) $(if $(THREADS),--threads $(THREADS))
 
 pretrain-trunk: $(STAMP)
 	$(PY) continual-learning/pretrain_trunk.py --device $(DEVICE)
