@@ -32,6 +32,9 @@ DEFAULT_PANEL = Path("results") / "fidelity" / "panel.toml"
 LogFn = Callable[[str], None]
 
 
+PASS_RHO = 0.8  # issue 9: a shipped proxy ranks the panel with Spearman >= 0.8, the best design in its top 3
+
+
 @dataclass(frozen=True)
 class ProxyDef:
     """One candidate proxy of one benchmark (None: the published protocol's value)."""
@@ -209,7 +212,7 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
             if scored is not None:
                 full[label] = scored[0]
         best = max(full, key=full.__getitem__) if full else None
-        rows = []
+        rows: list[dict[str, Any]] = []
         for proxy in (p for p in panel.proxies if p.experiment == experiment):
             scores, walls = {}, []
             for label, path in modules.items():
@@ -219,20 +222,47 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
                     walls.append(scored[1])
             both = sorted(set(scores) & set(full))
             rho, p = spearman([scores[k] for k in both], [full[k] for k in both])
+            # the order among the strong designs (the better half at full fidelity), where the search decides
+            strong = sorted(both, key=lambda k: -full[k])[: (len(both) + 1) // 2]
+            rho_strong, _ = spearman([scores[k] for k in strong], [full[k] for k in strong])
             top3 = sorted(both, key=lambda k: -scores[k])[:3]
+            in_top3 = best in top3 if best in both else None
             rows.append(
                 {
                     "proxy": proxy.name,
                     "settings": {"iters": proxy.iters, "contexts": proxy.contexts,
                                  "train_subset": proxy.train_subset, "seeds": list(proxy.seeds)},
-                    "n": len(both), "spearman_rho": rho, "p_value": p,
-                    "best_in_top3": best in top3 if best in both else None,
+                    "steps": proxy_steps(proxy),
+                    "n": len(both), "spearman_rho": rho, "p_value": p, "spearman_rho_strong": rho_strong,
+                    "best_in_top3": in_top3,
+                    "passes": bool(full and len(both) == len(full) and rho >= PASS_RHO and in_top3),
                     "median_cost_s": statistics.median(walls) if walls else None,
                     "scores": scores,
                 }
             )  # fmt: skip
-        out["benchmarks"][experiment] = {"full": full, "best": best, "proxies": rows}
+        passing = [row for row in rows if row["passes"]]
+        chosen = min(passing, key=lambda row: row["steps"])["proxy"] if passing else None
+        out["benchmarks"][experiment] = {
+            "full": full,
+            "best": best,
+            "proxies": rows,
+            "cheapest_passing": chosen,
+        }
     return out
+
+
+def proxy_steps(proxy: ProxyDef) -> int:
+    """Training steps of one design at this proxy (iterations x contexts x seeds): its cost, machine-free."""
+    from clharness.protocol import PROTOCOLS
+
+    protocol = PROTOCOLS[proxy.experiment]
+    iters = protocol.iters if proxy.iters is None else proxy.iters
+    contexts = protocol.contexts if proxy.contexts is None else proxy.contexts
+    return iters * contexts * len(proxy.seeds)
+
+
+def _fmt_rho(rho: float | None) -> str:
+    return "—" if rho is None or rho != rho else f"{rho:.3f}"
 
 
 def render(summary: Mapping[str, Any]) -> str:
@@ -242,16 +272,24 @@ def render(summary: Mapping[str, Any]) -> str:
         full = res["full"]
         lines += [f"## {experiment}", "", f"{len(full)} designs at full fidelity; best: `{res['best']}`.", ""]
         lines += [
-            "| proxy | settings | designs | Spearman rho | best in top 3 | cost per design |",
-            "|---|---|---|---|---|---|",
+            "| proxy | settings | steps | designs | Spearman rho | rho, strong half | best in top 3 | passes | "
+            "cost per design |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in res["proxies"]:
-            rho = "—" if row["spearman_rho"] != row["spearman_rho"] else f"{row['spearman_rho']:.3f}"
+            rho, rho_strong = (_fmt_rho(row["spearman_rho"]), _fmt_rho(row.get("spearman_rho_strong")))
             cost = "—" if row["median_cost_s"] is None else f"{row['median_cost_s']:.0f} s"
             top = {True: "yes", False: "no", None: "—"}[row["best_in_top3"]]
             lines.append(
-                f"| `{row['proxy']}` | `{json.dumps(row['settings'])}` | {row['n']} | {rho} | {top} | {cost} |"
+                f"| `{row['proxy']}` | `{json.dumps(row['settings'])}` | {row['steps']} | {row['n']} | {rho} | "
+                f"{rho_strong} | {top} | {'yes' if row['passes'] else 'no'} | {cost} |"
             )
+        chosen = res.get("cheapest_passing")
+        lines += [
+            "",
+            f"Cheapest proxy that passes (all {len(full)} designs, rho >= {PASS_RHO}, the best full design in its "
+            f"top 3): {f'`{chosen}`' if chosen else 'none yet'}.",
+        ]
         names = [row["proxy"] for row in res["proxies"]]
         lines += ["", "| design | full | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for label in sorted(full, key=lambda k: -full[k]):

@@ -74,8 +74,16 @@ def test_summary_ranks_each_proxy_against_the_full_runs(tmp_path: Path) -> None:
     assert good["proxy"] == "good" and good["spearman_rho"] == pytest.approx(1.0) and good["best_in_top3"]
     assert reversed_["spearman_rho"] == pytest.approx(-1.0) and reversed_["best_in_top3"] is False
     assert reversed_["settings"]["seeds"] == [1001, 1003] and good["n"] == 4
+    # cost in training steps (10 contexts of the protocol), and the cheapest proxy that ranks well is named
+    assert (good["steps"], reversed_["steps"]) == (10 * 10, 20 * 10 * 2)
+    assert good["passes"] and not reversed_["passes"] and res["cheapest_passing"] == "good"
+    assert good["spearman_rho_strong"] != good["spearman_rho_strong"]  # NaN: 2 strong designs give no rho
     text = (tmp_path / "panel.md").read_text()
     assert "| `good` |" in text and "1.000" in text and "-1.000" in text
+    assert (
+        "Cheapest proxy that passes (all 4 designs, rho >= 0.8, the best full design in its top 3): `good`"
+        in text
+    )
 
 
 def test_bad_panel_files_are_one_line_errors(tmp_path: Path) -> None:
