@@ -6,9 +6,10 @@ A proxy is worth its cost only if it orders strong designs as the full protocol 
 run goes through the run cache (`evaluation.cache`, folder `results/fidelity/runs`), so the full runs are paid
 once and reused for every later proxy question, and two processes can share the work (`shard`).
 
-For each benchmark and proxy the summary gives Spearman's rho between proxy and full scores over the panel, whether
-the panel's best design (at full fidelity) is in the proxy's top 3, and the proxy's cost per design (median wall
-time of its runs times its seeds).
+For each benchmark and proxy the summary gives Spearman's rho between proxy and full scores over the panel (and over
+its strong half), whether the panel's best design (at full fidelity) is in the proxy's top 3, its cost (training
+steps, and the median wall time of its runs), and, from the proxy's anchors (`none` and joint training at the
+same settings), how far apart the strong designs are in the objective's gap units.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from typing import Any
 
 from clharness.atomic import write_atomic
 
-from evaluation.cache import RunFn, run_cached, sha256_text, validation_configs
+from evaluation.cache import (
+    RunFn,
+    run_cached,
+    run_joint_cached,
+    sha256_text,
+    store_module,
+    validation_configs,
+)
 from evaluation.errors import UserError
 from evaluation.fidelity import spearman
 
@@ -128,10 +136,11 @@ def _proxy_configs(panel: PanelDef, proxy: ProxyDef, device: str) -> list[Any]:
 
 def plan(
     panel: PanelDef, *, benchmarks: Sequence[str], full: bool, proxies: Sequence[str] | None, device: str
-) -> list[tuple[str, Path, Any, str]]:
-    """Every (label, module, config, phase) run of the panel: proxies first (cheap), then full runs."""
+) -> list[tuple[str, Path | None, Any, str]]:
+    """Every (label, module, config, phase) run of the panel: proxies first (cheap), then full runs, then each
+    proxy's anchors (module None: joint training)."""
     modules = panel_modules(panel)
-    jobs = []
+    jobs: list[tuple[str, Path | None, Any, str]] = []
     for proxy in panel.proxies:
         if proxy.experiment in benchmarks and (proxies is None or proxy.name in proxies):
             for cfg in _proxy_configs(panel, proxy, device):
@@ -140,7 +149,24 @@ def plan(
         for experiment in benchmarks:
             cfg = _full_config(panel, experiment, device)
             jobs += [(label, path, cfg, "full") for label, path in modules.items()]
+    # The anchors of each proxy (no regularization, joint training), for the objective's gap units
+    none_path = anchor_module(panel)
+    for proxy in panel.proxies:
+        if proxy.experiment in benchmarks and (proxies is None or proxy.name in proxies):
+            for cfg in _proxy_configs(panel, proxy, device):
+                jobs += [
+                    ("none", none_path, cfg, f"anchor {proxy.name}"),
+                    ("joint", None, cfg, f"anchor {proxy.name}"),
+                ]
     return jobs
+
+
+def anchor_module(panel: PanelDef) -> Path:
+    """The `none` preset's module (no regularization), kept beside the panel's designs."""
+    import space
+
+    source = space.generate_source(space.PRESETS["none"], {"preset": "none"})
+    return store_module(panel.modules_dir.parent / "anchors", "none", source)[0]
 
 
 def run_panel(
@@ -152,6 +178,7 @@ def run_panel(
     shard: tuple[int, int] = (0, 1),
     device: str = "auto",
     run_fn: RunFn | None = None,
+    joint_fn: RunFn | None = None,
     log: LogFn = print,
 ) -> int:
     """Run this shard's share of the panel's missing runs (job i goes to shard i mod n); returns runs done."""
@@ -164,14 +191,11 @@ def run_panel(
     for index, (label, path, cfg, phase) in enumerate(mine):
         t0 = time.perf_counter()
         try:
-            record, cached = run_cached(
-                label,
-                path,
-                sha256_text(path.read_text(encoding="utf-8")),
-                cfg,
-                cache_dir=runs_dir,
-                run_fn=run_fn,
-            )
+            if path is None:
+                record, cached = run_joint_cached(cfg, cache_dir=runs_dir, run_fn=joint_fn)
+            else:
+                sha = sha256_text(path.read_text(encoding="utf-8"))
+                record, cached = run_cached(label, path, sha, cfg, cache_dir=runs_dir, run_fn=run_fn)
         except HarnessError as exc:  # a diverged design has no rank; reported, and the others go on
             log(f"[{index + 1}/{len(mine)}] {phase} {cfg.experiment} {label}: failed: {exc}")
             continue
@@ -185,11 +209,12 @@ def run_panel(
     return done
 
 
-def _score(panel: PanelDef, label: str, path: Path, cfgs: Sequence[Any]) -> tuple[float, float] | None:
-    """(mean average accuracy, summed wall seconds) of cached runs, or None if any is missing."""
+def _score(panel: PanelDef, label: str, path: Path | None, cfgs: Sequence[Any]) -> tuple[float, float] | None:
+    """(mean average accuracy, summed wall seconds) of cached runs, or None if any is missing (path None:
+    joint training)."""
     from evaluation.cache import code_version, load_record, result_path, run_key
 
-    sha = sha256_text(path.read_text(encoding="utf-8"))
+    sha = "joint" if path is None else sha256_text(path.read_text(encoding="utf-8"))
     accs, wall = [], 0.0
     for cfg in cfgs:
         key, _ = run_key(sha, cfg, code_version())
@@ -227,6 +252,17 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
             rho_strong, _ = spearman([scores[k] for k in strong], [full[k] for k in strong])
             top3 = sorted(both, key=lambda k: -scores[k])[:3]
             in_top3 = best in top3 if best in both else None
+            cfgs = _proxy_configs(panel, proxy, "cpu")
+            none, joint = (
+                _score(panel, "none", anchor_module(panel), cfgs),
+                _score(panel, "joint", None, cfgs),
+            )
+            anchors = {"none": none[0], "joint": joint[0]} if none and joint else None
+            spread = None
+            if anchors and len(strong) >= 2:  # how far apart the strong designs are, in gap units
+                spread = statistics.stdev(
+                    (scores[k] - anchors["none"]) / (anchors["joint"] - anchors["none"]) for k in strong
+                )
             rows.append(
                 {
                     "proxy": proxy.name,
@@ -234,7 +270,7 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
                                  "train_subset": proxy.train_subset, "seeds": list(proxy.seeds)},
                     "steps": proxy_steps(proxy),
                     "n": len(both), "spearman_rho": rho, "p_value": p, "spearman_rho_strong": rho_strong,
-                    "best_in_top3": in_top3,
+                    "best_in_top3": in_top3, "anchors": anchors, "spread_strong_gap": spread,
                     "passes": bool(full and len(both) == len(full) and rho >= PASS_RHO and in_top3),
                     "median_cost_s": statistics.median(walls) if walls else None,
                     "scores": scores,
@@ -261,6 +297,10 @@ def proxy_steps(proxy: ProxyDef) -> int:
     return iters * contexts * len(proxy.seeds)
 
 
+def _fmt_anchors(anchors: Mapping[str, float] | None) -> str:
+    return "—" if not anchors else f"{anchors['none']:.4f} / {anchors['joint']:.4f}"
+
+
 def _fmt_rho(rho: float | None) -> str:
     return "—" if rho is None or rho != rho else f"{rho:.3f}"
 
@@ -273,8 +313,8 @@ def render(summary: Mapping[str, Any]) -> str:
         lines += [f"## {experiment}", "", f"{len(full)} designs at full fidelity; best: `{res['best']}`.", ""]
         lines += [
             "| proxy | settings | steps | designs | Spearman rho | rho, strong half | best in top 3 | passes | "
-            "cost per design |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "none / joint | spread, strong half (gap units) | cost per design |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in res["proxies"]:
             rho, rho_strong = (_fmt_rho(row["spearman_rho"]), _fmt_rho(row.get("spearman_rho_strong")))
@@ -282,7 +322,8 @@ def render(summary: Mapping[str, Any]) -> str:
             top = {True: "yes", False: "no", None: "—"}[row["best_in_top3"]]
             lines.append(
                 f"| `{row['proxy']}` | `{json.dumps(row['settings'])}` | {row['steps']} | {row['n']} | {rho} | "
-                f"{rho_strong} | {top} | {'yes' if row['passes'] else 'no'} | {cost} |"
+                f"{rho_strong} | {top} | {'yes' if row['passes'] else 'no'} | {_fmt_anchors(row.get('anchors'))} | "
+                f"{'—' if row.get('spread_strong_gap') is None else format(row['spread_strong_gap'], '.4f')} | {cost} |"
             )
         chosen = res.get("cheapest_passing")
         lines += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,26 @@ def _panel(tmp_path: Path) -> pnl.PanelDef:
     return pnl.load_panel(tmp_path / "panel.toml")
 
 
+NONE, JOINT = 0.5, 1.0  # the anchors' accuracy at every proxy
+
+
 def _fake_run(calls: list) -> Any:
     def run(path: str, cfg: Any, progress: bool = False) -> dict:
         label = Path(path).name.split("-")[0]
         calls.append((label, cfg.iters, cfg.seed))
+        if label == "none":
+            return {"average_accuracy": NONE, "hooks_sha256": None}
         full = FULL[label]
         acc = full if cfg.iters is None else (full - 0.1 if cfg.iters == 10 else 1.7 - full)
         return {"average_accuracy": acc, "hooks_sha256": None}
+
+    return run
+
+
+def _fake_joint(calls: list) -> Any:
+    def run(cfg: Any, progress: bool = False) -> dict:
+        calls.append(("joint", cfg.iters, cfg.seed))
+        return {"average_accuracy": JOINT}
 
     return run
 
@@ -53,20 +67,35 @@ def test_shards_split_the_runs_and_the_cache_resumes(tmp_path: Path) -> None:
     calls: list = []
     done = [
         pnl.run_panel(
-            panel, benchmarks=["permMNIST"], shard=(i, 2), run_fn=_fake_run(calls), log=lambda _: None
+            panel,
+            benchmarks=["permMNIST"],
+            shard=(i, 2),
+            run_fn=_fake_run(calls),
+            joint_fn=_fake_joint(calls),
+            log=lambda _: None,
         )
         for i in range(2)
     ]
-    # 4 designs x (1 + 2 proxy seeds + 1 full run), each exactly once over the two shards
-    assert sum(done) == 16 and len(calls) == len(set(calls)) == 16
+    # 4 designs x (1 + 2 proxy seeds + 1 full run), and none and joint at each of the 3 proxy runs, each exactly
+    # once over the two shards
+    assert sum(done) == 22 and len(calls) == len(set(calls)) == 22
     assert ("a", None, 1001) in calls and ("a", 20, 1003) in calls
-    again = pnl.run_panel(panel, benchmarks=["permMNIST"], run_fn=_fake_run(calls), log=lambda _: None)
-    assert again == 0 and len(calls) == 16  # everything came from the cache
+    assert ("none", 20, 1003) in calls and ("joint", 10, 1001) in calls
+    again = pnl.run_panel(
+        panel,
+        benchmarks=["permMNIST"],
+        run_fn=_fake_run(calls),
+        joint_fn=_fake_joint(calls),
+        log=lambda _: None,
+    )
+    assert again == 0 and len(calls) == 22  # everything came from the cache
 
 
 def test_summary_ranks_each_proxy_against_the_full_runs(tmp_path: Path) -> None:
     panel = _panel(tmp_path)
-    pnl.run_panel(panel, benchmarks=["permMNIST"], run_fn=_fake_run([]), log=lambda _: None)
+    pnl.run_panel(
+        panel, benchmarks=["permMNIST"], run_fn=_fake_run([]), joint_fn=_fake_joint([]), log=lambda _: None
+    )
     summary = pnl.write_summary(panel, ["permMNIST"])
     res = summary["benchmarks"]["permMNIST"]
     assert res["full"] == pytest.approx(FULL) and res["best"] == "a"
@@ -78,6 +107,9 @@ def test_summary_ranks_each_proxy_against_the_full_runs(tmp_path: Path) -> None:
     assert (good["steps"], reversed_["steps"]) == (10 * 10, 20 * 10 * 2)
     assert good["passes"] and not reversed_["passes"] and res["cheapest_passing"] == "good"
     assert good["spearman_rho_strong"] != good["spearman_rho_strong"]  # NaN: 2 strong designs give no rho
+    # the strong half (a 0.85, b 0.80 at the good proxy) in gap units of its anchors (0.5, 1.0): 0.7 and 0.6
+    assert good["anchors"] == {"none": NONE, "joint": JOINT}
+    assert good["spread_strong_gap"] == pytest.approx(statistics.stdev([0.7, 0.6]))
     text = (tmp_path / "panel.md").read_text()
     assert "| `good` |" in text and "1.000" in text and "-1.000" in text
     assert (
