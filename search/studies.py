@@ -8,6 +8,7 @@ are documented in docs/search.md.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
@@ -111,6 +112,16 @@ class StudyDef:
             contexts = b.contexts if b.contexts is not None else PROTOCOLS[b.experiment].contexts
             total += contexts * len(b.seeds)
         return total
+
+    @property
+    def scoring(self) -> dict[str, Any]:
+        """What a trial's value depends on: the benchmarks with their proxies and weights, the space's fixed
+        fields and strength centre. Sampler, pruner, budget and workers may change during a study; these may not."""
+        return {
+            "benchmarks": [dataclasses.asdict(b) | {"seeds": list(b.seeds)} for b in self.benchmarks],
+            "fixed": dict(sorted(self.fixed.items())),
+            "scale_center": self.scale_center,
+        }
 
 
 def available_studies() -> list[str]:

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -196,6 +197,20 @@ def load_objective_factory(ref: str) -> Callable[..., Objective]:
 # Study preparation (once per command, before workers start)
 
 
+def check_scoring(study_def: StudyDef, recorded: Any, where: str) -> None:
+    """Refuse (UserError) a study file whose scoring differs from the one the study's trials were scored with:
+    their values would no longer be comparable. Sampler, pruner, budget and workers may change."""
+    now = json.loads(json.dumps(study_def.scoring))  # as the storage holds it (tuples become lists)
+    if recorded is None or recorded == now:
+        return
+    what = next((key for key in now if recorded.get(key) != now[key]), "benchmarks")
+    raise UserError(
+        f"study {study_def.name!r} in {where} was scored with {what} = {json.dumps(recorded.get(what))}, but "
+        f"{study_def.path} now says {json.dumps(now[what])}: the trials' values would mix. Restore the file, or "
+        "give the changed study a new name"
+    )
+
+
 def prepare_study(study_def: StudyDef, storage_url: str) -> optuna.Study:
     """Create or load the study; record its definition; enqueue the warm-start presets the first time only."""
     storage = make_storage(storage_url)
@@ -203,6 +218,9 @@ def prepare_study(study_def: StudyDef, storage_url: str) -> optuna.Study:
         study_name=study_def.name, storage=storage, direction="maximize", load_if_exists=True
     )
     attrs = study.user_attrs
+    check_scoring(study_def, attrs.get("scoring"), display_url(storage_url))
+    if "scoring" not in attrs:
+        study.set_user_attr("scoring", study_def.scoring)
     text = study_def.path.read_text(encoding="utf-8")
     if attrs.get("study_file") != text:
         study.set_user_attr("study_file", text)  # what the dashboard shows as the study's definition

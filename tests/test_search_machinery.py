@@ -192,6 +192,32 @@ def test_failed_designs_count_and_a_run_of_failures_stops(
     assert not [t for t in trials if t.system_attrs.get("failed_trial") is not None]  # and are not retried
 
 
+def test_a_study_refuses_a_file_whose_scoring_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxy settings or weights changed under a study would mix incomparable values; the budget, sampler and
+    pruner may change."""
+    monkeypatch.setenv("FAKE_STEP_S", "0")
+    path = write_study(tmp_path, n_trials=2)
+    url = sqlite_url(tmp_path)
+    assert run_study(load_study_def(path), url, objective=FAKE, probe=FAKE_PROBE) == 0
+    path.write_text(
+        path.read_text().replace('name = "none"', 'name = "median"').replace("n_trials = 2", "n_trials = 3")
+    )
+    assert (
+        run_study(load_study_def(path), url, objective=FAKE, probe=FAKE_PROBE) == 0
+    )  # pruner and budget: fine
+    assert sum(map(counts_toward_budget, trials_of("fake", url))) == 3
+    path.write_text(
+        path.read_text().replace("iters = 10", "iters = 20").replace("n_trials = 3", "n_trials = 4")
+    )
+    with pytest.raises(
+        UserError, match=r"was scored with benchmarks = .*\"iters\": 10.*now says .*\"iters\": 20.*new name"
+    ):
+        run_study(load_study_def(path), url, objective=FAKE, probe=FAKE_PROBE)
+    assert sum(map(counts_toward_budget, trials_of("fake", url))) == 3  # nothing ran
+
+
 # ---------------------------------------------------------------------------------------- status and export
 
 
