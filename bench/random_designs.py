@@ -8,6 +8,11 @@ preset (issue 9 asks for at least a quarter within 0.01 on the Permuted-MNIST pr
 
     OMP_NUM_THREADS=1 python bench/random_designs.py --space v2 --n 40 --iters 150 --shard 0/2   # and 1/2
     python bench/random_designs.py --space v2 --n 40 --iters 150 --report-only
+
+`--from-study NAME --storage URL` takes the random designs from a study instead of drawing and running them: its
+first N sampled trials (not warm starts), which the study's sampler drew at random (they must fall within its
+`n_startup_trials`) and scored on the same proxy; their Permuted-MNIST proxy score is the trial's
+`proxy_<benchmark>` attribute. The presets are still run here, through the cache.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 V1_COMMIT = "a0c0e35"  # the last commit of the first space
@@ -67,6 +73,44 @@ def draw(version: str, n: int, seed: int) -> list[tuple[str, str]]:
     return [(label, source) for label, source in json.loads(proc.stdout)]
 
 
+def study_randoms(name: str, storage: str | None, n: int, cfg: Any) -> dict[str, float]:
+    """`random_<k>` -> proxy score of the study's first `n` sampled (not warm-start) complete trials, checked to be
+    the sampler's random start and scored on `cfg`'s proxy."""
+    from optuna.trial import TrialState
+
+    from search.objective import CRASH, chance_accuracy
+    from search.storage import default_storage_url, open_study
+    from search.studies import load_study_def
+
+    study_def = load_study_def(name)
+    bench = next((b for b in study_def.benchmarks if b.experiment == cfg.experiment), None)
+    if bench is None or (bench.iters, bench.contexts, bench.seeds[0]) != (cfg.iters, cfg.contexts, cfg.seed):
+        raise SystemExit(f"study {name} does not score {cfg.experiment} at this proxy ({bench})")
+    study = open_study(study_def.name, storage or default_storage_url(study_def.name))
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    # a crashed trial's design runs again in its retry (a later trial), which stands for it
+    sampled = [
+        t
+        for t in trials
+        if "warm_start" not in t.user_attrs
+        and t.state != TrialState.WAITING
+        and not (t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") == CRASH)
+    ]
+    startup = study_def.sampler.n_startup_trials - len(study_def.warm_start)
+    if study_def.sampler.name == "tpe" and startup < n:
+        raise SystemExit(f"study {name} samples only {startup} trials at random before TPE; asked for {n}")
+    first = sampled[:n]
+    if len(first) < n or any(t.state not in (TrialState.COMPLETE, TrialState.FAIL) for t in first):
+        raise SystemExit(f"study {name}: its first {n} sampled trials have not all finished unpruned")
+    # a design that failed (diverged) is a random point that is no regularizer: it scores chance here
+    return {
+        f"random_{k}": float(t.user_attrs.get(f"proxy_{cfg.experiment}", chance_accuracy(cfg.experiment)))
+        if t.state == TrialState.COMPLETE
+        else chance_accuracy(cfg.experiment)
+        for k, t in enumerate(first)
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     from clharness.runner import RunConfig
@@ -84,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", type=float, default=0.01)
     p.add_argument("--shard", default="0/1")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--from-study", help="take the random designs from this study's random start (v2 only)")
+    p.add_argument("--storage", help="storage URL of --from-study")
     args = p.parse_args(argv)
+    if args.from_study and args.space != "v2":
+        p.error("--from-study holds designs of today's space: use it with --space v2")
     import torch
 
     torch.set_num_threads(1)
@@ -94,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         val_fraction=0.1, eval_split="val", device="cpu",
     )  # fmt: skip
     tag = f"random_{args.space}"
-    designs = draw(args.space, args.n, args.seed)
+    designs = draw(args.space, 0 if args.from_study else args.n, args.seed)
     scores: dict[str, float] = {}
+    if args.from_study:
+        scores.update(study_randoms(args.from_study, args.storage, args.n, cfg))
     for i, (label, source) in enumerate(designs):
         name = f"{tag}_{label}"
         path, sha = store_module(OUT / "modules" / tag, label, source)
@@ -105,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 record, cached = run_cached(name, path, sha, cfg, cache_dir=OUT / "runs")
-            except Exception as exc:  # a diverged or broken design scores nothing; reported
+            except Exception as exc:  # a diverged design is no regularizer: it scores chance, as in a study
+                from search.objective import chance_accuracy
+
                 print(f"{label}: failed: {exc}", flush=True)
+                scores[label] = chance_accuracy(cfg.experiment)
                 continue
             if not cached:
                 print(f"{label}: {record['result']['average_accuracy']:.4f}", flush=True)
@@ -131,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_preset": best,
         "random_scored": len(randoms),
         "random_drawn": args.n,
+        "random_from": f"study {args.from_study}" if args.from_study else f"RandomSampler(seed={args.seed})",
         "within_margin": len(close),
         "share_within_margin": len(close) / len(randoms),
         "random_median": statistics.median(randoms.values()),

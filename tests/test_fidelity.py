@@ -6,15 +6,19 @@ import json
 import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 import space
 from evaluation import fidelity as fid
 from evaluation.errors import UserError
 from search.cmd_fidelity import measure
 from search.storage import open_study
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Four designs whose proxy ranks are 1, 2, 3, 4 and full ranks 2, 1, 3, 4:
 # rho = 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = 0.8
@@ -154,3 +158,50 @@ def test_random_designs_alone_need_no_storage(tmp_path: Path) -> None:
     for row in res["designs"]:
         assert row["origin"] == "random" and row["proxy"] + row["full"] == pytest.approx(1.0)
     assert res["spearman_rho"] == pytest.approx(-1.0)
+
+
+def test_random_designs_bench_takes_a_studys_random_start(tmp_path: Path) -> None:
+    """bench/random_designs.py --from-study: the first N sampled trials, a crash standing in for its retry, a
+    diverged design scoring chance; refused when the study's random start is shorter than N."""
+    import importlib.util
+
+    from clharness.runner import RunConfig
+
+    from search.objective import CRASH, DESIGN
+    from search.storage import make_storage
+
+    spec = importlib.util.spec_from_file_location("random_designs", ROOT / "bench" / "random_designs.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    study_file = tmp_path / "rnd.toml"
+    study_file.write_text(
+        'n_trials = 20\nwarm_start = ["ewc"]\n[sampler]\nname = "tpe"\nn_startup_trials = 5\n'
+        '[[benchmark]]\nexperiment = "permMNIST"\niters = 30\ncontexts = 2\nseeds = [1001]\n'
+    )
+    url = f"sqlite:///{tmp_path / 'rnd.db'}"
+    study = optuna.create_study(study_name="rnd", storage=make_storage(url), direction="maximize")
+
+    def add(state: TrialState, acc: float | None = None, **attrs: Any) -> None:
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if acc is not None:
+            trial.set_user_attr("proxy_permMNIST", acc)
+        study.tell(trial, acc if state == TrialState.COMPLETE else None, state=state)
+
+    add(TrialState.COMPLETE, 0.9, warm_start="ewc")
+    add(TrialState.COMPLETE, 0.8)
+    add(TrialState.FAIL, fail_kind=CRASH)  # its retry is the next trial
+    add(TrialState.COMPLETE, 0.7)
+    add(TrialState.FAIL, fail_kind=DESIGN)
+    add(TrialState.COMPLETE, 0.6)
+    cfg = RunConfig(
+        experiment="permMNIST", seed=1001, iters=30, contexts=2, val_fraction=0.1, eval_split="val"
+    )
+    got = bench.study_randoms(str(study_file), url, 4, cfg)
+    assert got == {"random_0": 0.8, "random_1": 0.7, "random_2": 0.1, "random_3": 0.6}  # chance: 1 of 10
+    with pytest.raises(SystemExit, match="only 4 trials at random"):
+        bench.study_randoms(str(study_file), url, 5, cfg)
+    with pytest.raises(SystemExit, match="does not score permMNIST at this proxy"):
+        bench.study_randoms(str(study_file), url, 4, RunConfig(experiment="permMNIST", seed=1001, iters=31))
