@@ -43,9 +43,10 @@ def validation_configs(
     iters: int | None = None,
     contexts: int | None = None,
     train_subset: int | None = None,
+    lr: float | None = None,
 ) -> list[Any]:
     """One RunConfig per stream seed, scored on the validation split (search, promotion and the panel never
-    read the test split); `iters`, `contexts`, `train_subset` None are the full protocol's."""
+    read the test split); `iters`, `contexts`, `train_subset`, `lr` None are the full protocol's."""
     from clharness.runner import RunConfig
 
     return [
@@ -55,6 +56,7 @@ def validation_configs(
             iters=iters,
             contexts=contexts,
             train_subset=train_subset,
+            lr=lr,
             val_fraction=val_fraction,
             eval_split="val",
             device=device,
@@ -91,6 +93,10 @@ def protocol_fields(cfg: Any) -> dict:
         fields.pop(irrelevant, None)
     if cfg.experiment != "CIFAR100":
         fields.pop("cifar_trunk", None)
+    if (
+        fields.get("lr") is None
+    ):  # the protocol's rate (in `protocol`); runs cached before the field keep their keys
+        fields.pop("lr", None)
     protocol = dataclasses.asdict(PROTOCOLS[cfg.experiment])
     for name in ("iters", "contexts"):
         if fields.get(name) is None:

@@ -27,7 +27,7 @@ from evaluation.errors import UserError
 from evaluation.final_eval import LogFn
 
 DEFAULT_OUT = Path("results") / "fidelity"
-PROXY_FIELDS = ("iters", "contexts", "train_subset", "seeds")
+PROXY_FIELDS = ("iters", "contexts", "train_subset", "seeds", "lr")
 
 
 class BenchmarkProxy(Protocol):
@@ -45,6 +45,8 @@ class BenchmarkProxy(Protocol):
     def val_fraction(self) -> float: ...
     @property
     def seeds(self) -> tuple[int, ...]: ...
+    @property
+    def lr(self) -> float | None: ...
 
 
 @dataclass

@@ -53,6 +53,7 @@ class ProxyDef:
     contexts: int | None = None
     train_subset: int | None = None
     seeds: tuple[int, ...] = ()
+    lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
         raise UserError(f"{path}: full_seeds must map benchmarks ({', '.join(PROTOCOLS)}) to seeds")
     proxies = []
     for i, raw in enumerate(data.get("proxy", [])):
-        bad = sorted(set(raw) - {"name", "experiment", "iters", "contexts", "train_subset", "seeds"})
+        bad = sorted(set(raw) - {"name", "experiment", "iters", "contexts", "train_subset", "seeds", "lr"})
         if bad or raw.get("experiment") not in full_seeds or not isinstance(raw.get("name"), str):
             raise UserError(f"{path}: proxy[{i}] needs a name and a benchmark of full_seeds; unknown: {bad}")
         seeds = tuple(raw.get("seeds", [full_seeds[raw["experiment"]]]))
@@ -96,6 +97,7 @@ def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
                 raw.get("contexts"),
                 raw.get("train_subset"),
                 seeds,
+                raw.get("lr"),
             )
         )
     names = [(p.experiment, p.name) for p in proxies]
@@ -131,6 +133,7 @@ def _proxy_configs(panel: PanelDef, proxy: ProxyDef, device: str) -> list[Any]:
         iters=proxy.iters,
         contexts=proxy.contexts,
         train_subset=proxy.train_subset,
+        lr=proxy.lr,
     )
 
 
@@ -267,7 +270,7 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
                 {
                     "proxy": proxy.name,
                     "settings": {"iters": proxy.iters, "contexts": proxy.contexts,
-                                 "train_subset": proxy.train_subset, "seeds": list(proxy.seeds)},
+                                 "train_subset": proxy.train_subset, "seeds": list(proxy.seeds), "lr": proxy.lr},
                     "steps": proxy_steps(proxy),
                     "n": len(both), "spearman_rho": rho, "p_value": p, "spearman_rho_strong": rho_strong,
                     "best_in_top3": in_top3, "anchors": anchors, "spread_strong_gap": spread,

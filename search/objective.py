@@ -73,6 +73,7 @@ def _config(bench: BenchmarkProxy, seed: int, *, data_dir: str | None, device: s
         iters=bench.iters,
         contexts=bench.contexts,
         train_subset=bench.train_subset,
+        lr=bench.lr,
     )
     return cfg
 
@@ -80,6 +81,8 @@ def _config(bench: BenchmarkProxy, seed: int, *, data_dir: str | None, device: s
 def anchor_key(bench: BenchmarkProxy) -> str:
     """The study attribute that holds one benchmark's anchors; its proxy settings are part of the name."""
     settings = f"{bench.iters}-{bench.contexts}-{bench.train_subset}-{bench.val_fraction}-{'.'.join(map(str, bench.seeds))}"
+    if bench.lr is not None:  # (studies made before the field keep their attribute names)
+        settings += f"-lr{bench.lr}"
     return f"anchors:{bench.experiment}:{settings}"
 
 

@@ -49,6 +49,7 @@ class BenchmarkProxy:
     val_fraction: float = 0.1  # held out of training and scored instead of the test split
     seeds: tuple[int, ...] = (MIN_PROXY_SEED,)  # stream seeds; the benchmark's score is their mean
     weight: float = 1.0  # share of the objective, set by what the benchmark's proxy can tell apart
+    lr: float | None = None  # a learning-rate-matched proxy's rate (fewer iterations, larger steps)
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def _benchmark(raw: Any, index: int, path: Path) -> BenchmarkProxy:
         raise UserError(f"{path}: benchmark[{index}] must be a table")
     _check_keys(
         raw,
-        {"experiment", "iters", "contexts", "train_subset", "val_fraction", "seeds", "weight"},
+        {"experiment", "iters", "contexts", "train_subset", "val_fraction", "seeds", "weight", "lr"},
         where,
         path,
     )
@@ -283,8 +284,18 @@ def _benchmark(raw: Any, index: int, path: Path) -> BenchmarkProxy:
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 100:
         raise UserError(f"{path}: {where}weight must be a positive number (<= 100), got {weight!r}")
+    lr = raw.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 1):
+        raise UserError(f"{path}: {where}lr must be a number in (0, 1], got {lr!r}")
     return BenchmarkProxy(
-        str(experiment), iters, contexts, train_subset, float(val_fraction), tuple(seeds_raw), float(weight)
+        str(experiment),
+        iters,
+        contexts,
+        train_subset,
+        float(val_fraction),
+        tuple(seeds_raw),
+        float(weight),
+        None if lr is None else float(lr),
     )
 
 

@@ -4,6 +4,7 @@ search CLI's part (candidate and tuned baselines taken from studies)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -126,6 +127,14 @@ def test_cache_keys_and_paths_are_those_of_the_cached_results() -> None:
     assert cache.run_key("b" * 64, proxy_seed, "harness-1")[0] == "3d55fda6d340a6a3"
     path = cache.result_path(Path("r"), "ewc", "permMNIST", "3d55fda6d340a6a3", 1001)
     assert path == Path("r/permMNIST/ewc__3d55fda6d340a6a3__seed1001.json")
+    # A learning-rate-matched proxy is another run; the protocol's rate named explicitly is not the same key
+    # either (the key records the override), so proxies always leave `lr` None unless they change it.
+    faster = dataclasses.replace(proxy_seed, iters=500, lr=1e-3)
+    assert cache.run_key("b" * 64, faster, "harness-1")[1]["config"]["lr"] == 1e-3
+    assert (
+        cache.run_key("b" * 64, faster, "harness-1")[0]
+        != cache.run_key("b" * 64, dataclasses.replace(faster, lr=None), "harness-1")[0]
+    )
 
 
 def test_every_cached_record_is_found_under_its_key() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -168,6 +169,18 @@ def test_scale_multiplies_the_benchmark_strength(mnist_root, tmp_path):
         progress=False,
     )
     assert result["reg_strength"] == 250.0 and result["reg_strength_scale"] == 2.5
+
+
+def test_a_proxy_learning_rate_trains_with_that_rate(mnist_root):
+    cfg = RunConfig(
+        "permMNIST", data_dir=str(mnist_root), iters=3, contexts=1, train_subset=256, device="cpu"
+    )
+    base = run(HOOKS / "no_reg.py", cfg, progress=False)
+    fast = run(HOOKS / "no_reg.py", dataclasses.replace(cfg, lr=1e-2), progress=False)
+    assert base["lr"] == PROTOCOLS["permMNIST"].lr and fast["lr"] == 1e-2
+    assert fast["per_context_accuracy"] != base["per_context_accuracy"]  # the optimizer took other steps
+    with pytest.raises(HarnessError, match="--lr must be positive"):
+        run(HOOKS / "no_reg.py", dataclasses.replace(cfg, lr=0.0), progress=False)
 
 
 def test_bad_settings_are_harness_errors(mnist_root):

@@ -192,6 +192,20 @@ def test_failed_designs_count_and_a_run_of_failures_stops(
     assert not [t for t in trials if t.system_attrs.get("failed_trial") is not None]  # and are not retried
 
 
+def test_a_learning_rate_matched_proxy_is_read_and_keeps_its_own_anchors(tmp_path: Path) -> None:
+    from search.objective import anchor_key
+
+    path = write_study(tmp_path)
+    plain = load_study_def(path).benchmarks[0]
+    assert plain.lr is None and anchor_key(plain) == "anchors:splitMNIST:10-2-None-0.1-1000"  # as before lr
+    path.write_text(path.read_text().replace("iters = 10", "iters = 10\nlr = 0.01"))
+    fast = load_study_def(path).benchmarks[0]
+    assert fast.lr == 0.01 and anchor_key(fast) == "anchors:splitMNIST:10-2-None-0.1-1000-lr0.01"
+    path.write_text(path.read_text().replace("lr = 0.01", "lr = 0"))
+    with pytest.raises(UserError, match=r"lr must be a number in \(0, 1\], got 0"):
+        load_study_def(path)
+
+
 def test_a_study_refuses_a_file_whose_scoring_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--iters", type=int, default=None, help="iterations per context (default: the protocol's)")
+    p.add_argument(
+        "--lr", type=float, default=None, help="learning rate of a proxy run (default: the protocol's)"
+    )
     p.add_argument("--contexts", type=int, default=None, help="first N contexts only (default: all)")
     p.add_argument("--val-fraction", type=float, default=None, help="held-out share of training images")
     p.add_argument("--eval-split", choices=("val", "test"), default="test")
@@ -129,7 +132,7 @@ def _run_and_report(args: argparse.Namespace, out: Path | None, written: list[Pa
     cfg = RunConfig(
         experiment=args.experiment, seed=args.seed, iters=args.iters, contexts=args.contexts,
         val_fraction=args.val_fraction, eval_split=args.eval_split, device=args.device, data_dir=args.data_dir,
-        acc_matrix=args.acc_matrix, cifar_trunk=args.cifar_trunk, train_subset=args.train_subset,
+        acc_matrix=args.acc_matrix, cifar_trunk=args.cifar_trunk, train_subset=args.train_subset, lr=args.lr,
     )  # fmt: skip
     try:
         result = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -41,6 +42,9 @@ class RunConfig:
     acc_matrix: bool = False
     cifar_trunk: str = "pretrained"
     train_subset: int | None = None
+    lr: float | None = (
+        None  # a proxy's learning rate (fewer iterations at a matched rate); None: the protocol's
+    )
 
 
 def _settings(cfg: RunConfig) -> tuple[Protocol, int, int, float]:
@@ -66,6 +70,10 @@ def _settings(cfg: RunConfig) -> tuple[Protocol, int, int, float]:
         raise HarnessError(f"--cifar-trunk must be 'pretrained' or 'scratch', not {cfg.cifar_trunk!r}")
     if cfg.train_subset is not None and cfg.train_subset < 1:
         raise HarnessError("--train-subset must be at least 1")
+    if cfg.lr is not None:
+        if not cfg.lr > 0:
+            raise HarnessError(f"--lr must be positive, got {cfg.lr}")
+        protocol = dataclasses.replace(protocol, lr=cfg.lr)
     return protocol, iters, contexts, val
 
 
