@@ -212,21 +212,28 @@ def run_panel(
     return done
 
 
-def _score(panel: PanelDef, label: str, path: Path | None, cfgs: Sequence[Any]) -> tuple[float, float] | None:
-    """(mean average accuracy, summed wall seconds) of cached runs, or None if any is missing (path None:
-    joint training)."""
+def _records(panel: PanelDef, label: str, path: Path | None, cfgs: Sequence[Any]) -> list[dict] | None:
+    """The cached records of these runs, or None if any is missing (path None: joint training)."""
     from evaluation.cache import code_version, load_record, result_path, run_key
 
     sha = "joint" if path is None else sha256_text(path.read_text(encoding="utf-8"))
-    accs, wall = [], 0.0
+    records = []
     for cfg in cfgs:
         key, _ = run_key(sha, cfg, code_version())
         record = load_record(result_path(panel.path.parent / "runs", label, cfg.experiment, key, cfg.seed))
         if record is None:
             return None
-        accs.append(float(record["result"]["average_accuracy"]))
-        wall += float(record.get("wall_s", 0.0))
-    return statistics.fmean(accs), wall
+        records.append(record)
+    return records
+
+
+def _score(panel: PanelDef, label: str, path: Path | None, cfgs: Sequence[Any]) -> tuple[float, float] | None:
+    """(mean average accuracy, summed wall seconds) of cached runs, or None if any is missing."""
+    records = _records(panel, label, path, cfgs)
+    if records is None:
+        return None
+    accs = [float(r["result"]["average_accuracy"]) for r in records]
+    return statistics.fmean(accs), sum(float(r.get("wall_s", 0.0)) for r in records)
 
 
 def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
@@ -234,11 +241,12 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
     modules = panel_modules(panel)
     out: dict[str, Any] = {"panel": str(panel.path), "benchmarks": {}}
     for experiment in benchmarks:
-        full = {}
+        full, per_context = {}, {}
         for label, path in modules.items():
-            scored = _score(panel, label, path, [_full_config(panel, experiment, "cpu")])
-            if scored is not None:
-                full[label] = scored[0]
+            records = _records(panel, label, path, [_full_config(panel, experiment, "cpu")])
+            if records is not None:
+                full[label] = float(records[0]["result"]["average_accuracy"])
+                per_context[label] = records[0]["result"].get("per_context_accuracy", [])
         best = max(full, key=full.__getitem__) if full else None
         rows: list[dict[str, Any]] = []
         for proxy in (p for p in panel.proxies if p.experiment == experiment):
@@ -283,6 +291,7 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
         chosen = min(passing, key=lambda row: row["steps"])["proxy"] if passing else None
         out["benchmarks"][experiment] = {
             "full": full,
+            "per_context": per_context,
             "best": best,
             "proxies": rows,
             "cheapest_passing": chosen,
@@ -341,6 +350,18 @@ def render(summary: Mapping[str, Any]) -> str:
                 f"{row['scores'][label]:.4f}" if label in row["scores"] else "—" for row in res["proxies"]
             ]
             lines.append(f"| `{label}` | {full[label]:.4f} | " + " | ".join(cells) + " |")
+        per_context = {k: v for k, v in res.get("per_context", {}).items() if v}
+        if per_context:  # where each design loses accuracy at full fidelity
+            n = max(len(v) for v in per_context.values())
+            lines += [
+                "",
+                "Accuracy of each context after the last one, full fidelity:",
+                "",
+                "| design | " + " | ".join(f"ctx {i + 1}" for i in range(n)) + " |",
+                "|---|" + "---|" * n,
+            ]
+            for label in sorted(per_context, key=lambda k: -full[k]):
+                lines.append(f"| `{label}` | " + " | ".join(f"{a:.3f}" for a in per_context[label]) + " |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

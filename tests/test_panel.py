@@ -49,7 +49,11 @@ def _fake_run(calls: list) -> Any:
             return {"average_accuracy": NONE, "hooks_sha256": None}
         full = FULL[label]
         acc = full if cfg.iters is None else (full - 0.1 if cfg.iters == 10 else 1.7 - full)
-        return {"average_accuracy": acc, "hooks_sha256": None}
+        return {
+            "average_accuracy": acc,
+            "per_context_accuracy": [acc + 0.01, acc - 0.01],
+            "hooks_sha256": None,
+        }
 
     return run
 
@@ -116,6 +120,8 @@ def test_summary_ranks_each_proxy_against_the_full_runs(tmp_path: Path) -> None:
         "Cheapest proxy that passes (all 4 designs, rho >= 0.8, the best full design in its top 3): `good`"
         in text
     )
+    assert "| `a` | 0.960 | 0.940 |" in text  # the full runs' per-context accuracies
+    assert res["per_context"]["d"] == pytest.approx([0.81, 0.79])
 
 
 def test_bad_panel_files_are_one_line_errors(tmp_path: Path) -> None:
