@@ -89,6 +89,9 @@ def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
         if bad or raw.get("experiment") not in full_seeds or not isinstance(raw.get("name"), str):
             raise UserError(f"{path}: proxy[{i}] needs a name and a benchmark of full_seeds; unknown: {bad}")
         seeds = tuple(raw.get("seeds", [full_seeds[raw["experiment"]]]))
+        lr = raw.get("lr")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 1):
+            raise UserError(f"{path}: proxy[{i}].lr must be a number in (0, 1], got {lr!r}")
         proxies.append(
             ProxyDef(
                 raw["name"],
@@ -97,7 +100,7 @@ def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
                 raw.get("contexts"),
                 raw.get("train_subset"),
                 seeds,
-                raw.get("lr"),
+                None if lr is None else float(lr),
             )
         )
     names = [(p.experiment, p.name) for p in proxies]

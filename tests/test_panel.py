@@ -130,6 +130,11 @@ def test_bad_panel_files_are_one_line_errors(tmp_path: Path) -> None:
         pnl.load_panel(tmp_path / "p.toml")
     with pytest.raises(UserError, match="does not exist"):
         pnl.load_panel(tmp_path / "missing.toml")
+    (tmp_path / "p.toml").write_text(
+        '[full_seeds]\npermMNIST = 1001\n[[proxy]]\nname = "x"\nexperiment = "permMNIST"\nlr = "fast"\n'
+    )
+    with pytest.raises(UserError, match=r"proxy\[0\].lr must be a number"):
+        pnl.load_panel(tmp_path / "p.toml")
 
 
 def test_add_from_study_stores_the_best_distinct_designs(tmp_path: Path) -> None:
