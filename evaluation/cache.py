@@ -6,8 +6,9 @@ harness version), so a rerun skips what is done, an interrupted evaluation resum
 produced piecewise (one benchmark, one seed, another machine) combine. The device is not part of the key: CPU
 and GPU runs of the same configuration are the same experiment.
 
-Every cached file under results/ depends on `run_key`, `result_path`, `code_version`, `FINAL_EVAL_VERSION` and
-the record format staying exactly as they are: change them only to invalidate every cached run on purpose.
+Every cached file under results/ depends on `run_key`, `result_path`, `code_version`, `make_config`,
+`FINAL_EVAL_VERSION` and the record format staying exactly as they are: change them only to invalidate every
+cached run on purpose.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,16 @@ def validation_configs(
         )
         for seed in seeds
     ]
+
+
+def make_config(
+    experiment: str, seed: int, *, device: str, overrides: Mapping[str, Any] | None = None
+) -> Any:
+    """The RunConfig of a final-evaluation run: published protocol, test split, accuracy matrix recorded."""
+    from clharness.runner import RunConfig
+
+    fields: dict[str, Any] = {"eval_split": "test", "acc_matrix": True, **(overrides or {})}
+    return RunConfig(experiment=experiment, seed=seed, device=device, **fields)
 
 
 def sha256_text(text: str) -> str:
@@ -152,6 +163,13 @@ def store_module(module_dir: Path, name: str, source: str) -> tuple[Path, str]:
     if not path.is_file() or path.read_text(encoding="utf-8") != source:
         write_atomic(path, source)
     return path, sha
+
+
+# The methods a final evaluation files records under, besides "candidate" and "joint": the presets, and
+# `tuned_<name>` for the baselines that get a search budget of their own (DESIGN.md), the best trial of the study
+# `studies/<name>.toml` (the preset with its strength searched), when its storage has a completed trial.
+PRESET_METHODS: tuple[str, ...] = ("none", "ewc", "online_ewc", "si", "mas", "l2")
+TUNED_BASELINES: tuple[str, ...] = ("ewc", "online_ewc", "si", "mas", "l2")
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,10 @@ from typing import Any, NamedTuple
 from clharness.protocol import PROTOCOLS
 
 from evaluation import cache
-from evaluation.cache import Job, Method, RunFn
+from evaluation.cache import PRESET_METHODS, TUNED_BASELINES, Job, Method, RunFn, make_config
 from evaluation.errors import UserError
 from evaluation.report import write_report
 
-PRESET_METHODS: tuple[str, ...] = ("none", "ewc", "online_ewc", "si", "mas", "l2")
-# Baselines that get a search budget of their own (DESIGN.md): method `tuned_<name>` is the best trial of the
-# study `studies/<name>.toml` (the preset with its strength searched), when its storage has a completed trial.
-TUNED_BASELINES: tuple[str, ...] = ("ewc", "online_ewc", "si", "mas", "l2")
 DEFAULT_SEEDS: tuple[int, ...] = (42, 43, 44)
 DEFAULT_OUT = Path("results")
 DEFAULT_HOOKS = Path("custom_regularization.py")
@@ -125,16 +121,6 @@ def resolve_methods(
 
 # ---------------------------------------------------------------------------------------------------------
 # Planning
-
-
-def make_config(
-    experiment: str, seed: int, *, device: str, overrides: Mapping[str, Any] | None = None
-) -> Any:
-    """The RunConfig of a final-evaluation run: published protocol, test split, accuracy matrix recorded."""
-    from clharness.runner import RunConfig
-
-    fields: dict[str, Any] = {"eval_split": "test", "acc_matrix": True, **(overrides or {})}
-    return RunConfig(experiment=experiment, seed=seed, device=device, **fields)
 
 
 def plan(

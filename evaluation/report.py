@@ -19,6 +19,8 @@ from typing import Any
 
 from clharness.atomic import write_atomic
 
+from evaluation import cache
+
 BENCHMARK_TITLES: dict[str, str] = {
     "splitMNIST": "Split-MNIST",
     "permMNIST": "Permuted-MNIST",
@@ -612,9 +614,6 @@ def results_as_cached(
     method has records of several modules on a benchmark, the most recently finished one is reported and the
     others are named in the notes. Returns (results, [(method, label)], notes).
     """
-    from evaluation import cache
-    from evaluation.final_eval import PRESET_METHODS, TUNED_BASELINES, make_config
-
     version = cache.code_version()
     by_key: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}
     left_out: list[str] = []
@@ -625,7 +624,9 @@ def results_as_cached(
                 left_out.append(f"`{path.relative_to(out_dir).as_posix()}` (unreadable)")
                 continue
             module = str(record["key_fields"].get("module"))
-            expected, _ = cache.run_key(module, make_config(b, int(record["seed"]), device="auto"), version)
+            expected, _ = cache.run_key(
+                module, cache.make_config(b, int(record["seed"]), device="auto"), version
+            )
             if record.get("key") != expected:
                 left_out.append(f"`{path.relative_to(out_dir).as_posix()}` (another harness or protocol)")
                 continue
@@ -657,7 +658,7 @@ def results_as_cached(
             )
     if left_out:
         notes.append(f"Left out: {', '.join(left_out)}.")
-    order = ["candidate", *(f"tuned_{t}" for t in TUNED_BASELINES), *PRESET_METHODS, "joint"]
+    order = ["candidate", *(f"tuned_{t}" for t in cache.TUNED_BASELINES), *cache.PRESET_METHODS, "joint"]
     names = sorted(labels, key=lambda m: (order.index(m) if m in order else len(order), m))
     results = {b: {m: results[b][m] for m in names if m in results[b]} for b in results}  # the table's order
     return results, [(m, labels[m]) for m in names], notes

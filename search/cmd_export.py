@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clharness.paths import check_out_path
+
 from evaluation.errors import UserError
 
 
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.trial is not None or args.storage or args.reference) and not args.study:
         raise UserError("--trial, --storage and --reference go with --study")
+    # Before any work: reading a study can be slow, and an unusable --out would otherwise fail only at the write.
+    check_out_path(args.out, example="custom_regularization.py")
     where = ""
     if args.preset is not None:
         if args.preset not in space.PRESETS:

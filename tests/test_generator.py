@@ -457,6 +457,26 @@ def test_export_command(
     assert out.read_bytes() == b"# exact stored bytes\r\nA = 1\n" and calls == [("s", "sqlite:///x.db", 3)]
 
 
+def test_export_refuses_an_unusable_out_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`--out` naming a folder: one line, exit 2, the study never read, and no temporary file left behind."""
+    import search.export
+
+    def must_not_run(*args: object, **kwargs: object) -> str:
+        raise AssertionError("the study was read although --out is unusable")
+
+    monkeypatch.setattr(search.export, "trial_source", must_not_run)
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    for source in (["--preset", "ewc"], ["--study", "s", "--storage", "sqlite:///x.db"]):
+        assert search_main(["export", *source, "--out", str(folder)]) == 2
+        err = capsys.readouterr().err
+        hint = folder / "custom_regularization.py"
+        assert err == f"error: --out {folder} is a folder; give the path of a file, e.g. {hint}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["modules"] and not any(folder.iterdir())
+
+
 def test_shipped_module_is_the_reference_study_best_trial(tmp_path: Path) -> None:
     """`make regenerate STUDY=mnist` reproduces the shipped file byte for byte (the source the trial scored),
     and today's generator, given the file's own DESIGN literal, writes a module that computes the same numbers.

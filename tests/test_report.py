@@ -216,11 +216,10 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     import json
 
     from evaluation import cache
-    from evaluation.final_eval import make_config
 
     def put(method: str, module: str, seed: int, acc: float, finished: str, key: str | None = None) -> None:
         real, fields = cache.run_key(
-            module, make_config("splitMNIST", seed, device="auto"), cache.code_version()
+            module, cache.make_config("splitMNIST", seed, device="auto"), cache.code_version()
         )
         record = {"method": method, "method_label": f"preset `{method}`", "seed": seed, "key": key or real,
                   "key_fields": fields, "finished_at": finished, "wall_s": 1.0,
@@ -254,3 +253,22 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     text = (tmp_path / "README.md").read_text()
     assert "Produced by: `python -m evaluation.report --out" in text and report.AS_CACHED in text
     assert "| `ewc` | 0.9850 ± 0.0050 | 2 |" in text and "**Permuted-MNIST: no results**" in text
+
+
+def test_the_evaluation_modules_import_one_another_without_a_cycle() -> None:
+    """Every import between the modules of `evaluation`, lazy ones inside functions included, goes one way."""
+    import ast
+    import graphlib
+
+    graph: dict[str, set[str]] = {}
+    for path in Path(report.__file__).parent.glob("*.py"):
+        imported = graph.setdefault(path.stem, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "evaluation":
+                imported.update(alias.name for alias in node.names)  # from evaluation import cache
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("evaluation."):
+                imported.add(str(node.module).split(".")[1])
+            elif isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[1] for a in node.names if a.name.startswith("evaluation."))
+    assert graph["final_eval"] >= {"report", "cache"}  # the walk sees the imports
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the modules of a cycle

@@ -54,7 +54,9 @@ def test_resumes_and_parallel_processes_do_not_repeat_proposals(
     # Two processes joining one study at the same time, with the same seed.
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
     path = write_study(tmp_path, n_trials=8)
-    env = fake_env(0.2, steps=2)
+    barrier = tmp_path / "barrier"  # each process's first trial waits until both have started one
+    barrier.mkdir()
+    env = fake_env(0.2, steps=2, FAKE_BARRIER=str(barrier), FAKE_WORKERS="2")
     procs = [start_fake_run(path, shared, 1, env) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
@@ -62,7 +64,8 @@ def test_resumes_and_parallel_processes_do_not_repeat_proposals(
     counted = [t for t in trials if counts_toward_budget(t)]
     assert len(counted) == 8
     assert len({t.params["x"] for t in counted}) == 8
-    assert len({t.user_attrs["worker_pid"] for t in counted}) == 2, outs  # both processes ran trials
+    # both processes ran trials (the barrier fails the run unless both started one)
+    assert len({t.user_attrs["worker_pid"] for t in counted}) == 2, outs
 
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path) -> None:

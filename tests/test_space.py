@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 import optuna
 import pytest
@@ -42,6 +44,13 @@ class TinyNet(nn.Module):
 def dataset(n: int = 24, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [(torch.rand(6, generator=g, dtype=torch.double), torch.tensor(i % 2)) for i in range(n)]
+
+
+def generated(source: str) -> dict[str, Any]:
+    """The globals of a generated hook module, run from its source."""
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "generated_hooks.py", "exec"), namespace)
+    return namespace
 
 
 # ------------------------------------------------------------------------------------------------ Design
@@ -168,12 +177,26 @@ def test_every_variant_is_a_point_of_the_searched_distributions(name: str) -> No
     assert "data_examples" not in space.trial_params(variant, {"data_examples": 200})
 
 
-def test_searched_strength_spans_a_few_decades_around_the_calibrated_scale() -> None:
-    spec = space.SPACE["reg_strength_scale"]
-    assert spec.log and spec.search_low is not None and spec.search_high is not None
-    assert spec.search_low < 1.0 < spec.search_high and spec.search_high / spec.search_low <= 1e4
-    # every preset, calibrated or not, is a valid design
-    assert all(spec.low <= d.reg_strength_scale <= spec.high for d in space.PRESETS.values())
+def test_sampled_designs_are_within_two_decades_of_ewc_strength_either_side() -> None:
+    """Drawn by `suggest` and run as generated modules, designs are as strong as published EWC times their
+    drawn scale (the importance carries the exact Fisher's total), and those strengths reach well below and
+    well above EWC's without leaving 1e-2..1e2."""
+    cpu = torch.device("cpu")
+    model = TinyNet()
+    xs, ys = c._examples(dataset(), 0, None, cpu)
+    model.eval()
+    ewc_total = c._total(ESTIMATORS["fisher_exact"].func(model, dict(c._regularized(model)), xs, ys))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=4))
+    strengths = []
+    for _ in range(20):
+        design = space.suggest(study.ask())
+        hooks = generated(space.generate_source(design))
+        model = TinyNet()
+        importance = hooks["estimate_importance"](model, dataset(), model._custom_prev_params, cpu)
+        strength = hooks["CONFIG_OVERRIDES"]["reg_strength_scale"] * float(c._total(importance) / ewc_total)
+        assert strength == pytest.approx(design.reg_strength_scale, rel=1e-6), design
+        strengths.append(strength)
+    assert 1e-2 <= min(strengths) < 0.1 and 10 < max(strengths) <= 1e2
 
 
 # ------------------------------------------------------------------------- contract over every registry entry
@@ -212,16 +235,22 @@ def test_estimator_contract(key: str) -> None:
         assert out["bn__weight"].abs().max() > 0  # the generic (torch.func) path ran
 
 
-def test_sampled_labels_are_seeded() -> None:
-    model = TinyNet()
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(
-            _estimate("fisher_sampled", model).values(),
-            _estimate("fisher_sampled", model).values(),
-            strict=True,
-        )
-    )
+@pytest.mark.parametrize("constant", ["LABEL_SEED", "SUBSET_SEED"])
+def test_a_generated_module_draws_with_its_own_seed_constants(constant: str) -> None:
+    """Equal seeds give equal importance and another seed another one: a module that ignored its constant (or
+    drew from torch's global generator) would fail one of the two."""
+    design = space.Design(fisher_labels="sampled", data_examples=200, data_subset="random")
+    source = space.generate_source(design)
+
+    def importance(seed: int) -> list[torch.Tensor]:
+        text, count = re.subn(rf"^{constant} = 0$", f"{constant} = {seed}", source, flags=re.MULTILINE)
+        assert count == 1, f"{constant} is not a constant of the generated module"
+        estimate = generated(text)["estimate_importance"]
+        return list(estimate(TinyNet(), dataset(300), {}, torch.device("cpu")).values())
+
+    first, again, other = importance(0), importance(0), importance(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 @pytest.mark.parametrize("key", sorted(NORMALIZATIONS))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from clharness.atomic import write_atomic
 from clharness.errors import HarnessError
+from clharness.paths import check_out_path
 from clharness.runner import EXPERIMENTS, RunConfig, run, run_joint
 
 
@@ -46,32 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cifar-trunk", choices=("pretrained", "scratch"), default="pretrained")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
-
-
-def check_out_path(out: str, hooks: str | None = None) -> Path:
-    """`--out`, checked before any work starts, so a finished run is never lost to an unusable path.
-
-    It must name a file (not a folder, not a device), not the hook module itself, in a folder that exists or can
-    be created; missing folders are created only when the result is written.
-    """
-    if out.endswith(("/", os.sep)):
-        raise HarnessError(f"--out {out} ends with a path separator; give the path of a file")
-    path = Path(out)
-    if path.is_dir():
-        raise HarnessError(f"--out {out} is a folder; give the path of a file, e.g. {path / 'result.json'}")
-    if path.exists():
-        if not path.is_file():
-            raise HarnessError(f"--out {out} exists and is not a regular file")
-        if hooks is not None and Path(hooks).is_file() and os.path.samefile(path, hooks):
-            raise HarnessError(f"--out {out} is the hook module; the result would overwrite it")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:  # the nearest folder that exists
-        folder = folder.parent
-    if not folder.is_dir():
-        raise HarnessError(f"--out {out}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise HarnessError(f"--out {out}: cannot write into {folder}")
-    return path
 
 
 class Terminated(KeyboardInterrupt):
