@@ -8,6 +8,8 @@ Written through public APIs of Optuna and optuna-dashboard, into the study's sto
   (`promoted:<fidelity>:<trial>`), since a finished trial's user attributes cannot be set through Optuna's
   public API; the note shows them as one table, best first. The part above `NOTE_END` is rewritten whenever a
   study is prepared for a run or served by `python -m search dashboard`; what a user writes below it is kept;
+- the promoted study (`NAME:promoted`, `search.promote.record_promoted`): its note, and each trial's note with
+  its promoted scores (`promoted_study_note`, `promoted_trial_note`);
 - each trial's note: its design in one sentence (`space.describe`), written while the trial runs;
 - each trial's module as an artifact (`ARTIFACT_NAME`, opened as text, downloaded as a `.py` file) in a
   `FileSystemArtifactStore` beside the storage (`studies/local/NAME.artifacts/` for `studies/local/NAME.db`),
@@ -33,6 +35,8 @@ from search.studies import repo_root
 
 # The name of the objective of studies scored before the gap-share objective (commit a606bce).
 LEGACY_METRIC = "mean proxy accuracy"
+# The objective of a promoted study: the same gap share, at the fidelity each trial was promoted at.
+PROMOTED_METRIC = "gap closed (promoted, weighted)"
 ARTIFACT_NAME = "custom_regularization.py"
 # Served as text, so that the browser opens it; the dashboard's download button keeps the file name.
 ARTIFACT_MIMETYPE = "text/plain; charset=utf-8"
@@ -148,7 +152,7 @@ def metric_name(study: optuna.Study) -> str:
 
 def study_note(study: optuna.Study, description: str) -> str:
     """The generated part of the study's note."""
-    from search.promote import best_promoted, promoted
+    from search.promote import best_promoted, promoted, promoted_study_name
 
     benchmarks = [b for b in study.user_attrs.get("benchmarks", []) if isinstance(b, str)]
     lines = [f"**{description}**", ""] if description else []
@@ -158,7 +162,7 @@ def study_note(study: optuna.Study, description: str) -> str:
             "(`none`, 0) and joint training (1) that a design closes, both measured at the study's proxy "
             "settings; the weighted mean over benchmarks. Per-benchmark scores are the trials' user "
             "attributes `proxy_<benchmark>` (average validation accuracy) and `gap_<benchmark>` (share of the "
-            "gap closed): sort or plot them in the trial table.",
+            "gap closed), which the dashboard sorts and plots: pick one as the history plot's y axis.",
         ]
     else:
         lines += [
@@ -182,7 +186,9 @@ def study_note(study: optuna.Study, description: str) -> str:
             "",
             "Re-run at a higher fidelity by `python -m search promote` (value: the same gap share, with `none` "
             "and joint run at that fidelity). `make regenerate` exports the best at the highest fidelity"
-            + (f": trial {best['trial']}." if best else "."),
+            + (f": trial {best['trial']}." if best else ".")
+            + f" Each is also a trial of the study `{promoted_study_name(study.study_name)}` in this storage, "
+            "with its scores as sortable user attributes `promoted_<benchmark>` and `promoted_gap_<benchmark>`.",
             "",
             *promoted_table(entries, benchmarks),
             "",
@@ -195,16 +201,67 @@ def study_note(study: optuna.Study, description: str) -> str:
     return "\n".join(lines)
 
 
-def refresh_study_note(study: optuna.Study, description: str) -> bool:
+def refresh_note(study: optuna.Study, generated: str) -> bool:
     """Rewrite the generated part of the study's note when it changed; returns whether it wrote."""
     from optuna_dashboard import get_note, save_note
 
     current = get_note(study)
-    note = merge_note(current, study_note(study, description))
+    note = merge_note(current, generated)
     if note == current:
         return False
     save_note(study, note)
     return True
+
+
+def refresh_study_note(study: optuna.Study, description: str) -> bool:
+    """Rewrite the generated part of the study's note when it changed; returns whether it wrote."""
+    return refresh_note(study, study_note(study, description))
+
+
+def promoted_study_note(source: str, benchmarks: Sequence[str]) -> str:
+    """The generated part of the note of study `source`'s promoted study."""
+    attrs = ", ".join(f"`promoted_{b}`, `promoted_gap_{b}`" for b in benchmarks) or "`promoted_<benchmark>`"
+    return "\n".join(
+        [
+            f"**The promoted trials of study `{source}`**, one trial here per trial of `{source}` and fidelity "
+            "that `python -m search promote` ran: the same parameters, re-run on the validation split at that "
+            "fidelity (user attributes `fidelity`, `iterations`; `source_trial` is its number in "
+            f"`{source}`).",
+            "",
+            f"**Objective: {PROMOTED_METRIC}**, the share of the gap between `none` (0) and joint training (1) "
+            "closed, both run at the same fidelity; compare values within one fidelity. Per benchmark: "
+            f"{attrs} (average validation accuracy, gap closed) beside the proxy's `proxy_<benchmark>`; sort "
+            "or plot them (the history plot's y axis).",
+            "",
+            f"Written from the user attributes `promoted:<fidelity>:<trial>` of `{source}`, which `export` and "
+            "`make regenerate` read; `promote` and `python -m search dashboard` add what is missing here.",
+        ]
+    )
+
+
+def promoted_trial_note(
+    entry: Mapping[str, Any], description: str, source: str, proxy: Mapping[str, float]
+) -> str:
+    """A promoted trial's note: its design, its scores at the promoted fidelity beside the proxy's (`proxy`:
+    {benchmark: accuracy}), and its module."""
+    lines = ["**Design:**", "", *(f"- {clause}" for clause in description.split("; ")), ""]
+    lines += [
+        f"**Promoted** trial {entry['trial']} of study `{source}` at fidelity `{entry['fidelity']}` "
+        f"({entry['iterations']} training iterations; validation split; gap closed: 0 is `none`, 1 is joint "
+        "training, both at that fidelity):",
+        "",
+        "| benchmark | accuracy | gap closed | proxy accuracy |",
+        "|---|---|---|---|",
+        *(
+            f"| {b} | {acc:.4f} | {_fmt(entry['gaps'].get(b))} | {_fmt(proxy.get(b))} |"
+            for b, acc in entry["scores"].items()
+        ),
+        "",
+        f"**Module:** the artifact `{ARTIFACT_NAME}`, the module the promotion ran (trial {entry['trial']}'s "
+        f"`module_source`); `python -m search export --study {source} --trial {entry['trial']} --out FILE` "
+        "writes the same code with the fidelity that chose it in its header.",
+    ]
+    return "\n".join(lines)
 
 
 def trial_note(
@@ -273,14 +330,19 @@ def annotate_trial(trial: optuna.Trial, *, description: str, source: str) -> Non
         folder = study_artifact_dir(trial.study)
         if folder is None:
             return  # a study not prepared by `prepare_study` (an objective used alone): no artifact folder
-        with tempfile.TemporaryDirectory(prefix="cl-artifact-") as tmp:
-            path = Path(tmp) / ARTIFACT_NAME
-            path.write_text(source, encoding="utf-8")
-            optuna.artifacts.upload_artifact(
-                artifact_store=artifact_store(folder),
-                file_path=str(path),
-                study_or_trial=trial,
-                mimetype=ARTIFACT_MIMETYPE,
-            )
+        upload_module(trial, folder, source)
     except Exception as exc:  # the trial's score does not depend on its annotations
         _warn(trial, exc)
+
+
+def upload_module(trial: optuna.Trial, folder: Path, source: str) -> None:
+    """`source` as the running trial's artifact `ARTIFACT_NAME`, in the artifact store at `folder`."""
+    with tempfile.TemporaryDirectory(prefix="cl-artifact-") as tmp:
+        path = Path(tmp) / ARTIFACT_NAME
+        path.write_text(source, encoding="utf-8")
+        optuna.artifacts.upload_artifact(
+            artifact_store=artifact_store(folder),
+            file_path=str(path),
+            study_or_trial=trial,
+            mimetype=ARTIFACT_MIMETYPE,
+        )

@@ -1,7 +1,8 @@
 """`python -m search dashboard`: optuna-dashboard on a study's storage, on the loopback interface.
 
 Before serving, the study is annotated (`search.annotate`: the objective's name, the study's note with its
-description and promoted trials), and the dashboard gets the study's artifact store, so that every trial's
+description and promoted trials), its promoted study (`NAME:promoted`) gets the promotion results it lacks
+(`search.promote.record_promoted`), and the dashboard gets the study's artifact store, so that every trial's
 module opens and downloads as a file. A committed reference study (`studies/NAME.db`) is evidence and is not
 written: the dashboard serves an in-memory copy of it, annotated, and says so.
 """
@@ -18,6 +19,7 @@ from optuna.storages import BaseStorage, InMemoryStorage
 from evaluation.errors import UserError
 from search import annotate, optuna_adapter
 from search.cmd_status import study_name
+from search.promote import record_promoted
 from search.storage import default_storage_url, display_url, is_reference, make_storage, open_study
 
 # Study system attributes of optuna-dashboard that name a trial by its storage id (trial notes, and artifacts
@@ -78,13 +80,9 @@ def in_memory_copy(name: str, url: str) -> tuple[InMemoryStorage, optuna.Study]:
     return storage, copy
 
 
-def main(args: argparse.Namespace) -> int:
-    """Serve the dashboard until Ctrl-C."""
-    from optuna_dashboard import run_server
-
-    name = study_name(args.study)
-    url = args.storage or default_storage_url(name)
-    open_study(name, url)  # fails with a clear message when the study does not exist
+def prepare(name: str, url: str) -> tuple[BaseStorage, str]:
+    """The storage to serve for study `name` of `url`, annotated and with its promoted study up to date, and
+    what it is (the study's own storage, or an in-memory copy of a committed reference)."""
     storage: BaseStorage
     if is_reference(url):
         storage, study = in_memory_copy(name, url)
@@ -94,6 +92,20 @@ def main(args: argparse.Namespace) -> int:
         study = open_study(name, storage)
         what = "notes written in the dashboard are saved to the study"
     annotate.annotate_study(study, annotate.description_of(study), url)
+    # A reference's promoted trials are rebuilt in memory, without module files: its folder is not written.
+    folder = None if is_reference(url) else annotate.artifact_dir(url, name)
+    record_promoted(study, storage, artifact_folder=folder)
+    return storage, what
+
+
+def main(args: argparse.Namespace) -> int:
+    """Serve the dashboard until Ctrl-C."""
+    from optuna_dashboard import run_server
+
+    name = study_name(args.study)
+    url = args.storage or default_storage_url(name)
+    open_study(name, url)  # fails with a clear message when the study does not exist
+    storage, what = prepare(name, url)
     folder = annotate.artifact_dir(url, name)
     store = annotate.artifact_store(folder) if folder.is_dir() or not is_reference(url) else None
     port = args.port

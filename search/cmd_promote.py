@@ -8,7 +8,7 @@ from pathlib import Path
 from evaluation.errors import UserError
 from search import promote as prm
 from search.cli import add_threads_argument, set_threads
-from search.storage import check_writable, open_study, read_storage_url
+from search.storage import check_writable, make_storage, open_study, read_storage_url
 from search.studies import load_study_def
 
 
@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "full published protocol, or at the fidelity given by --iters/--contexts/--train-subset, on the "
             "validation split with the study's proxy stream seeds, with none and joint training as anchors. "
             "Every run is cached; the scores are stored on the study, and `export`/`make regenerate` then pick "
-            "the best design at the highest fidelity run."
+            "the best design at the highest fidelity run. For the dashboard, each result is also a trial of "
+            "the study NAME:promoted in the same storage."
         ),
     )
     p.add_argument("--study", required=True, help="study name (studies/<name>.toml) or file")
@@ -53,7 +54,13 @@ def _main(args: argparse.Namespace) -> int:
     study = open_study(study_def.name, url)
     overrides = {"iters": args.iters, "contexts": args.contexts, "train_subset": args.train_subset}
     results = prm.promote(
-        study, study_def, top=args.top, overrides=overrides, device=args.device, out_dir=args.out
+        study,
+        study_def,
+        storage=make_storage(url),
+        top=args.top,
+        overrides=overrides,
+        device=args.device,
+        out_dir=args.out,
     )
     if not results:
         raise UserError(f"study {study_def.name!r} has no complete trial with a stored module to promote")
@@ -63,6 +70,7 @@ def _main(args: argparse.Namespace) -> int:
         f"promoted {len(results)} trials at fidelity {prm.fidelity_name(overrides)}; best at the highest fidelity: "
         f"trial {best['trial']} ({best['fidelity']}, value {best['value']:.4f}); "
         f"write it with: python -m search export --study {study_def.name}"
-        f"{f' --storage {args.storage}' if args.storage else ''} --out custom_regularization.py"
+        f"{f' --storage {args.storage}' if args.storage else ''} --out custom_regularization.py; "
+        f"the dashboard shows each promoted trial in study {prm.promoted_study_name(study_def.name)}"
     )
     return 0

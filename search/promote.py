@@ -6,6 +6,10 @@ the study's proxy stream seeds, through the run cache. `none` and joint training
 anchors, so that a promoted score is on the objective's scale (the weighted share of the none-to-joint gap
 closed). Results live in the study's user attributes, one per trial and fidelity (`promoted:<fidelity>:<n>`),
 written through Optuna's public API; `best_promoted` is what export and `make regenerate` pick first.
+
+Optuna does not change a finished trial's user attributes, so for the dashboard each result is also a trial of
+a companion study in the same storage, `NAME:promoted` (`record_promoted`), whose per-benchmark attributes the
+dashboard sorts and plots like the proxy's. It is derived from the study's attributes, never read back.
 """
 
 from __future__ import annotations
@@ -19,13 +23,20 @@ from statistics import fmean
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.cache import RunFn, run_cached, run_joint_cached, sha256_text, store_module
+from search import annotate, optuna_adapter
 from search.export import rank_trials
 from search.objective import gap_share
+from search.storage import check_writable
 from search.studies import BenchmarkProxy, StudyDef
+from search.workers import quiet_optuna
 
 PREFIX = "promoted:"
+# A study file's name has no colon, so a companion study never has the name of a study of its own.
+PROMOTED_SUFFIX = ":promoted"
 DEFAULT_OUT = Path("results") / "fidelity"
 LogFn = Callable[[str], None]
 
@@ -67,6 +78,7 @@ def promote(
     study: optuna.Study,
     study_def: StudyDef,
     *,
+    storage: BaseStorage,
     top: int,
     overrides: Mapping[str, int | None] | None = None,
     device: str = "auto",
@@ -75,7 +87,8 @@ def promote(
     joint_fn: RunFn | None = None,
     log: LogFn = print,
 ) -> dict[int, dict]:
-    """Run the `top` best distinct designs of `study` at the fidelity; returns and stores their results."""
+    """Run the `top` best distinct designs of `study` at the fidelity; returns and stores their results, on the
+    study and as trials of its promoted study in `storage` (the study's)."""
     import space
 
     overrides = dict(overrides or {})
@@ -139,6 +152,7 @@ def promote(
             "module_sha256": sha,
         }
         study.set_user_attr(f"{PREFIX}{name}:{trial.number}", entry)
+        record_promoted(study, storage, artifact_folder=annotate.study_artifact_dir(study))
         results[trial.number] = entry
         log(
             f"trial {trial.number}: {name} value {value:.4f} (proxy {trial.value:.4f}); "
@@ -159,3 +173,87 @@ def best_promoted(study: optuna.Study) -> dict | None:
         return None
     top = max(e["iterations"] for e in entries)
     return max((e for e in entries if e["iterations"] == top), key=lambda e: (e["value"], -e["trial"]))
+
+
+def promoted_study_name(name: str) -> str:
+    """The companion study of study `name` that holds its promoted trials: `NAME:promoted`."""
+    return f"{name}{PROMOTED_SUFFIX}"
+
+
+def record_promoted(study: optuna.Study, storage: BaseStorage, *, artifact_folder: Path | None) -> list[int]:
+    """Add each promotion result of `study` that its promoted study lacks as a complete trial there.
+
+    The promoted study (`promoted_study_name`, in `storage`, the study's) gets a trial per source trial and
+    fidelity: the source trial's parameters and distributions, the promoted value, user attributes
+    `promoted_<benchmark>` and `promoted_gap_<benchmark>` (accuracy, gap closed), `proxy_<benchmark>`,
+    `source_trial`, `fidelity` and `iterations`, a note, and the module as an artifact in `artifact_folder`
+    (None: no artifact). A result already there is not added again. Returns the numbers of the trials added.
+    """
+    if isinstance(storage, RDBStorage):
+        check_writable(storage.url)  # a committed reference study is evidence: its file is never written
+    entries = promoted(study)
+    if not entries:
+        return []
+    sources = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    benchmarks = [b for b in study.user_attrs.get("benchmarks", []) if isinstance(b, str)]
+    with quiet_optuna():  # not Optuna's "A new study created" and "Trial N finished" lines
+        companion = optuna.create_study(
+            study_name=promoted_study_name(study.study_name),
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),  # every trial is enqueued: nothing is sampled
+            direction="maximize",
+            load_if_exists=True,
+        )
+        if companion.metric_names != [annotate.PROMOTED_METRIC]:
+            with optuna_adapter.no_experimental_warning():
+                companion.set_metric_names([annotate.PROMOTED_METRIC])
+        annotate.refresh_note(companion, annotate.promoted_study_note(study.study_name, benchmarks))
+        done = {
+            (t.user_attrs.get("source_trial"), t.user_attrs.get("fidelity"))
+            for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        }
+        added = []
+        for entry in sorted(entries, key=lambda e: (e["iterations"], e["trial"])):
+            source = sources.get(entry["trial"])
+            if source is None or (entry["trial"], entry["fidelity"]) in done:
+                continue
+            added.append(_add_promoted_trial(companion, study.study_name, source, entry, artifact_folder))
+    return added
+
+
+def _add_promoted_trial(
+    companion: optuna.Study, name: str, source: FrozenTrial, entry: dict, artifact_folder: Path | None
+) -> int:
+    """Enqueue, ask and tell one promoted trial; returns its number. Asked rather than added whole
+    (`Study.add_trial`), since an artifact cannot be attached to a finished trial."""
+    from optuna_dashboard import save_note
+
+    proxy = source.user_attrs.get("scores")
+    proxy = proxy if isinstance(proxy, dict) else {}
+    attrs: dict[str, Any] = {
+        "source_trial": entry["trial"],
+        "fidelity": entry["fidelity"],
+        "iterations": entry["iterations"],
+        "proxy_value": entry["proxy_value"],
+        "module_sha256": entry["module_sha256"],
+    }
+    for bench, acc in entry["scores"].items():
+        attrs[f"promoted_{bench}"] = acc
+        attrs[f"promoted_gap_{bench}"] = entry["gaps"][bench]
+        if isinstance(proxy.get(bench), (int, float)):
+            attrs[f"proxy_{bench}"] = proxy[bench]
+    # The description goes into the note only: the dashboard shows each attribute on one line.
+    description = source.user_attrs.get("description")
+    companion.enqueue_trial(source.params, user_attrs=attrs)
+    trial = companion.ask(fixed_distributions=source.distributions)
+    try:
+        if isinstance(description, str):
+            save_note(trial, annotate.promoted_trial_note(entry, description, name, proxy))
+        module = source.user_attrs.get("module_source")
+        if artifact_folder is not None and isinstance(module, str):
+            annotate.upload_module(trial, artifact_folder, module)
+    except BaseException:
+        companion.tell(trial, state=TrialState.FAIL)  # not left running; the next call adds it again
+        raise
+    companion.tell(trial, entry["value"])
+    return trial.number

@@ -205,6 +205,56 @@ def test_interrupted_run_resumes(tmp_path: Path, none_preset: None) -> None:
     assert {(j.method.name, j.seed) for j in outcome.cached} == {("candidate", 42), ("none", 42)}
 
 
+class TimedHarness(FakeHarness):
+    """A fake harness whose runs take `seconds[(experiment, seed)]` on a fake clock (`perf_counter`)."""
+
+    def __init__(self, seconds: dict[tuple[str, int], float]) -> None:
+        super().__init__()
+        self.seconds, self.now = seconds, 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def _result(self, name: str, cfg: object) -> dict:
+        self.now += self.seconds[(cfg.experiment, cfg.seed)]  # type: ignore[attr-defined]
+        return super()._result(name, cfg)
+
+
+def test_eta_from_the_durations_of_finished_and_cached_runs(
+    tmp_path: Path, none_preset: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seconds = {("splitMNIST", s): 40.0 for s in (42, 43, 44)}
+    seconds |= {("permMNIST", 42): 500.0, ("permMNIST", 43): 900.0, ("permMNIST", 44): 900.0}
+    fake = TimedHarness(seconds)
+    monkeypatch.setattr(fe, "time", fake)  # execute() times each run with the fake clock
+
+    def etas(seeds: list[int]) -> dict[str, str]:
+        logs: list[str] = []
+        _eval(tmp_path, fake, benchmarks=["splitMNIST", "permMNIST"], seeds=seeds, log=logs.append)
+        running = [line.split(": running (") for line in logs if ": running (" in line]
+        return {tag: rest.split(" left after it, ")[1].removesuffix(")") for tag, rest in running}
+
+    # 12 runs, 3 methods x 2 seeds per benchmark, split-MNIST first.
+    eta = etas([42, 43])
+    assert (
+        eta["[1/12] splitMNIST candidate seed 42"]
+        == "ETA unknown for permMNIST, splitMNIST (no finished run yet)"
+    )
+    # 5 split-MNIST runs left at 40 s each; Permuted-MNIST not measured yet
+    assert eta["[2/12] splitMNIST none seed 42"] == "ETA 3 min + unknown for permMNIST (no finished run yet)"
+    assert eta["[6/12] splitMNIST joint seed 43"] == "ETA 40 s + unknown for permMNIST (no finished run yet)"
+    assert eta["[7/12] permMNIST candidate seed 42"] == "ETA unknown for permMNIST (no finished run yet)"
+    assert eta["[8/12] permMNIST none seed 42"] == "ETA 42 min"  # 5 x 500 s
+    assert eta["[11/12] permMNIST none seed 43"] == "ETA 20 min"  # 2 x mean(500, 500, 500, 900) s
+    assert eta["[12/12] permMNIST joint seed 43"] == "ETA 11 min"  # mean(500 x 3, 900 x 2) s
+
+    # A third seed: before any new run finishes, the cached runs' durations give the ETA.
+    eta = etas([42, 43, 44])
+    assert len(eta) == 6
+    # 3 x 40 s + 3 x mean(500 x 3, 900 x 3) s = 2220 s
+    assert eta["[1/6] splitMNIST candidate seed 44"] == "ETA 37 min"
+
+
 def test_missing_dataset_skips_that_benchmark_only(tmp_path: Path, none_preset: None) -> None:
     logs: list[str] = []
     fake = FakeHarness(missing=("CIFAR100",))

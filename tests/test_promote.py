@@ -1,18 +1,27 @@
 """Promotion end to end on a tiny study with real MNIST: the K best trials re-run at a higher fidelity, the scores
-stored on the study, and export / make regenerate then pick the best at the highest fidelity, byte for byte."""
+stored on the study and shown by optuna-dashboard as trials of the promoted study, and export / make regenerate
+then pick the best at the highest fidelity, byte for byte."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
+import optuna
+import optuna_dashboard
 import pytest
+from test_dashboard import study_detail, wsgi_get
 from test_search_e2e import tiny_study
 
 import space
+from evaluation.errors import UserError
+from search import annotate, storage
 from search.cli import main as search_main
+from search.cmd_dashboard import prepare
 from search.export import rank_trials, trial_source
-from search.promote import PREFIX, best_promoted, promoted
-from search.storage import open_study
+from search.promote import PREFIX, best_promoted, promoted, promoted_study_name, record_promoted
+from search.storage import make_storage, open_study
 from search.studies import load_study_def
 from search.workers import run_study
 
@@ -58,8 +67,11 @@ def test_promote_the_tiny_study_and_export_the_best_at_the_higher_fidelity(
         assert e["value"] == pytest.approx(gap) and e["iterations"] == 30 * 5  # all 5 contexts
     # Cached: none, joint and the two trials at 30 iterations, filed under the fidelity folder.
     assert len(list((out / "runs" / "splitMNIST").glob("*.json"))) == 4
+    promoted_trials = promoted_study_trials(url, study, entries, tmp_path / "promote.artifacts")
     assert search_main(args) == 0  # again: everything comes from the cache, the results are the same
     assert promoted(open_study("tiny_promote", url)) == entries
+    assert len(optuna.load_study(study_name="tiny_promote:promoted", storage=url).trials) == promoted_trials
+    assert record_promoted(study, make_storage(url), artifact_folder=None) == []  # recorded once only
 
     best = max(entries, key=lambda e: e["value"])
     exported = tmp_path / "custom_regularization.py"
@@ -73,6 +85,83 @@ def test_promote_the_tiny_study_and_export_the_best_at_the_higher_fidelity(
     # make regenerate reproduces it byte for byte, and so does the command in its header.
     assert trial_source("tiny_promote", url) == text
     assert trial_source("tiny_promote", url, trial=best["trial"]) == text
+
+
+def promoted_study_trials(url: str, study: optuna.Study, entries: list[dict], artifacts: Path) -> int:
+    """Check the promoted study as optuna-dashboard serves it: a trial per promoted trial with the source trial's
+    parameters, the promoted value, sortable per-benchmark scores, a note and the module; returns its size."""
+    app = optuna_dashboard.wsgi(url, artifact_store=annotate.artifact_store(artifacts))
+    detail = study_detail(app, promoted_study_name("tiny_promote"))
+    assert detail["objective_names"] == [annotate.PROMOTED_METRIC]
+    assert "promoted trials of study `tiny_promote`" in detail["note"]["body"]
+    sortable = {a["key"]: a["sortable"] for a in detail["union_user_attrs"]}
+    for key in ("promoted_splitMNIST", "promoted_gap_splitMNIST", "proxy_splitMNIST", "source_trial"):
+        assert sortable[key], key
+    assert not sortable["fidelity"]  # a string: shown, not sorted
+    served = {}
+    for trial in detail["trials"]:
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        served[int(attrs["source_trial"])] = (trial, attrs)
+    assert sorted(served) == sorted(e["trial"] for e in entries)
+    by_number = {
+        t.number: t for t in optuna.load_study(study_name="tiny_promote:promoted", storage=url).trials
+    }
+    for e in entries:
+        trial, attrs = served[e["trial"]]
+        source = study.trials[e["trial"]]
+        assert trial["values"] == [pytest.approx(e["value"])] and attrs["fidelity"] == "iters30"
+        assert float(attrs["promoted_splitMNIST"]) == pytest.approx(e["scores"]["splitMNIST"])
+        assert float(attrs["promoted_gap_splitMNIST"]) == pytest.approx(e["gaps"]["splitMNIST"])
+        assert float(attrs["proxy_splitMNIST"]) == pytest.approx(source.user_attrs["proxy_splitMNIST"])
+        frozen = by_number[trial["number"]]
+        assert frozen.params == source.params and frozen.distributions == source.distributions
+        row = f"| splitMNIST | {e['scores']['splitMNIST']:.4f} | {e['gaps']['splitMNIST']:.4f} |"
+        assert trial["note"]["body"].startswith("**Design:**") and row in trial["note"]["body"]
+        [artifact] = trial["artifacts"]
+        _, _, body = wsgi_get(
+            app, f"/artifacts/{detail['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}"
+        )
+        assert body.decode() == source.user_attrs["module_source"]
+    return len(detail["trials"])
+
+
+def test_a_reference_study_is_never_written_and_its_promoted_trials_are_served_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'local.db'}"
+    study = optuna.create_study(study_name="ref", storage=url, direction="maximize")
+    study.add_trial(
+        optuna.create_trial(
+            value=0.5,
+            params={"x": 0.25},
+            distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+            user_attrs={"description": "x is a quarter", "module_source": "X = 0.25\n"},
+        )
+    )
+    scores = {"trial": 0, "fidelity": "full", "iterations": 100, "value": 0.75, "proxy_value": 0.5}
+    study.set_user_attr(
+        f"{PREFIX}full:0",
+        {**scores, "scores": {"splitMNIST": 0.9}, "gaps": {"splitMNIST": 0.75}, "module_sha256": "0" * 64},
+    )
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    monkeypatch.setattr(storage, "studies_dir", lambda: folder)  # stands in for the repository's studies/
+    db = folder / "ref.db"
+    shutil.copy(tmp_path / "local.db", db)
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    ref_url = f"sqlite:///{db}"
+    with pytest.raises(UserError, match="committed reference study and read-only"):
+        record_promoted(open_study("ref", ref_url), make_storage(ref_url), artifact_folder=tmp_path)
+    served, what = prepare("ref", ref_url)  # what `python -m search dashboard` serves
+    assert "in-memory copy" in what
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    [trial] = optuna.load_study(study_name="ref:promoted", storage=served).trials
+    assert trial.params == {"x": 0.25} and trial.value == 0.75
+    assert trial.user_attrs["promoted_splitMNIST"] == 0.9 and trial.user_attrs["source_trial"] == 0
+    assert not list(tmp_path.glob("**/*.artifacts"))  # no module file written for a reference
+    # Your own study gets the record in its file, once.
+    assert record_promoted(study, make_storage(url), artifact_folder=None) == [0]
+    assert record_promoted(study, make_storage(url), artifact_folder=None) == []
 
 
 def test_promote_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
