@@ -9,7 +9,10 @@ once and reused for every later proxy question, and two processes can share the 
 For each benchmark and proxy the summary gives Spearman's rho between proxy and full scores over the panel (and over
 its strong half), whether the panel's best design (at full fidelity) is in the proxy's top 3, its cost (training
 steps, and the median wall time of its runs), and, from the proxy's anchors (`none` and joint training at the
-same settings), how far apart the strong designs are in the objective's gap units.
+same settings), how far apart the strong designs are in the objective's gap units. Its noise ceiling says what
+rho and best-in-top-3 a second full run on another stream would reach, from the stream-to-stream spread of the
+final evaluation's replicate runs (`replicates`): no proxy can be asked to rank better than the full protocol
+ranks itself.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ LogFn = Callable[[str], None]
 
 
 PASS_RHO = 0.8  # issue 9: a shipped proxy ranks the panel with Spearman >= 0.8, the best design in its top 3
+CEILING_DRAWS = 4000  # simulated second runs behind the noise ceiling
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class PanelDef:
     val_fraction: float
     full_seeds: Mapping[str, int]
     proxies: tuple[ProxyDef, ...]
+    replicates: Path | None = None  # a final-evaluation run cache: methods run on several stream seeds
 
 
 def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
@@ -75,7 +80,7 @@ def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
         raise UserError(f"panel file {path} does not exist") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
-    unknown = sorted(set(data) - {"modules", "val_fraction", "full_seeds", "proxy"})
+    unknown = sorted(set(data) - {"modules", "val_fraction", "full_seeds", "proxy", "replicates"})
     if unknown:
         raise UserError(f"{path}: unknown key {unknown[0]!r}")
     from clharness.protocol import PROTOCOLS
@@ -106,9 +111,10 @@ def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
     names = [(p.experiment, p.name) for p in proxies]
     if len(set(names)) != len(names):
         raise UserError(f"{path}: a proxy name appears twice for one benchmark")
+    replicates = data.get("replicates")
     return PanelDef(
         path, path.parent / data.get("modules", "modules/panel"), float(data.get("val_fraction", 0.1)),
-        dict(full_seeds), tuple(proxies),
+        dict(full_seeds), tuple(proxies), None if replicates is None else path.parent / replicates,
     )  # fmt: skip
 
 
@@ -290,6 +296,12 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
                     "scores": scores,
                 }
             )  # fmt: skip
+        sd = None if panel.replicates is None else stream_sd(panel.replicates, experiment)
+        ceiling = (
+            None
+            if sd is None or len(full) < 3
+            else {**noise_ceiling(full, sd[0]), "sd": sd[0], "methods": sd[1]}
+        )
         passing = [row for row in rows if row["passes"]]
         chosen = min(passing, key=lambda row: row["steps"])["proxy"] if passing else None
         out["benchmarks"][experiment] = {
@@ -298,8 +310,48 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
             "best": best,
             "proxies": rows,
             "cheapest_passing": chosen,
+            "ceiling": ceiling,
         }
     return out
+
+
+def stream_sd(runs_dir: Path, experiment: str) -> tuple[float, int] | None:
+    """How much one design's full score moves from stream to stream: the median, over the methods that a
+    final-evaluation cache holds on two or more seeds, of each method's standard deviation across its seeds
+    (the median, since one unstable method would otherwise set it for all); with the number of methods."""
+    scores: dict[str, list[float]] = {}
+    for path in sorted((runs_dir / experiment).glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        run = f"{record['method']}/{record['key']}"  # one method at one configuration, any seed
+        scores.setdefault(run, []).append(float(record["result"]["average_accuracy"]))
+    sds = [statistics.stdev(v) for v in scores.values() if len(v) >= 2]
+    return (statistics.median(sds), len(sds)) if sds else None
+
+
+def noise_ceiling(full: Mapping[str, float], sd: float, *, draws: int = CEILING_DRAWS) -> dict[str, float]:
+    """The rho and best-in-top-3 that a second full run on another stream would reach against this one.
+
+    Each draw adds to every full score the difference of two runs' stream noise, normal with variance 2 sd^2,
+    and ranks the result against the full scores. Returns the median rho, its 10th percentile, and the share of
+    draws whose top 3 holds this run's best design.
+    """
+    import numpy as np
+
+    labels = list(full)
+    observed = np.array([full[k] for k in labels])
+    rng = np.random.default_rng(0)  # a fixed draw: the report is the same every time it is rebuilt
+    second = observed + rng.normal(0.0, sd * 2**0.5, size=(draws, len(labels)))
+    ranks = second.argsort(axis=1).argsort(axis=1).astype(float)
+    base = observed.argsort().argsort().astype(float)
+    centred, base_c = ranks - ranks.mean(axis=1, keepdims=True), base - base.mean()
+    rhos = (centred @ base_c) / np.sqrt((centred**2).sum(axis=1) * (base_c**2).sum())
+    best = int(observed.argmax())
+    in_top3 = (ranks[:, best] >= len(labels) - 3).mean()
+    return {
+        "rho_median": float(np.median(rhos)),
+        "rho_p10": float(np.quantile(rhos, 0.1)),
+        "best_in_top3": float(in_top3),
+    }
 
 
 def proxy_steps(proxy: ProxyDef) -> int:
@@ -346,6 +398,16 @@ def render(summary: Mapping[str, Any]) -> str:
             f"Cheapest proxy that passes (all {len(full)} designs, rho >= {PASS_RHO}, the best full design in its "
             f"top 3): {f'`{chosen}`' if chosen else 'none yet'}.",
         ]
+        ceiling = res.get("ceiling")
+        if ceiling:
+            lines += [
+                "",
+                f"Noise ceiling: a second full run on another stream would rank these designs with rho "
+                f"{ceiling['rho_median']:.2f} (median; 10th percentile {ceiling['rho_p10']:.2f}) and keep the best "
+                f"in its top 3 in {ceiling['best_in_top3']:.0%} of draws, for a stream-to-stream SD of "
+                f"{ceiling['sd']:.4f} (the median over {ceiling['methods']} methods of the final evaluation's "
+                "replicate runs).",
+            ]
         names = [row["proxy"] for row in res["proxies"]]
         lines += ["", "| design | full | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for label in sorted(full, key=lambda k: -full[k]):

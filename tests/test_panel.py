@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,47 @@ def test_summary_ranks_each_proxy_against_the_full_runs(tmp_path: Path) -> None:
     )
     assert "| `a` | 0.960 | 0.940 |" in text  # the full runs' per-context accuracies
     assert res["per_context"]["d"] == pytest.approx([0.81, 0.79])
+
+
+def _replicate(runs: Path, method: str, seed: int, acc: float) -> None:
+    """One final-evaluation record, as the run cache writes it (only the fields the ceiling reads)."""
+    folder = runs / "permMNIST"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"method": method, "key": f"{method}key", "seed": seed, "result": {"average_accuracy": acc}}
+    (folder / f"{method}__{method}key__seed{seed}.json").write_text(json.dumps(record))
+
+
+def test_noise_ceiling_from_the_replicate_runs_spread(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    # three methods on two seeds each: SDs 0.001, 0.002 and 0.1 (one unstable method); the median is 0.002
+    for method, accs in {"x": (0.90, 0.90 + 0.001 * 2**0.5), "y": (0.8, 0.8 + 0.002 * 2**0.5)}.items():
+        for seed, acc in zip((42, 43), accs, strict=True):
+            _replicate(runs, method, seed, acc)
+    _replicate(runs, "z", 42, 0.5)
+    _replicate(runs, "z", 43, 0.5 + 0.1 * 2**0.5)
+    _replicate(runs, "lone", 42, 0.7)  # one seed: no spread to measure
+    sd, methods = pnl.stream_sd(runs, "permMNIST")  # type: ignore[misc]
+    assert sd == pytest.approx(0.002) and methods == 3
+    assert pnl.stream_sd(runs, "splitMNIST") is None
+
+    # designs far apart against the noise: a second run ranks them as this one, the best stays on top
+    apart = pnl.noise_ceiling({"a": 0.95, "b": 0.90, "c": 0.85, "d": 0.80}, 0.002)
+    assert apart == {"rho_median": 1.0, "rho_p10": 1.0, "best_in_top3": 1.0}
+    # designs within the noise of each other: the order is a coin toss, the best is in the top 3 of 4 by chance
+    tied = pnl.noise_ceiling({"a": 0.9503, "b": 0.9502, "c": 0.9501, "d": 0.95}, 0.01)
+    assert abs(tied["rho_median"]) < 0.3 and tied["best_in_top3"] == pytest.approx(0.75, abs=0.03)
+    # in the report, beside the proxies it bounds
+    panel_file = tmp_path / "panel.toml"
+    (tmp_path / "mods").mkdir()
+    panel_file.write_text(PANEL.replace("val_fraction = 0.1\n", 'val_fraction = 0.1\nreplicates = "runs"\n'))
+    panel = pnl.load_panel(panel_file)
+    assert panel.replicates == runs
+    text = pnl.render(
+        {"panel": "p", "benchmarks": {"permMNIST": {"full": {}, "best": None, "proxies": [], "ceiling": {
+            **apart, "sd": 0.002, "methods": 3}}}}
+    )  # fmt: skip
+    assert "rho 1.00 (median; 10th percentile 1.00) and keep the best in its top 3 in 100% of draws" in text
+    assert "SD of 0.0020 (the median over 3 methods" in text
 
 
 def test_bad_panel_files_are_one_line_errors(tmp_path: Path) -> None:
