@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clharness import cli
+from clharness import atomic, cli
 from clharness.errors import HarnessError, HookError, HookRaisedError
 from clharness.loop import train_sequence
 from conftest import HOOKS, REPO
@@ -110,7 +110,7 @@ def test_a_failed_or_interrupted_write_leaves_no_temporary_file(tmp_path, monkey
     def fsync(fd):  # the result is in the temporary file, not yet on disk: fail there
         raise exc
 
-    monkeypatch.setattr(cli.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)  # where the result is written
     out = tmp_path / "r.json"
     code = cli.main(["--experiment", "splitMNIST", "--hooks", NO_REG, "--out", str(out)])
     assert list(tmp_path.iterdir()) == []  # neither the result nor a temporary file
