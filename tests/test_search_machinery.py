@@ -73,6 +73,20 @@ def test_bad_study_values_are_named(tmp_path: Path, old: str, new: str, message:
         load_study_def(path)
 
 
+def test_tuned_baselines_have_the_calibrated_studys_proxies_and_one_budget() -> None:
+    # A tuned baseline is a row the campaign's winner must beat: it must be scored on the same proxies, with the
+    # same weights, and tuned with the same budget as every other baseline (issue 10).
+    from evaluation.cache import TUNED_BASELINES
+
+    main = load_study_def("calibrated")
+    tuned = {name: load_study_def(name) for name in TUNED_BASELINES}
+    assert {name: s.benchmarks for name, s in tuned.items()} == dict.fromkeys(
+        TUNED_BASELINES, main.benchmarks
+    )
+    assert len({s.n_trials for s in tuned.values()}) == 1
+    assert {name: s.pruner for name, s in tuned.items()} == dict.fromkeys(TUNED_BASELINES, main.pruner)
+
+
 def test_unknown_study_lists_the_shipped_ones() -> None:
     with pytest.raises(UserError, match=r"unknown study 'nope'.*mnist"):
         load_study_def("nope")
