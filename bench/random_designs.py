@@ -6,8 +6,8 @@ reference study used), runs them and the published presets of the same version o
 (validation split) through the run cache, and reports the share of random designs within `--margin` of the best
 preset (issue 9 asks for at least a quarter within 0.01 on the Permuted-MNIST proxy).
 
-    OMP_NUM_THREADS=1 python bench/random_designs.py --space v2 --n 40 --iters 150 --shard 0/2   # and 1/2
-    python bench/random_designs.py --space v2 --n 40 --iters 150 --report-only
+    OMP_NUM_THREADS=1 python bench/random_designs.py --space v1 --n 40 --iters 250 --lr 0.002 --shard 0/2  # and 1/2
+    python bench/random_designs.py --space v1 --n 40 --iters 250 --lr 0.002 --report-only
 
 `--from-study NAME --storage URL` takes the random designs from a study instead of drawing and running them: its
 first N sampled trials (not warm starts), which the study's sampler drew at random (they must fall within its
@@ -84,7 +84,8 @@ def study_randoms(name: str, storage: str | None, n: int, cfg: Any) -> dict[str,
 
     study_def = load_study_def(name)
     bench = next((b for b in study_def.benchmarks if b.experiment == cfg.experiment), None)
-    if bench is None or (bench.iters, bench.contexts, bench.seeds[0]) != (cfg.iters, cfg.contexts, cfg.seed):
+    proxy = (bench.iters, bench.contexts, bench.seeds[0], bench.lr) if bench else None
+    if proxy != (cfg.iters, cfg.contexts, cfg.seed, cfg.lr):
         raise SystemExit(f"study {name} does not score {cfg.experiment} at this proxy ({bench})")
     study = open_study(study_def.name, storage or default_storage_url(study_def.name))
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="permMNIST")
     p.add_argument("--iters", type=int, required=True, help="proxy iterations per context")
     p.add_argument("--contexts", type=int)
+    p.add_argument("--lr", type=float, help="a learning-rate-matched proxy's rate (default: the protocol's)")
     p.add_argument("--proxy-seed", type=int, default=1001)
     p.add_argument("--margin", type=float, default=0.01)
     p.add_argument("--shard", default="0/1")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     index, count = (int(x) for x in args.shard.split("/"))
     cfg = RunConfig(
         experiment=args.experiment, seed=args.proxy_seed, iters=args.iters, contexts=args.contexts,
-        val_fraction=0.1, eval_split="val", device="cpu",
+        val_fraction=0.1, eval_split="val", device="cpu", lr=args.lr,
     )  # fmt: skip
     tag = f"random_{args.space}"
     designs = draw(args.space, 0 if args.from_study else args.n, args.seed)
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "iters": args.iters,
             "contexts": args.contexts,
             "seed": args.proxy_seed,
+            "lr": args.lr,
         },
         "presets": presets,
         "best_preset": best,
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "random_median": statistics.median(randoms.values()),
         "random": randoms,
     }
-    stem = f"{tag}_{args.experiment}_iters{args.iters}"
+    stem = f"{tag}_{args.experiment}_iters{args.iters}" + (f"_lr{args.lr:g}" if args.lr else "")
     (OUT / f"{stem}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     print(
         f"{args.space}: {len(close)}/{len(randoms)} random designs ({len(close) / len(randoms):.0%}) within "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import textwrap
@@ -205,3 +206,7 @@ def test_random_designs_bench_takes_a_studys_random_start(tmp_path: Path) -> Non
         bench.study_randoms(str(study_file), url, 5, cfg)
     with pytest.raises(SystemExit, match="does not score permMNIST at this proxy"):
         bench.study_randoms(str(study_file), url, 4, RunConfig(experiment="permMNIST", seed=1001, iters=31))
+    with pytest.raises(
+        SystemExit, match="does not score permMNIST at this proxy"
+    ):  # a learning-rate-matched one
+        bench.study_randoms(str(study_file), url, 4, dataclasses.replace(cfg, lr=0.002))
