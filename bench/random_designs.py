@@ -83,10 +83,17 @@ def study_randoms(name: str, storage: str | None, n: int, cfg: Any) -> dict[str,
     from search.studies import load_study_def
 
     study_def = load_study_def(name)
-    bench = next((b for b in study_def.benchmarks if b.experiment == cfg.experiment), None)
-    proxy = (bench.iters, bench.contexts, bench.seeds[0], bench.lr) if bench else None
-    if proxy != (cfg.iters, cfg.contexts, cfg.seed, cfg.lr):
-        raise SystemExit(f"study {name} does not score {cfg.experiment} at this proxy ({bench})")
+    wanted = (cfg.experiment, cfg.iters, cfg.contexts, cfg.train_subset, cfg.seed, cfg.lr)
+    bench = next(
+        (
+            b
+            for b in study_def.benchmarks
+            if (b.experiment, b.iters, b.contexts, b.train_subset, b.seeds[0], b.lr) == wanted
+        ),
+        None,
+    )
+    if bench is None:
+        raise SystemExit(f"study {name} does not score {cfg.experiment} at this proxy {wanted[1:]}")
     study = open_study(study_def.name, storage or default_storage_url(study_def.name))
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     # a crashed trial's design runs again in its retry (a later trial), which stands for it
@@ -105,7 +112,7 @@ def study_randoms(name: str, storage: str | None, n: int, cfg: Any) -> dict[str,
         raise SystemExit(f"study {name}: its first {n} sampled trials have not all finished unpruned")
     # a design that failed (diverged) is a random point that is no regularizer: it scores chance here
     return {
-        f"random_{k}": float(t.user_attrs.get(f"proxy_{cfg.experiment}", chance_accuracy(cfg.experiment)))
+        f"random_{k}": float(t.user_attrs.get(f"proxy_{bench.label}", chance_accuracy(cfg.experiment)))
         if t.state == TrialState.COMPLETE
         else chance_accuracy(cfg.experiment)
         for k, t in enumerate(first)
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="permMNIST")
     p.add_argument("--iters", type=int, required=True, help="proxy iterations per context")
     p.add_argument("--contexts", type=int)
+    p.add_argument("--train-subset", type=int, help="training images per context (default: all)")
     p.add_argument("--lr", type=float, help="a learning-rate-matched proxy's rate (default: the protocol's)")
     p.add_argument("--proxy-seed", type=int, default=1001)
     p.add_argument("--margin", type=float, default=0.01)
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     index, count = (int(x) for x in args.shard.split("/"))
     cfg = RunConfig(
         experiment=args.experiment, seed=args.proxy_seed, iters=args.iters, contexts=args.contexts,
-        val_fraction=0.1, eval_split="val", device="cpu", lr=args.lr,
+        val_fraction=0.1, eval_split="val", device="cpu", lr=args.lr, train_subset=args.train_subset,
     )  # fmt: skip
     tag = f"random_{args.space}"
     designs = draw(args.space, 0 if args.from_study else args.n, args.seed)
@@ -182,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             "contexts": args.contexts,
             "seed": args.proxy_seed,
             "lr": args.lr,
+            "train_subset": args.train_subset,
         },
         "presets": presets,
         "best_preset": best,
@@ -194,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "random": randoms,
     }
     stem = f"{tag}_{args.experiment}_iters{args.iters}" + (f"_lr{args.lr:g}" if args.lr else "")
+    stem += f"_n{args.train_subset}" if args.train_subset else ""
     (OUT / f"{stem}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     print(
         f"{args.space}: {len(close)}/{len(randoms)} random designs ({len(close) / len(randoms):.0%}) within "

@@ -36,6 +36,8 @@ class BenchmarkProxy(Protocol):
     @property
     def experiment(self) -> str: ...
     @property
+    def label(self) -> str: ...
+    @property
     def iters(self) -> int | None: ...
     @property
     def contexts(self) -> int | None: ...
@@ -175,7 +177,7 @@ def fidelity(
                 left = [(x, b, f) for x, b, f in plan[index + 1 :] if b.experiment not in data_errors]
                 log(f"{tag}: {scores[-1]:.4f} in {time.perf_counter() - t0:.0f} s; {_eta(left, durations)}")
         if scores:
-            (d.full if full else d.proxy)[bench.experiment] = statistics.fmean(scores)
+            (d.full if full else d.proxy)[bench.label] = statistics.fmean(scores)
 
     summary = _summarize(study, benches, designs, overrides, data_errors, command)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +223,7 @@ def _summarize(
         "benchmarks": {},
     }
     for bench in benches:
-        b = bench.experiment
+        b = bench.label
         proxy_settings = {name: getattr(bench, name) for name in PROXY_FIELDS}
         proxy_settings.update({k: v for k, v in overrides.items() if v is not None})
         pairs = [(d.proxy[b], d.full[b]) for d in designs if b in d.proxy and b in d.full]

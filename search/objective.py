@@ -117,7 +117,7 @@ def study_anchors(
             # Two workers starting together both measure: the runs are deterministic, the values equal.
             study.set_user_attr(key, measure_anchors(bench, data_dir=data_dir, device=device))
             attrs = study.user_attrs
-        out[bench.experiment] = dict(attrs[key])
+        out[bench.label] = dict(attrs[key])
     return out
 
 
@@ -163,7 +163,7 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                 path = Path(tmp) / "custom_regularization.py"
                 path.write_text(source, encoding="utf-8")
                 for bench in study_def.benchmarks:
-                    anchor = anchors[bench.experiment]
+                    anchor = anchors[bench.label]
                     n_contexts = bench.contexts or PROTOCOLS[bench.experiment].contexts
                     weight = bench.weight / (total_weight * len(bench.seeds))  # of one run in the objective
                     seed_scores: list[float] = []
@@ -171,7 +171,7 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                     for seed in bench.seeds:
 
                         def on_context_end(
-                            k: int, accs: list[float], exp: str = bench.experiment, w: float = weight,
+                            k: int, accs: list[float], exp: str = bench.label, w: float = weight,
                             n: int = n_contexts, base: float = finished, a: Mapping[str, float] = anchor,
                         ) -> None:  # fmt: skip
                             nonlocal step
@@ -189,29 +189,25 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                             # of a run at chance level so that the sampler avoids the region, then prune.
                             chance = gap_share(chance_accuracy(bench.experiment), anchor)
                             trial.report(finished + weight * chance, step + 1)
-                            _fail(trial, f"{bench.experiment} seed {seed}: {exc}", kind=None)
+                            _fail(trial, f"{bench.label} seed {seed}: {exc}", kind=None)
                             raise optuna.TrialPruned(str(exc)) from exc
                         except HookError as exc:
-                            _fail(trial, f"{bench.experiment} seed {seed}: {exc}")
+                            _fail(trial, f"{bench.label} seed {seed}: {exc}")
                             raise DesignFailed(str(exc)) from exc
                         except (optuna.TrialPruned, DataError, MemoryError):
                             raise  # pruned, or the environment's fault: not the design's
                         except Exception as exc:  # the module itself raised (its code, not its outputs)
                             where = _last_frame(exc)
-                            _fail(
-                                trial, f"{bench.experiment} seed {seed}: {type(exc).__name__}: {exc}{where}"
-                            )
+                            _fail(trial, f"{bench.label} seed {seed}: {type(exc).__name__}: {exc}{where}")
                             raise DesignFailed(str(exc)) from exc
                         seed_scores.append(float(result["average_accuracy"]))
                         seed_accs.append([float(a) for a in result["per_context_accuracy"]])
                         finished += weight * gap_share(seed_scores[-1], anchor)
-                    scores[bench.experiment] = fmean(seed_scores)
-                    per_context[bench.experiment] = [fmean(col) for col in zip(*seed_accs, strict=True)]
+                    scores[bench.label] = fmean(seed_scores)
+                    per_context[bench.label] = [fmean(col) for col in zip(*seed_accs, strict=True)]
                     # One attribute per benchmark, so that the dashboard can sort and plot them.
-                    trial.set_user_attr(f"proxy_{bench.experiment}", scores[bench.experiment])
-                    trial.set_user_attr(
-                        f"gap_{bench.experiment}", gap_share(scores[bench.experiment], anchor)
-                    )
+                    trial.set_user_attr(f"proxy_{bench.label}", scores[bench.label])
+                    trial.set_user_attr(f"gap_{bench.label}", gap_share(scores[bench.label], anchor))
         finally:
             # partial scores are kept on pruned and failed trials too
             trial.set_user_attr("scores", scores)
@@ -230,10 +226,7 @@ def objective_value(
 ) -> float:
     """The weighted mean over benchmarks of the gap share each average accuracy closes."""
     total = sum(b.weight for b in study_def.benchmarks)
-    return (
-        sum(b.weight * gap_share(scores[b.experiment], anchors[b.experiment]) for b in study_def.benchmarks)
-        / total
-    )
+    return sum(b.weight * gap_share(scores[b.label], anchors[b.label]) for b in study_def.benchmarks) / total
 
 
 def _last_frame(exc: BaseException) -> str:

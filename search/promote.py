@@ -117,7 +117,7 @@ def promote(
                 nones.append(float(record["result"]["average_accuracy"]))
                 record, _ = run_joint_cached(cfg, cache_dir=runs_dir, run_fn=joint_fn)
                 joints.append(float(record["result"]["average_accuracy"]))
-            anchors[bench.experiment] = {"none": fmean(nones), "joint": fmean(joints)}
+            anchors[bench.label] = {"none": fmean(nones), "joint": fmean(joints)}
     total_weight = sum(b.weight for b in study_def.benchmarks)
     results: dict[int, dict] = {}
     for rank, trial in enumerate(chosen, 1):
@@ -134,12 +134,12 @@ def promote(
                 accs.append(float(record["result"]["average_accuracy"]))
                 if not cached:
                     log(
-                        f"[{rank}/{len(chosen)}] trial {trial.number} {bench.experiment} seed {cfg.seed} ({name}): "
+                        f"[{rank}/{len(chosen)}] trial {trial.number} {bench.label} seed {cfg.seed} ({name}): "
                         f"{accs[-1]:.4f} in {time.perf_counter() - t0:.0f} s"
                     )
-            scores[bench.experiment] = fmean(accs)
+            scores[bench.label] = fmean(accs)
         gaps = {b: gap_share(s, anchors[b]) for b, s in scores.items()}
-        value = sum(b.weight * gaps[b.experiment] for b in study_def.benchmarks) / total_weight
+        value = sum(b.weight * gaps[b.label] for b in study_def.benchmarks) / total_weight
         entry = {
             "trial": trial.number,
             "fidelity": name,

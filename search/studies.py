@@ -50,6 +50,12 @@ class BenchmarkProxy:
     seeds: tuple[int, ...] = (MIN_PROXY_SEED,)  # stream seeds; the benchmark's score is their mean
     weight: float = 1.0  # share of the objective, set by what the benchmark's proxy can tell apart
     lr: float | None = None  # a learning-rate-matched proxy's rate (fewer iterations, larger steps)
+    name: str = ""  # the score's name (default: the experiment); two proxies of one experiment need their own
+
+    @property
+    def label(self) -> str:
+        """The key of this proxy's score in a trial's `scores`, its attributes and the objective's anchors."""
+        return self.name or self.experiment
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,13 @@ class StudyDef:
 
     @property
     def experiments(self) -> tuple[str, ...]:
-        """The benchmarks' experiment names, in order."""
-        return tuple(b.experiment for b in self.benchmarks)
+        """The benchmarks' experiment names, in order, each once."""
+        return tuple(dict.fromkeys(b.experiment for b in self.benchmarks))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The names of the study's scores, one per benchmark proxy, in report order."""
+        return tuple(b.label for b in self.benchmarks)
 
     @property
     def n_steps(self) -> int:
@@ -119,7 +130,12 @@ class StudyDef:
         """What a trial's value depends on: the benchmarks with their proxies and weights, the space's fixed
         fields and strength centre. Sampler, pruner, budget and workers may change during a study; these may not."""
         return {
-            "benchmarks": [dataclasses.asdict(b) | {"seeds": list(b.seeds)} for b in self.benchmarks],
+            # (a proxy named after its experiment records no name: studies made before names keep their scoring)
+            "benchmarks": [
+                {k: v for k, v in dataclasses.asdict(b).items() if k != "name" or b.name}
+                | {"seeds": list(b.seeds)}
+                for b in self.benchmarks
+            ],
             "fixed": dict(sorted(self.fixed.items())),
             "scale_center": self.scale_center,
         }
@@ -187,9 +203,12 @@ def parse_study_def(data: Mapping[str, Any], path: Path) -> StudyDef:
     if not isinstance(benchmarks_raw, list) or not benchmarks_raw:
         raise UserError(f"{path}: needs at least one [[benchmark]] table")
     benchmarks = tuple(_benchmark(b, i, path) for i, b in enumerate(benchmarks_raw))
-    seen = [b.experiment for b in benchmarks]
+    seen = [b.label for b in benchmarks]
     if len(set(seen)) != len(seen):
-        raise UserError(f"{path}: a benchmark appears twice in [[benchmark]] ({', '.join(seen)})")
+        raise UserError(
+            f"{path}: a benchmark appears twice in [[benchmark]] ({', '.join(seen)}); give each proxy of one "
+            "experiment its own `name`"
+        )
 
     sampler = SamplerDef(**_table(data, "sampler", SamplerDef, path))
     if sampler.name not in SAMPLERS:
@@ -245,7 +264,7 @@ def _benchmark(raw: Any, index: int, path: Path) -> BenchmarkProxy:
         raise UserError(f"{path}: benchmark[{index}] must be a table")
     _check_keys(
         raw,
-        {"experiment", "iters", "contexts", "train_subset", "val_fraction", "seeds", "weight", "lr"},
+        {"experiment", "iters", "contexts", "train_subset", "val_fraction", "seeds", "weight", "lr", "name"},
         where,
         path,
     )
@@ -287,6 +306,11 @@ def _benchmark(raw: Any, index: int, path: Path) -> BenchmarkProxy:
     lr = raw.get("lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 1):
         raise UserError(f"{path}: {where}lr must be a number in (0, 1], got {lr!r}")
+    name = raw.get("name", "")
+    if not isinstance(name, str) or (name and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name)):
+        raise UserError(
+            f"{path}: {where}name must be letters, digits and _ (it names attributes), got {name!r}"
+        )
     return BenchmarkProxy(
         str(experiment),
         iters,
@@ -296,6 +320,7 @@ def _benchmark(raw: Any, index: int, path: Path) -> BenchmarkProxy:
         tuple(seeds_raw),
         float(weight),
         None if lr is None else float(lr),
+        "" if name == experiment else name,
     )
 
 

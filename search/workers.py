@@ -224,7 +224,7 @@ def prepare_study(study_def: StudyDef, storage_url: str) -> optuna.Study:
     text = study_def.path.read_text(encoding="utf-8")
     if attrs.get("study_file") != text:
         study.set_user_attr("study_file", text)  # what the dashboard shows as the study's definition
-        study.set_user_attr("benchmarks", list(study_def.experiments))
+        study.set_user_attr("benchmarks", list(study_def.labels))
     importlib.import_module("search.annotate").annotate_study(study, study_def.description, storage_url)
     if study_def.warm_start and "warm_start" not in attrs:
         import space
@@ -327,7 +327,7 @@ def step_positions(study_def: StudyDef) -> list[str]:
     for b in study_def.benchmarks:
         n = b.contexts if b.contexts is not None else PROTOCOLS[b.experiment].contexts
         for seed in b.seeds:
-            out.extend(f"{b.experiment} seed {seed}, context {k}/{n}" for k in range(1, n + 1))
+            out.extend(f"{b.label} seed {seed}, context {k}/{n}" for k in range(1, n + 1))
     return out
 
 

@@ -176,3 +176,38 @@ def test_diverging_and_broken_modules_are_recorded_and_the_study_goes_on(
 
     assert [t.state for t in trials[2:]].count(TrialState.FAIL) == 0
     assert all(t.user_attrs.get("scores") for t in trials[2:] if t.state == TrialState.COMPLETE)
+
+
+def test_two_proxies_of_one_benchmark_score_apart_and_weigh_in(tmp_path: Path, mnist_root: Path) -> None:
+    """Two proxies of one experiment (a named second one): each has its own score, anchors and attributes, and
+    the trial's value is their weighted mean of gap shares."""
+    from search.objective import anchor_key, gap_share
+
+    second = TINY.split("[[benchmark]]")[1].replace("iters = 10", 'iters = 20\nlr = 0.003\nname = "split_lr"')
+    path = tmp_path / "two.toml"
+    path.write_text(
+        tiny_study(tmp_path, "x", 2, ["ewc"]).read_text()
+        + "weight = 1.0\n[[benchmark]]"
+        + second
+        + "weight = 3.0\n"
+    )
+    study_def = load_study_def(path)
+    assert study_def.labels == ("splitMNIST", "split_lr") and study_def.experiments == ("splitMNIST",)
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    assert run_study(study_def, url, data_dir=str(mnist_root), device="cpu") == 0
+    study = open_study("two", url)
+    assert study.user_attrs["benchmarks"] == ["splitMNIST", "split_lr"]
+    trial = min((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    scores = trial.user_attrs["scores"]
+    assert set(scores) == {"splitMNIST", "split_lr"} and scores["splitMNIST"] != scores["split_lr"]
+    anchors = {b.label: study.user_attrs[anchor_key(b)] for b in study_def.benchmarks}
+    gaps = {b: gap_share(s, anchors[b]) for b, s in scores.items()}
+    assert trial.user_attrs["gap_split_lr"] == pytest.approx(gaps["split_lr"])
+    assert trial.value == pytest.approx((gaps["splitMNIST"] + 3 * gaps["split_lr"]) / 4)
+    # the second proxy's score is the harness's own at its settings
+    with_lr = RunConfig(
+        experiment="splitMNIST", data_dir=str(mnist_root), device="cpu", **{**PROXY, "iters": 20, "lr": 0.003}
+    )
+    module = tmp_path / "m.py"
+    module.write_text(trial.user_attrs["module_source"])
+    assert run(module, with_lr, progress=False)["average_accuracy"] == pytest.approx(scores["split_lr"])

@@ -64,6 +64,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
         ("grace_period = 3", "grace_period = 1", r"grace_period must exceed"),
         ("n_trials = 6", "n_trials = 0", r"n_trials must be an integer >= 1"),
         ("iters = 10", 'iters = "10"', r"benchmark\[0\].iters must be an integer"),
+        ("contexts = 2", 'contexts = 2\nname = "a-b"', r"benchmark\[0\].name must be letters, digits and _"),
     ],
 )
 def test_bad_study_values_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -85,6 +86,24 @@ def test_tuned_baselines_have_the_calibrated_studys_proxies_and_one_budget() -> 
     )
     assert len({s.n_trials for s in tuned.values()}) == 1
     assert {name: s.pruner for name, s in tuned.items()} == dict.fromkeys(TUNED_BASELINES, main.pruner)
+
+
+def test_two_proxies_of_one_experiment_need_a_name_and_keep_old_scorings(tmp_path: Path) -> None:
+    path = write_study(tmp_path)
+    one = load_study_def(path)
+    table = "[[benchmark]]" + path.read_text().split("[[benchmark]]")[1]
+    path.write_text(path.read_text() + table.replace("iters = 10", "iters = 20"))
+    with pytest.raises(UserError, match=r"appears twice .* its own `name`"):
+        load_study_def(path)
+    path.write_text(path.read_text().rstrip() + '\nname = "split_long"\n')
+    two = load_study_def(path)
+    assert two.labels == ("splitMNIST", "split_long") and two.experiments == ("splitMNIST",)
+    assert two.n_steps == 2 * one.n_steps
+    # a proxy named after its experiment records no name: studies made before names keep their scoring
+    assert one.scoring["benchmarks"] == [
+        {k: v for k, v in b.items() if k != "name"} for b in two.scoring["benchmarks"][:1]
+    ]
+    assert "name" not in one.scoring["benchmarks"][0] and two.scoring["benchmarks"][1]["name"] == "split_long"
 
 
 def test_unknown_study_lists_the_shipped_ones() -> None:
