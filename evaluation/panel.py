@@ -58,6 +58,9 @@ class ProxyDef:
     train_subset: int | None = None
     seeds: tuple[int, ...] = ()
     lr: float | None = None
+    parts: tuple[
+        str, ...
+    ] = ()  # a combined proxy: the mean gap share of these proxies, which run on their own
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,22 @@ def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
     full_seeds = data.get("full_seeds", {})
     if not full_seeds or any(b not in PROTOCOLS or not isinstance(s, int) for b, s in full_seeds.items()):
         raise UserError(f"{path}: full_seeds must map benchmarks ({', '.join(PROTOCOLS)}) to seeds")
-    proxies = []
+    proxies: list[ProxyDef] = []
     for i, raw in enumerate(data.get("proxy", [])):
-        bad = sorted(set(raw) - {"name", "experiment", "iters", "contexts", "train_subset", "seeds", "lr"})
+        bad = sorted(
+            set(raw) - {"name", "experiment", "iters", "contexts", "train_subset", "seeds", "lr", "parts"}
+        )
         if bad or raw.get("experiment") not in full_seeds or not isinstance(raw.get("name"), str):
             raise UserError(f"{path}: proxy[{i}] needs a name and a benchmark of full_seeds; unknown: {bad}")
+        parts = raw.get("parts", [])
+        known = {p.name for p in proxies if p.experiment == raw["experiment"] and not p.parts}
+        if parts and (
+            not isinstance(parts, list) or len(parts) < 2 or not set(parts) <= known or len(raw) > 3
+        ):
+            raise UserError(
+                f"{path}: proxy[{i}].parts must name two or more proxies of {raw['experiment']} defined above it, "
+                "and a combined proxy has no settings of its own"
+            )
         seeds = tuple(raw.get("seeds", [full_seeds[raw["experiment"]]]))
         lr = raw.get("lr")
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 1):
@@ -106,6 +120,7 @@ def load_panel(path: Path = DEFAULT_PANEL) -> PanelDef:
                 raw.get("train_subset"),
                 seeds,
                 None if lr is None else float(lr),
+                tuple(parts),
             )
         )
     names = [(p.experiment, p.name) for p in proxies]
@@ -153,7 +168,8 @@ def plan(
     proxy's anchors (module None: joint training)."""
     modules = panel_modules(panel)
     jobs: list[tuple[str, Path | None, Any, str]] = []
-    for proxy in panel.proxies:
+    runnable = [p for p in panel.proxies if not p.parts]  # a combined proxy's runs are its parts'
+    for proxy in runnable:
         if proxy.experiment in benchmarks and (proxies is None or proxy.name in proxies):
             for cfg in _proxy_configs(panel, proxy, device):
                 jobs += [(label, path, cfg, f"proxy {proxy.name}") for label, path in modules.items()]
@@ -163,7 +179,7 @@ def plan(
             jobs += [(label, path, cfg, "full") for label, path in modules.items()]
     # The anchors of each proxy (no regularization, joint training), for the objective's gap units
     none_path = anchor_module(panel)
-    for proxy in panel.proxies:
+    for proxy in runnable:
         if proxy.experiment in benchmarks and (proxies is None or proxy.name in proxies):
             for cfg in _proxy_configs(panel, proxy, device):
                 jobs += [
@@ -259,43 +275,27 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
         best = max(full, key=full.__getitem__) if full else None
         rows: list[dict[str, Any]] = []
         for proxy in (p for p in panel.proxies if p.experiment == experiment):
+            if proxy.parts:
+                rows.append(_combined_row(proxy, rows, full, best))
+                continue
             scores, walls = {}, []
             for label, path in modules.items():
                 scored = _score(panel, label, path, _proxy_configs(panel, proxy, "cpu"))
                 if scored is not None:
                     scores[label], _ = scored
                     walls.append(scored[1])
-            both = sorted(set(scores) & set(full))
-            rho, p = spearman([scores[k] for k in both], [full[k] for k in both])
-            # the order among the strong designs (the better half at full fidelity), where the search decides
-            strong = sorted(both, key=lambda k: -full[k])[: (len(both) + 1) // 2]
-            rho_strong, _ = spearman([scores[k] for k in strong], [full[k] for k in strong])
-            top3 = sorted(both, key=lambda k: -scores[k])[:3]
-            in_top3 = best in top3 if best in both else None
             cfgs = _proxy_configs(panel, proxy, "cpu")
             none, joint = (
                 _score(panel, "none", anchor_module(panel), cfgs),
                 _score(panel, "joint", None, cfgs),
             )
             anchors = {"none": none[0], "joint": joint[0]} if none and joint else None
-            spread = None
-            if anchors and len(strong) >= 2:  # how far apart the strong designs are, in gap units
-                spread = statistics.stdev(
-                    (scores[k] - anchors["none"]) / (anchors["joint"] - anchors["none"]) for k in strong
-                )
-            rows.append(
-                {
-                    "proxy": proxy.name,
-                    "settings": {"iters": proxy.iters, "contexts": proxy.contexts,
-                                 "train_subset": proxy.train_subset, "seeds": list(proxy.seeds), "lr": proxy.lr},
-                    "steps": proxy_steps(proxy),
-                    "n": len(both), "spearman_rho": rho, "p_value": p, "spearman_rho_strong": rho_strong,
-                    "best_in_top3": in_top3, "anchors": anchors, "spread_strong_gap": spread,
-                    "passes": bool(full and len(both) == len(full) and rho >= PASS_RHO and in_top3),
-                    "median_cost_s": statistics.median(walls) if walls else None,
-                    "scores": scores,
-                }
-            )  # fmt: skip
+            gaps = None if anchors is None else {k: _gap(s, anchors) for k, s in scores.items()}
+            settings = {"iters": proxy.iters, "contexts": proxy.contexts, "train_subset": proxy.train_subset,
+                        "seeds": list(proxy.seeds), "lr": proxy.lr}  # fmt: skip
+            cost = statistics.median(walls) if walls else None
+            row = _rank_row(proxy.name, settings, proxy_steps(proxy), scores, full, best, gaps, cost)
+            rows.append({**row, "anchors": anchors})
         sd = None if panel.replicates is None else stream_sd(panel.replicates, experiment)
         ceiling = (
             None
@@ -313,6 +313,56 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
             "ceiling": ceiling,
         }
     return out
+
+
+def _gap(score: float, anchors: Mapping[str, float]) -> float:
+    return (score - anchors["none"]) / (anchors["joint"] - anchors["none"])
+
+
+def _rank_row(
+    name: str,
+    settings: Mapping[str, Any],
+    steps: int,
+    scores: Mapping[str, float],
+    full: Mapping[str, float],
+    best: str | None,
+    gaps: Mapping[str, float] | None,
+    cost: float | None,
+) -> dict[str, Any]:
+    """How one proxy's scores rank the panel: rho over all and over the strong half, the best in its top 3."""
+    both = sorted(set(scores) & set(full))
+    rho, p = spearman([scores[k] for k in both], [full[k] for k in both])
+    # the order among the strong designs (the better half at full fidelity), where the search decides
+    strong = sorted(both, key=lambda k: -full[k])[: (len(both) + 1) // 2]
+    rho_strong, _ = spearman([scores[k] for k in strong], [full[k] for k in strong])
+    top3 = sorted(both, key=lambda k: -scores[k])[:3]
+    in_top3 = best in top3 if best in both else None
+    spread = None  # how far apart the strong designs are, in gap units
+    if gaps is not None and len(strong) >= 2:
+        spread = statistics.stdev(gaps[k] for k in strong)
+    return {
+        "proxy": name, "settings": dict(settings), "steps": steps,
+        "n": len(both), "spearman_rho": rho, "p_value": p, "spearman_rho_strong": rho_strong,
+        "best_in_top3": in_top3, "anchors": None, "spread_strong_gap": spread,
+        "passes": bool(full and len(both) == len(full) and rho >= PASS_RHO and in_top3),
+        "median_cost_s": cost, "scores": dict(scores),
+    }  # fmt: skip
+
+
+def _combined_row(
+    proxy: ProxyDef, rows: Sequence[Mapping[str, Any]], full: Mapping[str, float], best: str | None
+) -> dict[str, Any]:
+    """A combined proxy: each design's mean gap share over the parts (each on its own anchors), for the
+    designs every part has scored; its cost is the parts' together."""
+    parts = [next(r for r in rows if r["proxy"] == name) for name in proxy.parts]
+    scores: dict[str, float] = {}
+    if all(r["anchors"] for r in parts):
+        common = set.intersection(*(set(r["scores"]) for r in parts))
+        scores = {k: statistics.fmean(_gap(r["scores"][k], r["anchors"]) for r in parts) for k in common}
+    costs = [r["median_cost_s"] for r in parts]
+    cost = None if None in costs else sum(costs)
+    steps = sum(r["steps"] for r in parts)
+    return _rank_row(proxy.name, {"parts": list(proxy.parts)}, steps, scores, full, best, scores, cost)
 
 
 def stream_sd(runs_dir: Path, experiment: str) -> tuple[float, int] | None:
@@ -398,6 +448,12 @@ def render(summary: Mapping[str, Any]) -> str:
             f"Cheapest proxy that passes (all {len(full)} designs, rho >= {PASS_RHO}, the best full design in its "
             f"top 3): {f'`{chosen}`' if chosen else 'none yet'}.",
         ]
+        if any("parts" in row["settings"] for row in res["proxies"]):
+            lines += [
+                "",
+                "A combined proxy (settings `parts`) scores a design by the mean of its parts' gap shares, each on "
+                "its own `none` / joint anchors; its scores below are in those gap units, its cost is its parts'.",
+            ]
         ceiling = res.get("ceiling")
         if ceiling:
             lines += [

@@ -125,6 +125,37 @@ def test_summary_ranks_each_proxy_against_the_full_runs(tmp_path: Path) -> None:
     assert res["per_context"]["d"] == pytest.approx([0.81, 0.79])
 
 
+def test_a_combined_proxy_ranks_by_the_mean_gap_share_of_its_parts(tmp_path: Path) -> None:
+    panel = _panel(tmp_path)
+    (tmp_path / "panel.toml").write_text(
+        PANEL
+        + '[[proxy]]\nname = "bump"\nexperiment = "permMNIST"\niters = 30\n'
+        + '[[proxy]]\nname = "good+bump"\nexperiment = "permMNIST"\nparts = ["good", "bump"]\n'
+    )
+    panel = pnl.load_panel(tmp_path / "panel.toml")
+    base = _fake_run([])
+
+    def run(path: str, cfg: Any, progress: bool = False) -> dict:  # "bump": 0.7 for every design but d's 0.9
+        label = Path(path).name.split("-")[0]
+        if cfg.iters == 30 and label != "none":
+            return {"average_accuracy": 0.9 if label == "d" else 0.7, "hooks_sha256": None}
+        return base(path, cfg)
+
+    calls: list = []
+    pnl.run_panel(
+        panel, benchmarks=["permMNIST"], run_fn=run, joint_fn=_fake_joint(calls), log=lambda _: None
+    )
+    assert {c[1] for c in calls} == {10, 20, 30}  # the anchors of the three run proxies, none of its own
+    res = pnl.write_summary(panel, ["permMNIST"])["benchmarks"]["permMNIST"]
+    combined = res["proxies"][-1]
+    # gap shares (anchors 0.5 / 1.0): good a 0.7, b 0.6, c 0.5, d 0.4; bump 0.4, 0.4, 0.4, 0.8
+    assert combined["scores"] == pytest.approx({"a": 0.55, "b": 0.5, "c": 0.45, "d": 0.6})
+    assert combined["spearman_rho"] == pytest.approx(-0.2) and combined["best_in_top3"] is True
+    assert combined["steps"] == 10 * 10 + 30 * 10 and not combined["passes"]
+    assert combined["settings"] == {"parts": ["good", "bump"]}
+    assert "A combined proxy (settings `parts`)" in (tmp_path / "panel.md").read_text()
+
+
 def _replicate(runs: Path, method: str, seed: int, acc: float) -> None:
     """One final-evaluation record, as the run cache writes it (only the fields the ceiling reads)."""
     folder = runs / "permMNIST"
@@ -176,6 +207,12 @@ def test_bad_panel_files_are_one_line_errors(tmp_path: Path) -> None:
         '[full_seeds]\npermMNIST = 1001\n[[proxy]]\nname = "x"\nexperiment = "permMNIST"\nlr = "fast"\n'
     )
     with pytest.raises(UserError, match=r"proxy\[0\].lr must be a number"):
+        pnl.load_panel(tmp_path / "p.toml")
+    (tmp_path / "p.toml").write_text(
+        '[full_seeds]\npermMNIST = 1001\n[[proxy]]\nname = "x"\nexperiment = "permMNIST"\n'
+        '[[proxy]]\nname = "xy"\nexperiment = "permMNIST"\nparts = ["x", "y"]\n'
+    )
+    with pytest.raises(UserError, match=r"proxy\[1\].parts must name two or more proxies of permMNIST"):
         pnl.load_panel(tmp_path / "p.toml")
 
 
