@@ -773,7 +773,7 @@ def run_study(
             history = f", best {format_best(trials)}{eta}"
         print(
             f"study {study_def.name}: {done}/{budget} trials done{history}; storage {where}, "
-            f"{n_workers} worker(s) x {n_threads} thread(s), benchmarks {', '.join(study_def.experiments)}, "
+            f"{n_workers} worker(s) x {n_threads} thread(s), benchmarks {', '.join(study_def.labels)}, "
             f"{data_check.describe(data)}",
             flush=True,
         )
