@@ -83,12 +83,25 @@ def study_randoms(name: str, storage: str | None, n: int, cfg: Any) -> dict[str,
     from search.studies import load_study_def
 
     study_def = load_study_def(name)
-    wanted = (cfg.experiment, cfg.iters, cfg.contexts, cfg.train_subset, cfg.seed, cfg.lr)
+    from clharness.protocol import PROTOCOLS
+
+    def contexts(experiment: str, n: int | None) -> int:  # None: all of the protocol's
+        return PROTOCOLS[experiment].contexts if n is None else n
+
+    wanted = (
+        cfg.experiment,
+        cfg.iters,
+        contexts(cfg.experiment, cfg.contexts),
+        cfg.train_subset,
+        cfg.seed,
+        cfg.lr,
+    )
     bench = next(
         (
             b
             for b in study_def.benchmarks
-            if (b.experiment, b.iters, b.contexts, b.train_subset, b.seeds[0], b.lr) == wanted
+            if (b.experiment, b.iters, contexts(b.experiment, b.contexts), b.train_subset, b.seeds[0], b.lr)
+            == wanted
         ),
         None,
     )
