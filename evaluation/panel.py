@@ -58,9 +58,8 @@ class ProxyDef:
     train_subset: int | None = None
     seeds: tuple[int, ...] = ()
     lr: float | None = None
-    parts: tuple[
-        str, ...
-    ] = ()  # a combined proxy: the mean gap share of these proxies, which run on their own
+    # a combined proxy: the mean gap share of these proxies, which run on their own
+    parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
