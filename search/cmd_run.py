@@ -14,7 +14,7 @@ from search.storage import local_storage_url
 from search.studies import StudyDef, load_study_def
 from search.workers import DEFAULT_OBJECTIVE, DEFAULT_PROBE, run_study
 
-FALLBACK_STUDY = "calibrated"
+FALLBACK_STUDY = "campaign"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -61,7 +61,8 @@ def chance_accuracy(experiment: str) -> float:
     return 1.0 / (protocol.classes_per_context or protocol.n_classes)
 
 
-def _config(bench: BenchmarkProxy, seed: int, *, data_dir: str | None, device: str) -> Any:
+def proxy_config(bench: BenchmarkProxy, seed: int, *, data_dir: str | None, device: str) -> Any:
+    """The RunConfig of one proxy stream of a study benchmark (validation split)."""
     from evaluation.cache import validation_configs
 
     (cfg,) = validation_configs(
@@ -99,7 +100,7 @@ def measure_anchors(
         path = Path(tmp) / "none.py"
         path.write_text(space.generate_source(space.PRESETS["none"], {"preset": "none"}), encoding="utf-8")
         for seed in bench.seeds:
-            cfg = _config(bench, seed, data_dir=data_dir, device=device)
+            cfg = proxy_config(bench, seed, data_dir=data_dir, device=device)
             none_scores.append(float(run(path, cfg, progress=False)["average_accuracy"]))
             joint_scores.append(float(run_joint(cfg, progress=False)["average_accuracy"]))
     return {"none": fmean(none_scores), "joint": fmean(joint_scores)}
@@ -181,7 +182,7 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                             if step < total_steps and trial.should_prune():  # the last step is paid for
                                 raise optuna.TrialPruned(f"pruned after context {k} of {exp} (step {step})")
 
-                        cfg = _config(bench, seed, data_dir=data_dir, device=device)
+                        cfg = proxy_config(bench, seed, data_dir=data_dir, device=device)
                         try:
                             result = run(path, cfg, progress=False, on_context_end=on_context_end)
                         except DivergenceError as exc:

@@ -128,8 +128,12 @@ class StudyDef:
     @property
     def scoring(self) -> dict[str, Any]:
         """What a trial's value depends on: the benchmarks with their proxies and weights, the space's fixed
-        fields and strength centre. Sampler, pruner, budget and workers may change during a study; these may not."""
+        fields and strength centre, and the version of the space it samples. Sampler, pruner, budget and workers
+        may change during a study; these may not."""
+        import space
+
         return {
+            "space": space.SPACE_VERSION,
             # (a proxy named after its experiment records no name: studies made before names keep their scoring)
             "benchmarks": [
                 {k: v for k, v in dataclasses.asdict(b).items() if k != "name" or b.name}

@@ -204,6 +204,12 @@ def check_scoring(study_def: StudyDef, recorded: Any, where: str) -> None:
     if recorded is None or recorded == now:
         return
     what = next((key for key in now if recorded.get(key) != now[key]), "benchmarks")
+    if what == "space":  # studies made before the version was recorded sampled version 2 or an earlier one
+        raise UserError(
+            f"study {study_def.name!r} in {where} sampled version {recorded.get('space', '2 or earlier')} of the "
+            f"design space, and the code now has version {now['space']}: its trials' values would mix. Give the "
+            "study a new name"
+        )
     raise UserError(
         f"study {study_def.name!r} in {where} was scored with {what} = {json.dumps(recorded.get(what))}, but "
         f"{study_def.path} now says {json.dumps(now[what])}: the trials' values would mix. Restore the file, or "

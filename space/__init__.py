@@ -4,13 +4,14 @@ Public interface (docs/INTERFACES.md, "Space"): `Design`, `DesignError`, `PRESET
 `generate_source`, `write_module`; the component tables live in `space.registry`.
 """
 
-from space.design import SPACE, Design, DesignError, outside_search, suggest, trial_params
+from space.design import SPACE, SPACE_VERSION, Design, DesignError, outside_search, suggest, trial_params
 from space.generator import describe, generate_source, write_module
 from space.presets import PRESETS, VARIANTS
 
 __all__ = [
     "PRESETS",
     "SPACE",
+    "SPACE_VERSION",
     "VARIANTS",
     "Design",
     "DesignError",

@@ -29,9 +29,9 @@ class DesignError(ValueError):
 class Spec:
     """The domain of one field.
 
-    `low`/`high` (float, int) and `choices` (choice) are what a design may hold; `search` (choices) or
-    `search_low`/`search_high` (ranges) is the part the sampler draws from. `applies` says whether the field
-    exists for a design, given the design's other values.
+    `low`/`high` (float, int) and `choices` (choice) are what a design may hold; `search` (a few values, for
+    choices and floats alike) or `search_low`/`search_high` (a range) is the part the sampler draws from.
+    `applies` says whether the field exists for a design, given the design's other values.
     """
 
     kind: str  # "float" | "int" | "choice"
@@ -48,10 +48,16 @@ class Spec:
 # Estimator sets: one estimator, or a mixture of two (the weight `mix` is the first one's share).
 ESTIMATOR_SETS = ("fisher", "mas", "si", "uniform", "fisher+mas", "fisher+si", "mas+si", "none")
 DATA_ESTIMATORS = frozenset({"fisher", "mas"})
-# Strength: every searched design is calibrated to the exact Fisher's total, so two decades either side of the
-# published EWC strength hold every plausible design. Uncalibrated presets (SI, MAS, L2) need the wide range.
+# Strength: every searched design is calibrated to the exact Fisher's total, so the searched decades sit around
+# the published EWC strength (1); docs/space.md gives the measurements behind their width. Uncalibrated presets
+# (SI, MAS, L2) need the wide range.
 SCALE_RANGE = (1e-8, 1e4)
-SEARCHED_SCALE = (1e-2, 1e2)
+SEARCHED_SCALE = (0.3, 10.0)
+# An uncalibrated preset's own scale only matched magnitudes roughly (docs/space.md): its tuned baseline searches
+# two decades either side of it.
+UNCALIBRATED_SCALE = (1e-2, 1e2)
+# Bumped whenever the searched part changes: a study records it, and refuses to resume under another version.
+SPACE_VERSION = 3
 
 
 def uses(values: Mapping[str, Any]) -> tuple[str, ...]:
@@ -71,7 +77,8 @@ def _reads_data(v: Mapping[str, Any]) -> bool:
 
 
 SPACE: dict[str, Spec] = {
-    "estimators": Spec("choice", choices=ESTIMATOR_SETS, search=ESTIMATOR_SETS[:-1]),
+    # Not searched: `uniform` (L2, a baseline, not a candidate) and `none`.
+    "estimators": Spec("choice", choices=ESTIMATOR_SETS, search=ESTIMATOR_SETS[:3] + ESTIMATOR_SETS[4:-1]),
     "fisher_labels": Spec(
         "choice", choices=("exact", "sampled", "empirical"), applies=lambda v: "fisher" in uses(v)
     ),
@@ -91,12 +98,14 @@ SPACE: dict[str, Spec] = {
         choices=("first", "random"),
         applies=lambda v: _reads_data(v) and v.get("data_examples") != 0,
     ),
-    "norm": Spec("choice", choices=("none", "mean", "rank"), applies=_regularizes),
-    "power": Spec("float", 0.25, 2.0, search_low=0.25, search_high=1.0, applies=_regularizes),
-    "clip_quantile": Spec("float", 0.9, 1.0, search_low=0.95, search_high=1.0, applies=_regularizes),
+    # `rank` (importance as its quantile) is not searched: it flattens the Fisher's spread towards L2.
+    "norm": Spec("choice", choices=("none", "mean", "rank"), search=("none", "mean"), applies=_regularizes),
+    "power": Spec("float", 0.25, 2.0, search_low=0.5, search_high=1.0, applies=_regularizes),
+    # A clip is off (1.0) or caps the top 0.1% / 1% of each tensor: a continuous range would never turn it off.
+    "clip_quantile": Spec("float", 0.9, 1.0, search=(1.0, 0.999, 0.99), applies=_regularizes),
     "accumulate": Spec("choice", choices=("sum", "decay", "max"), applies=_regularizes),
     "decay_gamma": Spec(
-        "float", 0.5, 1.0, search_low=0.5, search_high=0.99, applies=lambda v: v.get("accumulate") == "decay"
+        "float", 0.5, 1.0, search_low=0.8, search_high=0.99, applies=lambda v: v.get("accumulate") == "decay"
     ),
     "reg_strength_scale": Spec(
         "float",
@@ -293,6 +302,13 @@ def _check(name: str, value: Any) -> None:
         raise DesignError(f"design field {name!r}: {value!r} is outside [{spec.low!r}, {spec.high!r}]")
 
 
+def searched_scale(scale_center: float = 1.0) -> tuple[float, float]:
+    """The strength range the sampler draws from: around 1 for calibrated designs, around an uncalibrated
+    preset's own scale (`scale_center`, not 1) for its tuned baseline."""
+    low, high = SEARCHED_SCALE if scale_center == 1.0 else UNCALIBRATED_SCALE
+    return low * scale_center, high * scale_center
+
+
 def suggest(trial: Any, fixed: Mapping[str, Any] | None = None, *, scale_center: float = 1.0) -> Design:
     """Sample a design from an Optuna trial: every field that applies and is not in `fixed` is suggested.
 
@@ -310,11 +326,11 @@ def suggest(trial: Any, fixed: Mapping[str, Any] | None = None, *, scale_center:
             continue
         if name in fixed:
             values[name] = _coerce(name, fixed[name])
-        elif spec.kind == "float":
+        elif spec.kind == "float" and not spec.search:
             low = spec.low if spec.search_low is None else spec.search_low
             high = spec.high if spec.search_high is None else spec.search_high
             if name == "reg_strength_scale":
-                low, high = low * scale_center, high * scale_center
+                low, high = searched_scale(scale_center)
             values[name] = trial.suggest_float(name, low, high, log=spec.log)
         else:
             values[name] = trial.suggest_categorical(name, list(spec.search or spec.choices))
@@ -333,13 +349,13 @@ def outside_search(
             if fixed[name] != value:
                 return f"{name} = {value!r}, but the study fixes it to {fixed[name]!r}"
             continue
-        if spec.kind == "choice" and spec.search and value not in spec.search:
+        if spec.search and value not in spec.search:
             return f"{name} = {value!r} is not searched (searched: {list(spec.search)})"
-        if spec.kind == "float":
+        if spec.kind == "float" and not spec.search:
             low = spec.low if spec.search_low is None else spec.search_low
             high = spec.high if spec.search_high is None else spec.search_high
             if name == "reg_strength_scale":
-                low, high = low * scale_center, high * scale_center
+                low, high = searched_scale(scale_center)
             if not low <= value <= high:
                 return f"{name} = {value!r} is outside the searched [{low!r}, {high!r}]"
     missing = sorted(set(fixed) - set(values))

@@ -27,6 +27,7 @@ from search_fakes import (
     write_study,
 )
 
+import space
 from evaluation.errors import UserError
 from search.cmd_dashboard import free_port
 from search.cmd_status import format_status
@@ -40,7 +41,7 @@ from search.storage import (
     reference_storage_url,
 )
 from search.studies import load_study_def, repo_root
-from search.workers import run_study
+from search.workers import check_scoring, run_study
 
 # ------------------------------------------------------------------------------------------------ study files
 
@@ -74,12 +75,12 @@ def test_bad_study_values_are_named(tmp_path: Path, old: str, new: str, message:
         load_study_def(path)
 
 
-def test_tuned_baselines_have_the_calibrated_studys_proxies_and_one_budget() -> None:
+def test_tuned_baselines_have_the_campaign_studys_proxies_and_one_budget() -> None:
     # A tuned baseline is a row the campaign's winner must beat: it must be scored on the same proxies, with the
     # same weights, and tuned with the same budget as every other baseline (issue 10).
     from evaluation.cache import TUNED_BASELINES
 
-    main = load_study_def("calibrated")
+    main = load_study_def("campaign")
     tuned = {name: load_study_def(name) for name in TUNED_BASELINES}
     assert {name: s.benchmarks for name, s in tuned.items()} == dict.fromkeys(
         TUNED_BASELINES, main.benchmarks
@@ -265,6 +266,20 @@ def test_a_study_refuses_a_file_whose_scoring_changed(
     assert sum(map(counts_toward_budget, trials_of("fake", url))) == 3  # nothing ran
 
 
+def test_a_study_refuses_to_resume_under_another_version_of_the_space(tmp_path: Path) -> None:
+    """A study recorded before the space had versions (version 2 or earlier), or under another version, would
+    mix trials drawn from different distributions: refused, naming both versions."""
+    study = load_study_def(write_study(tmp_path, n_trials=2))
+    before = {k: v for k, v in json.loads(json.dumps(study.scoring)).items() if k != "space"}
+    with pytest.raises(
+        UserError, match=r"sampled version 2 or earlier of the design space.*now has version 3"
+    ):
+        check_scoring(study, before, "here")
+    with pytest.raises(UserError, match=r"sampled version 4 of the design space.*new name"):
+        check_scoring(study, {**before, "space": 4}, "here")
+    check_scoring(study, {**before, "space": space.SPACE_VERSION}, "here")  # the same version: fine
+
+
 # ---------------------------------------------------------------------------------------- status and export
 
 
@@ -373,19 +388,19 @@ def test_two_workers_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 # ------------------------------------------------------------------------------------------------ fallback
 
 
-def test_auto_fallback_runs_the_calibrated_study_when_cifar100_is_absent(tmp_path: Path) -> None:
+def test_auto_fallback_runs_the_campaign_study_when_cifar100_is_absent(tmp_path: Path) -> None:
     from search.cmd_run import fallback
 
     default = load_study_def("default")
     study, line = fallback(default, str(tmp_path))
-    assert study.name == "calibrated" and study.experiments == ("permMNIST", "splitMNIST")
+    assert study.name == "campaign" and study.experiments == ("permMNIST", "splitMNIST")
     assert line is not None and line.startswith(
-        f"CIFAR-100 is not in {tmp_path}: running the 'calibrated' study"
+        f"CIFAR-100 is not in {tmp_path}: running the 'campaign' study"
     )
     assert "CIFAR100" in line and "make pretrain-trunk" in line
     (tmp_path / "cifar-100-python").mkdir()
     assert fallback(default, str(tmp_path)) == (default, None)
-    assert fallback(load_study_def("calibrated"), str(tmp_path / "elsewhere"))[1] is None  # no CIFAR needed
+    assert fallback(load_study_def("campaign"), str(tmp_path / "elsewhere"))[1] is None  # no CIFAR needed
 
 
 def test_a_signal_during_a_database_call_is_raised_when_the_call_returns(tmp_path: Path) -> None:
