@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import textwrap
@@ -161,12 +160,10 @@ def test_random_designs_alone_need_no_storage(tmp_path: Path) -> None:
     assert res["spearman_rho"] == pytest.approx(-1.0)
 
 
-def test_random_designs_bench_takes_a_studys_random_start(tmp_path: Path) -> None:
+def test_random_designs_bench_takes_a_studys_random_start_and_counts_the_plausible(tmp_path: Path) -> None:
     """bench/random_designs.py --from-study: the first N sampled trials, a crash standing in for its retry, a
     diverged design scoring chance; refused when the study's random start is shorter than N."""
     import importlib.util
-
-    from clharness.runner import RunConfig
 
     from search.objective import CRASH, DESIGN
     from search.storage import make_storage
@@ -197,16 +194,42 @@ def test_random_designs_bench_takes_a_studys_random_start(tmp_path: Path) -> Non
     add(TrialState.COMPLETE, 0.7)
     add(TrialState.FAIL, fail_kind=DESIGN)
     add(TrialState.COMPLETE, 0.6)
-    cfg = RunConfig(
-        experiment="permMNIST", seed=1001, iters=30, contexts=2, val_fraction=0.1, eval_split="val"
-    )
-    got = bench.study_randoms(str(study_file), url, 4, cfg)
-    assert got == {"random_0": 0.8, "random_1": 0.7, "random_2": 0.1, "random_3": 0.6}  # chance: 1 of 10
+    got = bench.study_randoms(str(study_file), url, 4, ["permMNIST"])
+    assert got == {
+        "random_0": {"permMNIST": 0.8},
+        "random_1": {"permMNIST": 0.7},
+        "random_2": {"permMNIST": 0.1},  # chance: 1 of 10
+        "random_3": {"permMNIST": 0.6},
+    }
     with pytest.raises(SystemExit, match="only 4 trials at random"):
-        bench.study_randoms(str(study_file), url, 5, cfg)
-    with pytest.raises(SystemExit, match="does not score permMNIST at this proxy"):
-        bench.study_randoms(str(study_file), url, 4, RunConfig(experiment="permMNIST", seed=1001, iters=31))
-    with pytest.raises(
-        SystemExit, match="does not score permMNIST at this proxy"
-    ):  # a learning-rate-matched one
-        bench.study_randoms(str(study_file), url, 4, dataclasses.replace(cfg, lr=0.002))
+        bench.study_randoms(str(study_file), url, 5, ["permMNIST"])
+    # the figure: the share within the margin of the best preset, on the mean over the proxies and on each
+    scores = {**got, "preset_ewc": {"permMNIST": 0.705}, "preset_si": {"permMNIST": 0.5}}
+    summary = bench.summarize(scores, ["permMNIST"], 0.01)
+    assert summary["mean"]["best_preset"] == "preset_ewc"
+    assert summary["mean"]["close"] == ["random_0", "random_1"]
+    assert summary["mean"]["share_within_margin"] == 0.5 and summary["permMNIST"] == summary["mean"]
+
+
+def test_plausibility_is_counted_on_the_mean_of_two_proxies_and_on_each() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("random_designs", ROOT / "bench" / "random_designs.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    scores = {
+        "preset_a": {"lr": 0.90, "n500": 0.78},  # mean 0.84: the best preset on the mean and on lr
+        "preset_b": {"lr": 0.80, "n500": 0.79},  # the best on n500
+        "random_0": {"lr": 0.89, "n500": 0.78},  # mean 0.835: close on the mean and on both
+        "random_1": {"lr": 0.86, "n500": 0.795},  # mean 0.8275: close on n500 only
+        "random_2": {"lr": 0.91},  # one proxy missing: not counted yet
+    }
+    summary = bench.summarize(scores, ["lr", "n500"], 0.01)
+    assert summary["mean"]["best_preset"] == "preset_a" and summary["mean"]["close"] == ["random_0"]
+    assert summary["mean"]["random_scored"] == 2 and summary["mean"]["share_within_margin"] == 0.5
+    assert summary["lr"]["close"] == ["random_0"]
+    assert summary["n500"]["best_preset"] == "preset_b" and summary["n500"]["close"] == [
+        "random_0",
+        "random_1",
+    ]
