@@ -8,12 +8,14 @@ trials pruned, whether any of the study's top K would have been pruned (the prun
 designs), and the compute saved, counted in training iterations (each step is one context of one benchmark, of
 the study's proxy iterations).
 
-    python bench/pruning_replay.py --study calibrated_random --top 5
+    python bench/pruning_replay.py --study campaign --storage sqlite:///studies/campaign/campaign.db --top 5 \
+        --json results/pruning_replay.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,17 +32,23 @@ class Setting:
     percentile: float
     n_startup_trials: int
     n_warmup_steps: int
+    interval_steps: int = 1
 
     def label(self) -> str:
         """Short description for the table."""
+        every = f" every {self.interval_steps}" if self.interval_steps > 1 else ""
         return (
             f"{self.name} p{self.percentile:g} startup {self.n_startup_trials} warmup {self.n_warmup_steps}"
+            + every
         )
 
     def build(self) -> optuna.pruners.BasePruner:
-        """The Optuna pruner."""
+        """The Optuna pruner (median is the 50th percentile)."""
         return optuna.pruners.PercentilePruner(
-            self.percentile, n_startup_trials=self.n_startup_trials, n_warmup_steps=self.n_warmup_steps
+            self.percentile,
+            n_startup_trials=self.n_startup_trials,
+            n_warmup_steps=self.n_warmup_steps,
+            interval_steps=self.interval_steps,
         )
 
 
@@ -89,16 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     from clharness.protocol import PROTOCOLS
 
     study_def = load_study_def(args.study)
-    costs = step_costs(
-        [
-            (
-                b.contexts or PROTOCOLS[b.experiment].contexts,
-                b.iters or PROTOCOLS[b.experiment].iters,
-                len(b.seeds),
-            )
-            for b in study_def.benchmarks
-        ]
-    )
+    per_bench = [
+        (
+            (b.contexts or PROTOCOLS[b.experiment].contexts) * len(b.seeds),
+            b.iters or PROTOCOLS[b.experiment].iters,
+            1,
+        )
+        for b in study_def.benchmarks
+    ]
+    costs = step_costs(per_bench)
     study = open_study(study_def.name, args.storage)
     trials = sorted(
         (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None),
@@ -108,20 +115,26 @@ def main(argv: list[str] | None = None) -> int:
         print("error: some complete trials did not report every step: replay needs an unpruned study")
         return 2
     top = {t.number for t in sorted(trials, key=lambda t: -float(t.value or 0.0))[: args.top]}
+    # Checks at every context from an early step, or only where a benchmark ends (its whole proxy score known):
+    # once after the first, once after the second, or at each end when the benchmarks are equally long.
+    ends = list(itertools.accumulate(n for n, _, _ in per_bench))[:-1]
+    schedules = [(2, 1), (5, 1)] + [(end, len(costs)) for end in ends]
+    if len(ends) > 1 and all(b - a == ends[0] for a, b in zip([0, *ends], ends, strict=False)):
+        schedules.append((ends[0], ends[0]))
     settings = [
-        Setting(name, p, startup, warmup)
+        Setting(name, p, startup, warmup, interval)
         for name, p in (("median", 50.0), ("percentile", 25.0), ("percentile", 10.0))
         for startup in (5, 10)
-        for warmup in (2, 5, len(costs) // 2)
+        for warmup, interval in schedules
     ]
     rows = []
     print(f"{len(trials)} complete trials of {study_def.name}; top {args.top}: {sorted(top)}")
-    print(f"{'pruner':42} {'pruned':>7} {'top lost':>9} {'saved':>7}")
+    print(f"{'pruner':52} {'pruned':>7} {'top lost':>9} {'saved':>7}")
     for setting in settings:
         res = replay(trials, setting, costs)
         lost = sorted(top & set(res["pruned"]))
         rows.append({"setting": setting.label(), **res, "top_lost": lost})
-        print(f"{setting.label():42} {len(res['pruned']):>7} {len(lost):>9} {res['saved']:>7.1%}")
+        print(f"{setting.label():52} {len(res['pruned']):>7} {len(lost):>9} {res['saved']:>7.1%}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"study": study_def.name, "top": sorted(top), "rows": rows}, fh, indent=1, default=str)

@@ -172,11 +172,16 @@ def make_pruner(d: PrunerDef, n_steps: int) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     if d.name == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=d.n_startup_trials, n_warmup_steps=d.n_warmup_steps
+            n_startup_trials=d.n_startup_trials,
+            n_warmup_steps=d.n_warmup_steps,
+            interval_steps=d.interval_steps,
         )
     if d.name == "percentile":
         return optuna.pruners.PercentilePruner(
-            d.percentile, n_startup_trials=d.n_startup_trials, n_warmup_steps=d.n_warmup_steps
+            d.percentile,
+            n_startup_trials=d.n_startup_trials,
+            n_warmup_steps=d.n_warmup_steps,
+            interval_steps=d.interval_steps,
         )
     if d.name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(

@@ -46,3 +46,35 @@ def test_replay_prunes_the_weak_late_trials_and_counts_the_iterations_saved() ->
     # No warm-up beyond the last step: nothing can be pruned.
     none = replay_mod.replay(trials, replay_mod.Setting("median", 50.0, 3, 4), costs)
     assert none["pruned"] == {} and none["saved"] == 0.0
+
+
+def test_a_pruner_that_checks_only_where_a_benchmark_ends() -> None:
+    """warmup 2 with interval 2 on two 2-context benchmarks: the one check is at step 2, where the first
+    benchmark's score is whole (step 4 is the last one and always paid for)."""
+    slopes = [1.0, 2.0, 3.0, 0.5, 4.0, 0.1]
+    trials = [_trial(i, s) for i, s in enumerate(slopes)]
+    costs = replay_mod.step_costs([(2, 100, 1), (2, 10, 1)])
+    res = replay_mod.replay(trials, replay_mod.Setting("median", 50.0, 3, 2, interval_steps=2), costs)
+    assert res["pruned"] == {3: 2, 5: 2}
+    assert res["spent"] == 6 * 220 - 2 * 20  # each pruned trial skipped the second benchmark
+    assert "every 2" in replay_mod.Setting("median", 50.0, 3, 2, interval_steps=2).label()
+
+
+def test_the_studys_pruner_takes_the_interval() -> None:
+    from search.studies import PrunerDef
+    from search.workers import make_pruner
+
+    pruner = make_pruner(PrunerDef(name="percentile", n_warmup_steps=10, interval_steps=10), 25)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):  # the startup trials, reporting at every step
+        trial = study.ask()
+        for step in range(1, 26):
+            trial.report(value * step, step)
+        study.tell(trial, value * 25)
+    weak = study.ask()
+    checks = []
+    for step in range(1, 21):
+        weak.report(0.0, step)
+        if weak.should_prune():
+            checks.append(step)
+    assert checks == [10, 20]  # only where a benchmark ends
