@@ -30,6 +30,11 @@ DEFAULT_OUT = Path("results") / "fidelity"
 PROXY_FIELDS = ("iters", "contexts", "train_subset", "seeds", "lr")
 
 
+def gap_share(accuracy: float, anchor: Mapping[str, float]) -> float:
+    """The share of the gap between `none` and joint training that an average accuracy closes."""
+    return (accuracy - anchor["none"]) / (anchor["joint"] - anchor["none"])
+
+
 class BenchmarkProxy(Protocol):
     """What fidelity needs of a study's benchmark (`search.studies.BenchmarkProxy` has it)."""
 

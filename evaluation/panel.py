@@ -37,7 +37,7 @@ from evaluation.cache import (
     validation_configs,
 )
 from evaluation.errors import UserError
-from evaluation.fidelity import spearman
+from evaluation.fidelity import gap_share, spearman
 
 DEFAULT_PANEL = Path("results") / "fidelity" / "panel.toml"
 LogFn = Callable[[str], None]
@@ -289,7 +289,7 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
                 _score(panel, "joint", None, cfgs),
             )
             anchors = {"none": none[0], "joint": joint[0]} if none and joint else None
-            gaps = None if anchors is None else {k: _gap(s, anchors) for k, s in scores.items()}
+            gaps = None if anchors is None else {k: gap_share(s, anchors) for k, s in scores.items()}
             settings = {"iters": proxy.iters, "contexts": proxy.contexts, "train_subset": proxy.train_subset,
                         "seeds": list(proxy.seeds), "lr": proxy.lr}  # fmt: skip
             cost = statistics.median(walls) if walls else None
@@ -312,10 +312,6 @@ def summarize(panel: PanelDef, benchmarks: Sequence[str]) -> dict:
             "ceiling": ceiling,
         }
     return out
-
-
-def _gap(score: float, anchors: Mapping[str, float]) -> float:
-    return (score - anchors["none"]) / (anchors["joint"] - anchors["none"])
 
 
 def _rank_row(
@@ -357,7 +353,7 @@ def _combined_row(
     scores: dict[str, float] = {}
     if all(r["anchors"] for r in parts):
         common = set.intersection(*(set(r["scores"]) for r in parts))
-        scores = {k: statistics.fmean(_gap(r["scores"][k], r["anchors"]) for r in parts) for k in common}
+        scores = {k: statistics.fmean(gap_share(r["scores"][k], r["anchors"]) for r in parts) for k in common}
     costs = [r["median_cost_s"] for r in parts]
     cost = None if None in costs else sum(costs)
     steps = sum(r["steps"] for r in parts)

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from evaluation.fidelity import gap_share
 from search.studies import BenchmarkProxy, StudyDef
 
 Objective = Callable[[optuna.Trial], float]
@@ -46,11 +47,6 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_kind") == DESIGN
-
-
-def gap_share(accuracy: float, anchor: Mapping[str, float]) -> float:
-    """The share of the gap between `none` and joint training that an average accuracy closes."""
-    return (accuracy - anchor["none"]) / (anchor["joint"] - anchor["none"])
 
 
 def chance_accuracy(experiment: str) -> float:

@@ -27,9 +27,9 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.cache import RunFn, run_cached, run_joint_cached, sha256_text, store_module
+from evaluation.fidelity import gap_share
 from search import annotate, optuna_adapter
 from search.export import rank_trials
-from search.objective import gap_share
 from search.storage import check_writable
 from search.studies import BenchmarkProxy, StudyDef
 from search.workers import quiet_optuna

@@ -75,8 +75,9 @@ class PrunerDef:
 
     name: str = "median"
     n_startup_trials: int = 5  # trials that finish before any pruning
-    n_warmup_steps: int = 2  # the first step at which a trial can be pruned (contexts, counted across benchmarks)
-    interval_steps: int = 1  # steps between pruning checks after the warm-up (at benchmark ends: its contexts)
+    # the first step at which a trial can be pruned (steps are contexts, counted across benchmarks)
+    n_warmup_steps: int = 2
+    interval_steps: int = 1  # steps between checks after the warm-up (a benchmark's contexts: at its ends)
     percentile: float = 25.0  # percentile: a trial below this percentile of the others at a step is pruned
     min_resource: int = 2  # successive_halving / hyperband
     reduction_factor: int = 3  # successive_halving / hyperband

@@ -181,7 +181,8 @@ def test_diverging_and_broken_modules_are_recorded_and_the_study_goes_on(
 def test_two_proxies_of_one_benchmark_score_apart_and_weigh_in(tmp_path: Path, mnist_root: Path) -> None:
     """Two proxies of one experiment (a named second one): each has its own score, anchors and attributes, and
     the trial's value is their weighted mean of gap shares."""
-    from search.objective import anchor_key, gap_share
+    from evaluation.fidelity import gap_share
+    from search.objective import anchor_key
 
     second = TINY.split("[[benchmark]]")[1].replace("iters = 10", 'iters = 20\nlr = 0.003\nname = "split_lr"')
     path = tmp_path / "two.toml"
