@@ -31,7 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--hooks", type=Path, help="candidate hook module (default: custom_regularization.py)")
     who.add_argument("--study", help="take the candidate from this study's best trial")
     p.add_argument("--benchmarks", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-    p.add_argument("--seeds", nargs="+", type=int, default=list(fe.DEFAULT_SEEDS))
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        help="evaluation seeds for every benchmark (default: "
+        + ", ".join(f"{b} {fe.default_seeds(b)[0]}-{fe.default_seeds(b)[-1]}" for b in PROTOCOLS)
+        + ")",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -103,7 +110,9 @@ def command_line(args: argparse.Namespace) -> list[str]:
         argv += ["--hooks", str(args.hooks)]
     if args.study is not None:
         argv += ["--study", args.study]
-    argv += ["--benchmarks", *args.benchmarks, "--seeds", *map(str, args.seeds)]
+    argv += ["--benchmarks", *args.benchmarks]
+    if args.seeds:
+        argv += ["--seeds", *map(str, args.seeds)]
     if args.methods:
         argv += ["--methods", *args.methods]
     argv += ["--device", args.device]

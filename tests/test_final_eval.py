@@ -389,3 +389,15 @@ def test_a_module_equal_to_a_preset_is_not_run_twice(tmp_path: Path, monkeypatch
     record = json.loads(copy.read_text())
     assert record["method"] == "candidate" and record["copied_from"].startswith("ewc__")
     assert "| `candidate` | 0.5000 (n=1) | 1 |" in readme.read_text()
+
+
+def test_split_mnist_runs_five_seeds_and_permuted_mnist_three_by_default(tmp_path: Path) -> None:
+    fake = FakeHarness()
+    _eval(tmp_path, fake, methods=["none"], benchmarks=["splitMNIST", "permMNIST"], seeds=None)
+    assert [(e, s) for _, e, s in fake.calls] == [
+        *(("splitMNIST", s) for s in (42, 43, 44, 45, 46)),
+        *(("permMNIST", s) for s in (42, 43, 44)),
+    ]
+    again = FakeHarness()
+    _eval(tmp_path / "b", again, methods=["none"], benchmarks=["splitMNIST", "permMNIST"], seeds=[7])
+    assert [(e, s) for _, e, s in again.calls] == [("splitMNIST", 7), ("permMNIST", 7)]  # --seeds: every one
