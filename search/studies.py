@@ -78,7 +78,8 @@ class PrunerDef:
     # the first step at which a trial can be pruned (steps are contexts, counted across benchmarks)
     n_warmup_steps: int = 2
     interval_steps: int = 1  # steps between checks after the warm-up (a benchmark's contexts: at its ends)
-    percentile: float = 25.0  # percentile: a trial below this percentile of the others at a step is pruned
+    # percentile: the share of trials kept at a step (Optuna's meaning: 75 keeps the top 75 %, prunes the rest)
+    percentile: float = 75.0
     min_resource: int = 2  # successive_halving / hyperband
     reduction_factor: int = 3  # successive_halving / hyperband
 
