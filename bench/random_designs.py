@@ -119,9 +119,9 @@ def summarize(scores: dict[str, dict[str, float]], labels: list[str], margin: fl
     complete = {k: v for k, v in scores.items() if set(v) == set(labels)}
     mean = {k: statistics.fmean(v[label] for label in labels) for k, v in complete.items()}
     out: dict[str, Any] = {}
-    for what, score in [("mean", mean)] + [
-        (label, {k: v[label] for k, v in complete.items()}) for label in labels
-    ]:
+    # the mean counts the designs scored on every proxy; each proxy, every design scored on it
+    each = [(label, {k: v[label] for k, v in scores.items() if label in v}) for label in labels]
+    for what, score in [("mean", mean), *each]:
         presets = {k: v for k, v in score.items() if k.startswith("preset_")}
         randoms = {k: v for k, v in score.items() if k.startswith("random_")}
         if not presets or not randoms:
@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         if score is not None:
             scores.setdefault(label, {})[bench.label] = score
     summary = summarize(scores, labels, args.margin)
-    if "mean" not in summary:
-        print(f"{len(scores)} designs scored on some proxies so far")
+    if not summary:
+        print(f"{len(scores)} designs scored so far, none of them random or none a preset")
         return 0
     summary = {
         "space": args.space,
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         **summary,
     }  # fmt: skip
     (OUT / f"{tag}_{args.study}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    for what in ["mean", *labels]:
+    for what in [w for w in ("mean", *labels) if w in summary]:
         row = summary[what]
         print(
             f"{args.space} on {what}: {row['within_margin']}/{row['random_scored']} random designs "
