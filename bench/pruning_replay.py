@@ -9,7 +9,10 @@ designs), and the compute saved, counted in training iterations (each step is on
 the study's proxy iterations).
 
     python bench/pruning_replay.py --study campaign --storage sqlite:///studies/campaign/campaign.db --top 5 \
-        --json results/pruning_replay.json
+        --json results/fidelity/pruning_replay.json [--order permMNIST_n500 permMNIST_lr splitMNIST]
+
+`--order` replays the same trials as if their benchmarks had reported in another order (see `reorder`): what a
+study run in that order would have pruned, measured before it is started.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,36 @@ def step_costs(study_def_benchmarks: Sequence[tuple[int, int, int]]) -> list[int
     return costs
 
 
+def reorder(trial: FrozenTrial, sizes: Sequence[int], order: Sequence[int]) -> FrozenTrial:
+    """The trial as it would have reported with its benchmarks in another order.
+
+    The objective reports the finished benchmarks' contribution plus the running one's, so a benchmark's own
+    series is the value minus the value at the previous benchmark's last step; its final contribution is where
+    that series ends. `sizes` are the benchmarks' steps in report order, `order` the new order (their indices).
+    """
+    values = trial.intermediate_values
+    starts = [0, *itertools.accumulate(sizes)]
+    own = []
+    for i, size in enumerate(sizes):
+        before = values[starts[i]] if starts[i] else 0.0
+        own.append([values[starts[i] + k] - before for k in range(1, size + 1)])
+    new: dict[int, float] = {}
+    offset = 0.0
+    for i in order:
+        new.update({len(new) + 1 + k: offset + v for k, v in enumerate(own[i])})
+        offset += own[i][-1]
+    moved = create_trial(
+        params=trial.params,
+        distributions=trial.distributions,
+        value=trial.value,
+        intermediate_values=new,
+        user_attrs=trial.user_attrs,
+        state=trial.state,
+    )
+    moved.number = trial.number
+    return moved
+
+
 def replay(trials: Sequence[FrozenTrial], setting: Setting, costs: Sequence[int]) -> dict:
     """Replay complete trials under one pruner setting; returns what it pruned and the iterations it saved."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="storage URL (default: the study's own)")
     parser.add_argument("--top", type=int, default=5, help="the best trials that must survive (default 5)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--order", nargs="+", metavar="LABEL", help="replay as if the benchmarks had reported in this order"
+    )
     args = parser.parse_args(argv)
 
     from clharness.protocol import PROTOCOLS
@@ -105,15 +141,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         for b in study_def.benchmarks
     ]
-    costs = step_costs(per_bench)
+    labels = list(study_def.labels)
+    order = list(range(len(labels)))
+    if args.order:
+        if sorted(args.order) != sorted(labels):
+            print(f"error: --order must name each of the study's benchmarks once: {' '.join(labels)}")
+            return 2
+        order = [labels.index(label) for label in args.order]
     study = open_study(study_def.name, args.storage)
     trials = sorted(
         (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None),
         key=lambda t: t.number,
     )
-    if any(len(t.intermediate_values) != len(costs) for t in trials):
+    if any(len(t.intermediate_values) != len(step_costs(per_bench)) for t in trials):
         print("error: some complete trials did not report every step: replay needs an unpruned study")
         return 2
+    trials = [reorder(t, [n for n, _, _ in per_bench], order) for t in trials]
+    per_bench = [per_bench[i] for i in order]
+    costs = step_costs(per_bench)
+    print(f"report order: {' '.join(labels[i] for i in order)}")
     ranked = sorted(trials, key=lambda t: -float(t.value or 0.0))
     top = {t.number for t in ranked[: args.top]}
     # The warm starts run first, inside every pruner's startup, so they are never at risk: the sampled
@@ -149,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         summary = {
             "study": study_def.name,
+            "order": [labels[i] for i in order],
             "top": sorted(top),
             "sampled_top": sorted(sampled_top),
             "rows": rows,
