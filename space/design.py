@@ -111,9 +111,7 @@ SPACE: dict[str, Spec] = {
         "float",
         SCALE_RANGE[0],
         SCALE_RANGE[1],
-        log=True,
-        search_low=SEARCHED_SCALE[0],
-        search_high=SEARCHED_SCALE[1],
+        log=True,  # searched over SEARCHED_SCALE or UNCALIBRATED_SCALE (`_search_range`)
         applies=_regularizes,
     ),
 }
@@ -302,11 +300,15 @@ def _check(name: str, value: Any) -> None:
         raise DesignError(f"design field {name!r}: {value!r} is outside [{spec.low!r}, {spec.high!r}]")
 
 
-def searched_scale(scale_center: float = 1.0) -> tuple[float, float]:
-    """The strength range the sampler draws from: around 1 for calibrated designs, around an uncalibrated
-    preset's own scale (`scale_center`, not 1) for its tuned baseline."""
-    low, high = SEARCHED_SCALE if scale_center == 1.0 else UNCALIBRATED_SCALE
-    return low * scale_center, high * scale_center
+def _search_range(name: str, spec: Spec, scale_center: float) -> tuple[float, float]:
+    """The range the sampler draws a float field from; the strength sits around 1 for calibrated designs and
+    around an uncalibrated preset's own scale (`scale_center`, not 1) for its tuned baseline."""
+    if name == "reg_strength_scale":
+        low, high = SEARCHED_SCALE if scale_center == 1.0 else UNCALIBRATED_SCALE
+        return low * scale_center, high * scale_center
+    low = spec.low if spec.search_low is None else spec.search_low
+    high = spec.high if spec.search_high is None else spec.search_high
+    return low, high
 
 
 def suggest(trial: Any, fixed: Mapping[str, Any] | None = None, *, scale_center: float = 1.0) -> Design:
@@ -327,10 +329,7 @@ def suggest(trial: Any, fixed: Mapping[str, Any] | None = None, *, scale_center:
         if name in fixed:
             values[name] = _coerce(name, fixed[name])
         elif spec.kind == "float" and not spec.search:
-            low = spec.low if spec.search_low is None else spec.search_low
-            high = spec.high if spec.search_high is None else spec.search_high
-            if name == "reg_strength_scale":
-                low, high = searched_scale(scale_center)
+            low, high = _search_range(name, spec, scale_center)
             values[name] = trial.suggest_float(name, low, high, log=spec.log)
         else:
             values[name] = trial.suggest_categorical(name, list(spec.search or spec.choices))
@@ -352,10 +351,7 @@ def outside_search(
         if spec.search and value not in spec.search:
             return f"{name} = {value!r} is not searched (searched: {list(spec.search)})"
         if spec.kind == "float" and not spec.search:
-            low = spec.low if spec.search_low is None else spec.search_low
-            high = spec.high if spec.search_high is None else spec.search_high
-            if name == "reg_strength_scale":
-                low, high = searched_scale(scale_center)
+            low, high = _search_range(name, spec, scale_center)
             if not low <= value <= high:
                 return f"{name} = {value!r} is outside the searched [{low!r}, {high!r}]"
     missing = sorted(set(fixed) - set(values))
