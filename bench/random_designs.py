@@ -176,24 +176,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_study:
         scores.update(study_randoms(args.from_study, args.storage, args.n, labels))
     jobs = [(label, source, bench) for label, source in designs for bench in benches]
-    for i, (label, source, bench) in enumerate(jobs):
-        name = f"{tag}_{label}"
+    pending = []
+    for label, source, bench in jobs:
         path, sha = store_module(OUT / "modules" / tag, label, source)
         cfg = proxy_config(bench, bench.seeds[0], data_dir=None, device="cpu")
-        if args.report_only or i % count != index:
-            key, _ = run_key(sha, cfg, code_version())
-            record = load_record(result_path(OUT / "runs", name, cfg.experiment, key, cfg.seed))
-            score = None if record is None else float(record["result"]["average_accuracy"])
+        key, _ = run_key(sha, cfg, code_version())
+        record = load_record(result_path(OUT / "runs", f"{tag}_{label}", cfg.experiment, key, cfg.seed))
+        if record is not None:
+            scores.setdefault(label, {})[bench.label] = float(record["result"]["average_accuracy"])
         else:
-            try:
-                record, _ = run_cached(name, path, sha, cfg, cache_dir=OUT / "runs")
-                score = float(record["result"]["average_accuracy"])
-            except Exception as exc:  # a diverged design is no regularizer: it scores chance, as in a study
-                print(f"{label} on {bench.label}: failed: {exc}", flush=True)
-                score = chance_accuracy(cfg.experiment)
-            print(f"{label} on {bench.label}: {score:.4f}", flush=True)
-        if score is not None:
-            scores.setdefault(label, {})[bench.label] = score
+            pending.append((label, path, sha, cfg, bench))
+    # the shards split what the cache still lacks, so that side-by-side shards finish together
+    for label, path, sha, cfg, bench in [] if args.report_only else pending[index::count]:
+        try:
+            record, _ = run_cached(f"{tag}_{label}", path, sha, cfg, cache_dir=OUT / "runs")
+            score = float(record["result"]["average_accuracy"])
+        except Exception as exc:  # a diverged design is no regularizer: it scores chance, as in a study
+            print(f"{label} on {bench.label}: failed: {exc}", flush=True)
+            score = chance_accuracy(cfg.experiment)
+        print(f"{label} on {bench.label}: {score:.4f}", flush=True)
+        scores.setdefault(label, {})[bench.label] = score
     summary = summarize(scores, labels, args.margin)
     if not summary:
         print(f"{len(scores)} designs scored so far, none of them random or none a preset")
