@@ -9,10 +9,11 @@ designs), and the compute saved, counted in training iterations (each step is on
 the study's proxy iterations).
 
     python bench/pruning_replay.py --study campaign --storage sqlite:///studies/campaign/campaign.db --top 5 \
-        --json results/fidelity/pruning_replay.json [--order permMNIST_n500 permMNIST_lr splitMNIST]
+        --json results/fidelity/pruning_replay.json [--order permMNIST_n500 permMNIST_lr splitMNIST] [--first N]
 
-`--order` replays the same trials as if their benchmarks had reported in another order (see `reorder`): what a
-study run in that order would have pruned, measured before it is started.
+`--order` replays the same trials as if their benchmarks had reported in another order (`search.cmd_reorder`,
+which can also move a study to that order): what a study run in that order would have pruned, measured before it
+is started.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState
 
 
 @dataclass(frozen=True)
@@ -63,36 +64,6 @@ def step_costs(study_def_benchmarks: Sequence[tuple[int, int, int]]) -> list[int
     return costs
 
 
-def reorder(trial: FrozenTrial, sizes: Sequence[int], order: Sequence[int]) -> FrozenTrial:
-    """The trial as it would have reported with its benchmarks in another order.
-
-    The objective reports the finished benchmarks' contribution plus the running one's, so a benchmark's own
-    series is the value minus the value at the previous benchmark's last step; its final contribution is where
-    that series ends. `sizes` are the benchmarks' steps in report order, `order` the new order (their indices).
-    """
-    values = trial.intermediate_values
-    starts = [0, *itertools.accumulate(sizes)]
-    own = []
-    for i, size in enumerate(sizes):
-        before = values[starts[i]] if starts[i] else 0.0
-        own.append([values[starts[i] + k] - before for k in range(1, size + 1)])
-    new: dict[int, float] = {}
-    offset = 0.0
-    for i in order:
-        new.update({len(new) + 1 + k: offset + v for k, v in enumerate(own[i])})
-        offset += own[i][-1]
-    moved = create_trial(
-        params=trial.params,
-        distributions=trial.distributions,
-        value=trial.value,
-        intermediate_values=new,
-        user_attrs=trial.user_attrs,
-        state=trial.state,
-    )
-    moved.number = trial.number
-    return moved
-
-
 def replay(trials: Sequence[FrozenTrial], setting: Setting, costs: Sequence[int]) -> dict:
     """Replay complete trials under one pruner setting; returns what it pruned and the iterations it saved."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -117,6 +88,7 @@ def replay(trials: Sequence[FrozenTrial], setting: Setting, costs: Sequence[int]
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
+    from search.cmd_reorder import reorder_trial
     from search.storage import open_study
     from search.studies import load_study_def
 
@@ -127,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument(
         "--order", nargs="+", metavar="LABEL", help="replay as if the benchmarks had reported in this order"
+    )
+    parser.add_argument(
+        "--first",
+        type=int,
+        metavar="N",
+        help="replay only the first N complete trials (does a verdict hold as the study grows?)",
     )
     args = parser.parse_args(argv)
 
@@ -152,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     trials = sorted(
         (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None),
         key=lambda t: t.number,
-    )
+    )[: args.first]
     if any(len(t.intermediate_values) != len(step_costs(per_bench)) for t in trials):
         print("error: some complete trials did not report every step: replay needs an unpruned study")
         return 2
-    trials = [reorder(t, [n for n, _, _ in per_bench], order) for t in trials]
+    trials = [reorder_trial(t, [n for n, _, _ in per_bench], order) for t in trials]
     per_bench = [per_bench[i] for i in order]
     costs = step_costs(per_bench)
     print(f"report order: {' '.join(labels[i] for i in order)}")

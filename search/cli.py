@@ -24,6 +24,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "search.cmd_fidelity",
     "search.cmd_panel",
     "search.cmd_promote",
+    "search.cmd_reorder",
 )
 
 

@@ -10,7 +10,6 @@ written: the dashboard serves an in-memory copy of it, annotated, and says so.
 from __future__ import annotations
 
 import argparse
-import re
 import socket
 
 import optuna
@@ -21,10 +20,6 @@ from search import annotate, optuna_adapter
 from search.cmd_status import study_name
 from search.promote import record_promoted
 from search.storage import default_storage_url, display_url, is_reference, make_storage, open_study
-
-# Study system attributes of optuna-dashboard that name a trial by its storage id (trial notes, and artifacts
-# uploaded through old dashboards): an in-memory copy gives trials new ids, so these keys are renamed.
-_TRIAL_KEY = re.compile(r"^(dashboard:(?:artifacts:)?)(\d+)(:.*)$", re.DOTALL)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,30 +49,7 @@ def in_memory_copy(name: str, url: str) -> tuple[InMemoryStorage, optuna.Study]:
     src_storage = make_storage(url)
     source = open_study(name, src_storage)
     storage = InMemoryStorage()
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
-    try:
-        copy = optuna.create_study(study_name=name, storage=storage, directions=source.directions)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    trials = source.get_trials(deepcopy=False)
-    copy.add_trials(trials)
-    new_id = {
-        optuna_adapter.trial_id(src_storage, source, t.number): optuna_adapter.trial_id(
-            storage, copy, t.number
-        )
-        for t in trials
-    }
-    copy_id = optuna_adapter.study_id(storage, name)
-    for key, value in src_storage.get_study_system_attrs(optuna_adapter.study_id(src_storage, name)).items():
-        if m := _TRIAL_KEY.match(key):
-            if int(m.group(2)) not in new_id:
-                continue  # a note of a trial of another study in the same file
-            key = f"{m.group(1)}{new_id[int(m.group(2))]}{m.group(3)}"
-        storage.set_study_system_attr(copy_id, key, value)
-    for key, value in source.user_attrs.items():
-        copy.set_user_attr(key, value)
-    return storage, copy
+    return storage, optuna_adapter.copy_study(src_storage, name, storage, source.get_trials(deepcopy=False))
 
 
 def prepare(name: str, url: str) -> tuple[BaseStorage, str]:

@@ -128,9 +128,7 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
     from search.annotate import annotate_trial, note_scores  # it imports this module
 
     total_weight = sum(b.weight for b in study_def.benchmarks)
-    total_steps = sum(
-        (b.contexts or PROTOCOLS[b.experiment].contexts) * len(b.seeds) for b in study_def.benchmarks
-    )
+    total_steps = study_def.n_steps
     anchors: dict[str, dict[str, float]] = {}
 
     def objective(trial: optuna.Trial) -> float:

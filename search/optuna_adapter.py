@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import re
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -55,6 +56,40 @@ def study_id(storage: BaseStorage, name: str) -> int:
 def frozen_trial(storage: BaseStorage, study: optuna.Study, number: int) -> FrozenTrial:
     """Trial `number` as the storage holds it now."""
     return storage.get_trial(trial_id(storage, study, number))
+
+
+# Study system attributes of optuna-dashboard that name a trial by its storage id (trial notes, and artifacts
+# uploaded through old dashboards): a copy gives trials new ids, so these keys are renamed.
+_TRIAL_KEY = re.compile(r"^(dashboard:(?:artifacts:)?)(\d+)(:.*)$", re.DOTALL)
+
+
+def copy_study(
+    source_storage: BaseStorage, name: str, target_storage: BaseStorage, trials: Sequence[FrozenTrial]
+) -> optuna.Study:
+    """Study `name` created in `target_storage` with `trials` (all of the source's, in number order, or changed
+    copies of them), its user attributes, and the dashboard's notes moved to the trials' new storage ids."""
+    source = optuna.load_study(study_name=name, storage=source_storage)
+    numbers = [t.number for t in trials]
+    if numbers != list(range(len(source.get_trials(deepcopy=False)))):
+        raise ValueError("copy_study takes every trial of the source, in number order")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in ..."
+    try:
+        target = optuna.create_study(study_name=name, storage=target_storage, directions=source.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    target.add_trials(trials)
+    new_id = {trial_id(source_storage, source, n): trial_id(target_storage, target, n) for n in numbers}
+    target_id = study_id(target_storage, name)
+    for key, value in source_storage.get_study_system_attrs(study_id(source_storage, name)).items():
+        if m := _TRIAL_KEY.match(key):
+            if int(m.group(2)) not in new_id:
+                continue  # a note of a trial of another study in the same file
+            key = f"{m.group(1)}{new_id[int(m.group(2))]}{m.group(3)}"
+        target_storage.set_study_system_attr(target_id, key, value)
+    for key, value in source.user_attrs.items():
+        target.set_user_attr(key, value)
+    return target
 
 
 def put_back(storage: BaseStorage, study: optuna.Study, number: int) -> None:

@@ -57,6 +57,11 @@ class BenchmarkProxy:
         """The key of this proxy's score in a trial's `scores`, its attributes and the objective's anchors."""
         return self.name or self.experiment
 
+    @property
+    def steps(self) -> int:
+        """The reports a trial makes on this proxy: one per context and seed."""
+        return (self.contexts or PROTOCOLS[self.experiment].contexts) * len(self.seeds)
+
 
 @dataclass(frozen=True)
 class SamplerDef:
@@ -122,11 +127,7 @@ class StudyDef:
     @property
     def n_steps(self) -> int:
         """Contexts reported per trial, over all benchmarks and seeds."""
-        total = 0
-        for b in self.benchmarks:
-            contexts = b.contexts if b.contexts is not None else PROTOCOLS[b.experiment].contexts
-            total += contexts * len(b.seeds)
-        return total
+        return sum(b.steps for b in self.benchmarks)
 
     @property
     def scoring(self) -> dict[str, Any]:

@@ -215,6 +215,17 @@ def check_scoring(study_def: StudyDef, recorded: Any, where: str) -> None:
             f"design space, and the code now has version {now['space']}: its trials' values would mix. Give the "
             "study a new name"
         )
+    if (
+        what == "benchmarks"
+        and recorded.get("benchmarks")
+        and {json.dumps(b, sort_keys=True) for b in recorded["benchmarks"]}
+        == {json.dumps(b, sort_keys=True) for b in now["benchmarks"]}
+    ):
+        raise UserError(
+            f"study {study_def.name!r} in {where} reported its benchmarks in another order than {study_def.path} "
+            f"now gives: old and new reports would mix under the pruner. `python -m search reorder --study "
+            f"{study_def.name} --from URL --to NEW_URL` copies the study with its trials' reports in the new order"
+        )
     raise UserError(
         f"study {study_def.name!r} in {where} was scored with {what} = {json.dumps(recorded.get(what))}, but "
         f"{study_def.path} now says {json.dumps(now[what])}: the trials' values would mix. Restore the file, or "

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -79,22 +78,3 @@ def test_the_studys_pruner_takes_the_interval() -> None:
         if weak.should_prune():
             checks.append(step)
     assert checks == [10, 20]  # only where a benchmark ends
-
-
-def test_reorder_gives_the_values_the_other_benchmark_order_would_have_reported() -> None:
-    """Benchmark A (2 steps) then B (2 steps), each reporting finished contributions plus its running one:
-    A's own series 0.1, 0.3 and B's 0.2, 0.5. Reported B first, the trial would have shown 0.2, 0.5, 0.6, 0.8."""
-    trial = create_trial(
-        params={"x": 1.0},
-        distributions={"x": FloatDistribution(0.0, 10.0)},
-        value=0.8,
-        intermediate_values={1: 0.1, 2: 0.3, 3: 0.5, 4: 0.8},
-        state=TrialState.COMPLETE,
-    )
-    trial.number = 7
-    moved = replay_mod.reorder(trial, [2, 2], [1, 0])
-    assert moved.number == 7 and moved.value == 0.8
-    assert moved.intermediate_values == pytest.approx({1: 0.2, 2: 0.5, 3: 0.6, 4: 0.8})
-    assert replay_mod.reorder(trial, [2, 2], [0, 1]).intermediate_values == pytest.approx(
-        trial.intermediate_values
-    )
