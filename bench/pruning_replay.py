@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--first",
         type=int,
+        nargs="+",
         metavar="N",
-        help="replay only the first N complete trials (does a verdict hold as the study grows?)",
+        help="replay the first N complete trials, for each N given (does a verdict hold as the study grows?)",
     )
     args = parser.parse_args(argv)
 
@@ -127,22 +128,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         order = [labels.index(label) for label in args.order]
     study = open_study(study_def.name, args.storage)
-    trials = sorted(
+    every = sorted(
         (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None),
         key=lambda t: t.number,
-    )[: args.first]
-    if any(len(t.intermediate_values) != len(step_costs(per_bench)) for t in trials):
+    )
+    if any(len(t.intermediate_values) != len(step_costs(per_bench)) for t in every):
         print("error: some complete trials did not report every step: replay needs an unpruned study")
         return 2
-    trials = [reorder_trial(t, [n for n, _, _ in per_bench], order) for t in trials]
+    every = [reorder_trial(t, [n for n, _, _ in per_bench], order) for t in every]
     per_bench = [per_bench[i] for i in order]
     costs = step_costs(per_bench)
-    print(f"report order: {' '.join(labels[i] for i in order)}")
-    ranked = sorted(trials, key=lambda t: -float(t.value or 0.0))
-    top = {t.number for t in ranked[: args.top]}
-    # The warm starts run first, inside every pruner's startup, so they are never at risk: the sampled
-    # designs' own top K is the stricter test.
-    sampled_top = {t.number for t in [t for t in ranked if "warm_start" not in t.user_attrs][: args.top]}
     # Checks at every context from an early step, or only where a benchmark ends (its whole proxy score known):
     # once after the first, once after the second, or at each end when the benchmarks are equally long.
     ends = list(itertools.accumulate(n for n, _, _ in per_bench))[:-1]
@@ -156,28 +151,46 @@ def main(argv: list[str] | None = None) -> int:
         for startup in (5, 10)
         for warmup, interval in schedules
     ]
-    rows = []
-    print(
-        f"{len(trials)} complete trials of {study_def.name}; top {args.top}: {sorted(top)}; "
-        f"top {args.top} sampled (not warm starts): {sorted(sampled_top)}"
-    )
-    print(f"{'pruner':52} {'pruned':>7} {'top lost':>9} {'sampled top lost':>17} {'saved':>7}")
-    for setting in settings:
-        res = replay(trials, setting, costs)
-        lost, sampled_lost = sorted(top & set(res["pruned"])), sorted(sampled_top & set(res["pruned"]))
-        rows.append({"setting": setting.label(), **res, "top_lost": lost, "sampled_top_lost": sampled_lost})
+    print(f"report order: {' '.join(labels[i] for i in order)}")
+    counts = args.first or [len(every)]
+    results = {}
+    for n in counts:
+        trials = every[:n]
+        ranked = sorted(trials, key=lambda t: -float(t.value or 0.0))
+        top = {t.number for t in ranked[: args.top]}
+        # The warm starts run first, inside every pruner's startup, so they are never at risk: the sampled
+        # designs' own top K is the stricter test.
+        sampled_top = {t.number for t in [t for t in ranked if "warm_start" not in t.user_attrs][: args.top]}
         print(
-            f"{setting.label():52} {len(res['pruned']):>7} {len(lost):>9} {len(sampled_lost):>17} "
-            f"{res['saved']:>7.1%}"
+            f"first {len(trials)} complete trials of {study_def.name}: top {args.top} {sorted(top)}, "
+            f"top {args.top} sampled (not warm starts) {sorted(sampled_top)}"
+        )
+        rows = []
+        for setting in settings:
+            res = replay(trials, setting, costs)
+            lost, sampled_lost = sorted(top & set(res["pruned"])), sorted(sampled_top & set(res["pruned"]))
+            rows.append(
+                {"setting": setting.label(), **res, "top_lost": lost, "sampled_top_lost": sampled_lost}
+            )
+        results[len(trials)] = {"top": sorted(top), "sampled_top": sorted(sampled_top), "rows": rows}
+    # One row per setting: per count, pruned / top lost / sampled top lost / saved; "safe" when it loses none
+    # of either top at every count.
+    print(f"{'pruner':50} " + " ".join(f"{f'{n} trials':>21}" for n in results) + "  safe")
+    for i, setting in enumerate(settings):
+        cells = [r["rows"][i] for r in results.values()]
+        safe = all(not c["top_lost"] and not c["sampled_top_lost"] for c in cells)
+        print(
+            f"{setting.label():50} "
+            + " ".join(
+                f"{len(c['pruned']):>3} {len(c['top_lost'])}/{len(c['sampled_top_lost'])} {c['saved']:>6.1%}".rjust(
+                    21
+                )
+                for c in cells
+            )
+            + ("  yes" if safe else "")
         )
     if args.json:
-        summary = {
-            "study": study_def.name,
-            "order": [labels[i] for i in order],
-            "top": sorted(top),
-            "sampled_top": sorted(sampled_top),
-            "rows": rows,
-        }
+        summary = {"study": study_def.name, "order": [labels[i] for i in order], "counts": results}
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=1, default=str)
     return 0
