@@ -6,9 +6,11 @@ Studies by name (the layout, docs/search.md "Storage"):
   tests read. Runs never write it (`check_writable`).
 - `studies/local/NAME.db` (gitignored) is **your** study: `python -m search run --study NAME` (and `make search`)
   writes it unless `--storage` is given.
+- `studies/campaign/NAME.db` (committed) is the team's **campaign** study, carried over sessions by `make
+  campaign`.
 - Reading commands (status, export and `make regenerate`, dashboard, promote, fidelity, final-eval) open your
-  local study when it exists, else the committed reference (`default_storage_url`); `--reference` (status,
-  export) reads the reference even when you have a local one; `--storage URL` is always taken as given.
+  local study when it exists, else the campaign's, else the committed reference (`default_storage_url`);
+  `--reference` (status, export) reads the reference even so; `--storage URL` is always taken as given.
 
 The storage is an `optuna.storages.RDBStorage` with a heartbeat, so a trial whose worker died (SIGKILL, power
 loss, lost machine) is failed after `grace_period` seconds and re-queued by `RetryCrashedTrial`.
@@ -69,6 +71,11 @@ def local_storage_url(name: str) -> str:
     return f"{SQLITE}{local_dir() / f'{name}.db'}"
 
 
+def campaign_storage_url(name: str) -> str:
+    """`sqlite:///<repo>/studies/campaign/<name>.db`: the team's campaign study (`make campaign`)."""
+    return f"{SQLITE}{studies_dir() / 'campaign' / f'{name}.db'}"
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of a `sqlite:///` URL (None for other URLs and in-memory databases)."""
     if not url.startswith(SQLITE):
@@ -78,15 +85,17 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def default_storage_url(name: str) -> str:
-    """What reading commands open for study `name`: your local study when it exists, else the reference.
+    """What reading commands open for study `name`: your local study when it exists, else the campaign's when
+    it exists, else the reference.
 
-    Both are resolved from the package location, so a study opens from any working directory; from the
-    repository root the same files are `sqlite:///studies/local/<name>.db` and `sqlite:///studies/<name>.db`.
+    All are resolved from the package location, so a study opens from any working directory; from the
+    repository root the same files are `sqlite:///studies/local/<name>.db`, `sqlite:///studies/campaign/<name>.db`
+    and `sqlite:///studies/<name>.db`.
     """
-    local = local_storage_url(name)
-    path = sqlite_path(local)
-    if path is not None and path.is_file():
-        return local
+    for url in (local_storage_url(name), campaign_storage_url(name)):
+        path = sqlite_path(url)
+        if path is not None and path.is_file():
+            return url
     return reference_storage_url(name)
 
 
@@ -100,9 +109,12 @@ def read_storage_url(name: str, storage: str | None = None, *, reference: bool =
 
 
 def storage_note(name: str, url: str) -> str:
-    """` (the committed reference; ...)` or ` (your local study; ...)`: which of the two a command reads."""
+    """` (the committed reference study)`, ` (the team's campaign study)` or ` (your local study; ...)`: which one
+    a command reads."""
     if url == reference_storage_url(name):
         return " (the committed reference study)"
+    if url == campaign_storage_url(name):
+        return " (the team's campaign study)"
     if url == local_storage_url(name):
         reference = sqlite_path(reference_storage_url(name))
         if reference is not None and reference.is_file():

@@ -84,6 +84,32 @@ def test_runs_write_your_study_and_never_the_reference(
     assert sha256(reference) == before
 
 
+def test_reading_commands_take_yours_then_the_campaigns_then_the_reference(
+    studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def study_at(path: Path, source: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(study_name="fake", storage=f"sqlite:///{path}", direction="maximize")
+        study.add_trial(
+            optuna.create_trial(
+                value=0.5,
+                params={"x": 0.5},
+                distributions={"x": FloatDistribution(0, 1)},
+                user_attrs={"module_source": source},
+            )
+        )
+
+    study_at(studies / "fake.db", "REFERENCE = 1\n")
+    assert trial_source("fake") == "REFERENCE = 1\n"
+    study_at(studies / "campaign" / "fake.db", "CAMPAIGN = 1\n")
+    assert storage.default_storage_url("fake") == f"sqlite:///{studies / 'campaign' / 'fake.db'}"
+    assert trial_source("fake") == "CAMPAIGN = 1\n"
+    assert search_main(["status", "--study", "fake"]) == 0
+    assert "(the team's campaign study)" in capsys.readouterr().out
+    study_at(studies / "local" / "fake.db", "LOCAL = 1\n")
+    assert trial_source("fake") == "LOCAL = 1\n"
+
+
 def test_make_regenerate_from_the_reference_is_the_shipped_module(tmp_path: Path) -> None:
     """`make regenerate STUDY=mnist REFERENCE=1` writes the shipped file byte for byte, and reading the
     reference study does not change it."""
