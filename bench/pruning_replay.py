@@ -128,12 +128,28 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         order = [labels.index(label) for label in args.order]
     study = open_study(study_def.name, args.storage)
+    trials = study.get_trials(deepcopy=False)
+    # Once a pruner ran, the complete trials are its survivors: only the trials before the first pruned one
+    # are an unpruned sample.
+    first_pruned = min((t.number for t in trials if t.state == TrialState.PRUNED), default=None)
     every = sorted(
-        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None),
+        (
+            t
+            for t in trials
+            if t.state == TrialState.COMPLETE
+            and t.value is not None
+            and (first_pruned is None or t.number < first_pruned)
+        ),
         key=lambda t: t.number,
     )
     if any(len(t.intermediate_values) != len(step_costs(per_bench)) for t in every):
         print("error: some complete trials did not report every step: replay needs an unpruned study")
+        return 2
+    if args.first and max(args.first) > len(every):
+        where = f" before trial {first_pruned}, the first pruned one" if first_pruned is not None else ""
+        print(
+            f"error: the study has {len(every)} unpruned complete trials{where}; --first asks for {max(args.first)}"
+        )
         return 2
     every = [reorder_trial(t, [n for n, _, _ in per_bench], order) for t in every]
     per_bench = [per_bench[i] for i in order]

@@ -78,3 +78,32 @@ def test_the_studys_pruner_takes_the_interval() -> None:
         if weak.should_prune():
             checks.append(step)
     assert checks == [10, 20]  # only where a benchmark ends
+
+
+def test_the_replay_stops_at_the_first_pruned_trial(tmp_path: Path, capsys) -> None:
+    """Once a pruner ran, the complete trials are its survivors: only those before the first pruned trial are
+    replayed, and asking for more is refused."""
+    study_file = tmp_path / "r.toml"
+    study_file.write_text(
+        'n_trials = 5\n[sampler]\nname = "random"\n[pruner]\nname = "none"\n'
+        '[[benchmark]]\nexperiment = "splitMNIST"\niters = 10\ncontexts = 4\n'
+    )
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = optuna.create_study(study_name="r", storage=url, direction="maximize")
+    for number, slope in enumerate([1.0, 2.0, 3.0, 0.1, 4.0]):
+        trial = _trial(number, slope)
+        if number == 3:  # pruned after two steps
+            trial = create_trial(
+                params=trial.params,
+                distributions=trial.distributions,
+                intermediate_values={1: 0.1, 2: 0.2},
+                state=TrialState.PRUNED,
+            )
+        study.add_trial(trial)
+    assert replay_mod.main(["--study", str(study_file), "--storage", url, "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "first 3 complete trials of r: top 1 [2]" in out  # trial 4, after the pruned one, is left out
+    assert replay_mod.main(["--study", str(study_file), "--storage", url, "--first", "4"]) == 2
+    assert "3 unpruned complete trials before trial 3, the first pruned one; --first asks for 4" in (
+        capsys.readouterr().out
+    )
