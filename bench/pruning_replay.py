@@ -112,14 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from clharness.protocol import PROTOCOLS
 
     study_def = load_study_def(args.study)
-    per_bench = [
-        (
-            (b.contexts or PROTOCOLS[b.experiment].contexts) * len(b.seeds),
-            b.iters or PROTOCOLS[b.experiment].iters,
-            1,
-        )
-        for b in study_def.benchmarks
-    ]
+    per_bench = [(b.steps, b.iters or PROTOCOLS[b.experiment].iters, 1) for b in study_def.benchmarks]
     labels = list(study_def.labels)
     order = list(range(len(labels)))
     if args.order:
