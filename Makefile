@@ -58,9 +58,9 @@ final-eval: $(STAMP)
 fidelity: $(STAMP)
 	$(PY) -m search fidelity --study $(STUDY) $(if $(THREADS),--threads $(THREADS))
 
-# The fidelity panel (docs/fidelity.md): full runs and candidate proxies, cached; SHARD=0/2 and 1/2 share the work.
+# The fidelity panel (docs/fidelity.md): full runs and candidate proxies, cached; two side by side share the work.
 panel: $(STAMP)
-	$(PY) -m search panel $(if $(SHARD),--shard $(SHARD)) $(if $(THREADS),--threads $(THREADS))
+	$(PY) -m search panel $(if $(THREADS),--threads $(THREADS))
 
 # Re-runs the study's TOP best trials at the full protocol (validation split) and stores the scores on it.
 promote: $(STAMP)

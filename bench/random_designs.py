@@ -7,7 +7,7 @@ each version is measured with its own sampler and generator), runs them and the 
 version through the run cache, and reports the share of random designs within `--margin` of the best preset, on the
 mean and on each proxy alone (issue 9 asks for at least a quarter within 0.01 on the Permuted-MNIST proxy).
 
-    OMP_NUM_THREADS=1 python bench/random_designs.py --space v1 --n 40 --shard 0/2   # and 1/2, side by side
+    OMP_NUM_THREADS=1 python bench/random_designs.py --space v1 --n 40 &   # twice, side by side: they share the runs
     python bench/random_designs.py --space v1 --n 40 --report-only
 
 `--from-study NAME --storage URL` takes the random designs from a study of today's space instead of drawing and
@@ -143,7 +143,9 @@ def summarize(scores: dict[str, dict[str, float]], labels: list[str], margin: fl
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
-    from evaluation.cache import code_version, load_record, result_path, run_cached, run_key, store_module
+    from contextlib import closing
+
+    from evaluation.cache import cached_path, load_record, run_cached, share_work, store_module
     from search.objective import chance_accuracy, proxy_config
     from search.studies import load_study_def
 
@@ -155,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         "--study", default="campaign", help="the study whose Permuted-MNIST proxies score the designs"
     )
     p.add_argument("--margin", type=float, default=0.01)
-    p.add_argument("--shard", default="0/1")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--from-study", help="take the random designs from this study's random start (v3 only)")
     p.add_argument("--storage", help="storage URL of --from-study")
@@ -165,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    index, count = (int(x) for x in args.shard.split("/"))
     benches = [
         b for b in load_study_def(args.from_study or args.study).benchmarks if b.experiment == "permMNIST"
     ]
@@ -180,22 +180,27 @@ def main(argv: list[str] | None = None) -> int:
     for label, source, bench in jobs:
         path, sha = store_module(OUT / "modules" / tag, label, source)
         cfg = proxy_config(bench, bench.seeds[0], data_dir=None, device="cpu")
-        key, _ = run_key(sha, cfg, code_version())
-        record = load_record(result_path(OUT / "runs", f"{tag}_{label}", cfg.experiment, key, cfg.seed))
+        record = load_record(cached_path(f"{tag}_{label}", sha, cfg, OUT / "runs"))
         if record is not None:
             scores.setdefault(label, {})[bench.label] = float(record["result"]["average_accuracy"])
         else:
             pending.append((label, path, sha, cfg, bench))
-    # the shards split what the cache still lacks, so that side-by-side shards finish together
-    for label, path, sha, cfg, bench in [] if args.report_only else pending[index::count]:
-        try:
-            record, _ = run_cached(f"{tag}_{label}", path, sha, cfg, cache_dir=OUT / "runs")
-            score = float(record["result"]["average_accuracy"])
-        except Exception as exc:  # a diverged design is no regularizer: it scores chance, as in a study
-            print(f"{label} on {bench.label}: failed: {exc}", flush=True)
-            score = chance_accuracy(cfg.experiment)
-        print(f"{label} on {bench.label}: {score:.4f}", flush=True)
-        scores.setdefault(label, {})[bench.label] = score
+    # processes run side by side share what the cache still lacks (claims), each run once
+    work = share_work(pending, lambda j: cached_path(f"{tag}_{j[0]}", j[2], j[3], OUT / "runs"))
+    with closing(work):
+        for label, path, sha, cfg, bench in [] if args.report_only else work:
+            try:
+                record, _ = run_cached(f"{tag}_{label}", path, sha, cfg, cache_dir=OUT / "runs")
+                score = float(record["result"]["average_accuracy"])
+            except Exception as exc:  # a diverged design is no regularizer: it scores chance, as in a study
+                print(f"{label} on {bench.label}: failed: {exc}", flush=True)
+                score = chance_accuracy(cfg.experiment)
+            print(f"{label} on {bench.label}: {score:.4f}", flush=True)
+            scores.setdefault(label, {})[bench.label] = score
+    for label, _, sha, cfg, bench in pending:  # the runs another process did
+        record = load_record(cached_path(f"{tag}_{label}", sha, cfg, OUT / "runs"))
+        if record is not None:
+            scores.setdefault(label, {})[bench.label] = float(record["result"]["average_accuracy"])
     summary = summarize(scores, labels, args.margin)
     if not summary:
         print(f"{len(scores)} designs scored so far, none of them random or none a preset")

@@ -5,7 +5,7 @@ Permuted-MNIST proxy of a study, through the run cache (results/fidelity/runs), 
 scale: each proxy's accuracy and their mean (the score the plausibility figure uses, bench/random_designs.py).
 
     OMP_NUM_THREADS=1 python bench/strength_sweep.py --study campaign --designs ewc mas_calibrated \
-        --scales 0.1 0.3 3 --shard 0/2     # and 1/2; then --report-only
+        --scales 0.1 0.3 3 &   # twice, side by side (they share the runs); then --report-only
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ OUT = ROOT / "results" / "fidelity"
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
+    from contextlib import closing
+
     import torch
 
     import space
-    from evaluation.cache import code_version, load_record, result_path, run_cached, run_key, store_module
+    from evaluation.cache import cached_path, load_record, run_cached, sha256_text, share_work, store_module
     from search.objective import proxy_config
     from search.studies import load_study_def
 
@@ -31,33 +33,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default="campaign")
     p.add_argument("--designs", nargs="+", default=["ewc", "mas_calibrated"])
     p.add_argument("--scales", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0, 10.0])
-    p.add_argument("--shard", default="0/1")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    index, count = (int(x) for x in args.shard.split("/"))
     study_def = load_study_def(args.study)
     benches = [b for b in study_def.benchmarks if b.experiment == "permMNIST"]
     named = {**space.PRESETS, **space.VARIANTS}
-    rows: dict[str, dict[str, float]] = {}
-    job = 0
+    jobs = []
     for design_name in args.designs:
         base = named[design_name]
         for scale in args.scales:
             design = base.replace(reg_strength_scale=base.reg_strength_scale * scale)
             label = f"{design_name}_s{scale:g}"
-            path, sha = store_module(OUT / "modules" / "strength", label, space.generate_source(design))
+            source = space.generate_source(design)
             for bench in benches:
                 cfg = proxy_config(bench, bench.seeds[0], data_dir=None, device="cpu")
-                name = f"strength_{label}"
-                if args.report_only or job % count != index:
-                    key, _ = run_key(sha, cfg, code_version())
-                    record = load_record(result_path(OUT / "runs", name, cfg.experiment, key, cfg.seed))
-                else:
-                    record, _ = run_cached(name, path, sha, cfg, cache_dir=OUT / "runs")
-                job += 1
-                if record is not None:
-                    rows.setdefault(label, {})[bench.label] = float(record["result"]["average_accuracy"])
+                jobs.append((label, f"strength_{label}", source, sha256_text(source), cfg, bench))
+    if not args.report_only:  # processes run side by side share the runs (claims), each run once
+        with closing(share_work(jobs, lambda j: cached_path(j[1], j[3], j[4], OUT / "runs"))) as work:
+            for label, name, source, sha, cfg, _ in work:
+                path, _ = store_module(OUT / "modules" / "strength", label, source)
+                run_cached(name, path, sha, cfg, cache_dir=OUT / "runs")
+    rows: dict[str, dict[str, float]] = {}
+    for label, name, _, sha, cfg, bench in jobs:
+        record = load_record(cached_path(name, sha, cfg, OUT / "runs"))
+        if record is not None:
+            rows.setdefault(label, {})[bench.label] = float(record["result"]["average_accuracy"])
     print(f"{'design x scale':28s} " + " ".join(f"{b.label:>15s}" for b in benches) + "      mean")
     for label, scores in rows.items():
         cells = " ".join(f"{scores[b.label]:15.4f}" if b.label in scores else f"{'-':>15s}" for b in benches)

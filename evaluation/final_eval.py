@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -198,7 +199,9 @@ def run_jobs(
 ) -> Outcome:
     """Run what is not cached yet, with progress and ETA; a benchmark whose data is missing is skipped whole.
 
-    A harness error of one run (a hook error, a divergence) is reported and the others go on; any other
+    Processes that run the same evaluation side by side share its runs: each runs once (`cache.share_work`),
+    and each process returns when all are done. A harness error of one run (a hook error, a divergence) is
+    reported and the others go on; any other
     exception propagates, everything finished before it stays on disk. Without `run_fn` the real harness runs
     and MNIST is checked to be the full dataset before the first run of a benchmark.
     """
@@ -221,33 +224,37 @@ def run_jobs(
             cached_durations.setdefault(job.experiment, []).append(float(record.get("wall_s", 0.0)))
     log(f"final-eval: {len(jobs)} runs planned, {len(outcome.cached)} cached, {len(todo)} to run")
     durations: dict[str, list[float]] = {}
-    for index, job in enumerate(todo):
-        left = todo[index + 1 :]
-        tag = f"[{index + 1}/{len(todo)}] {job.experiment} {job.method.name} seed {job.seed}"
-        if job.experiment in outcome.data_errors:
-            outcome.skipped.append((job, "dataset missing"))
-            continue
-        known = {e: durations.get(e) or cached_durations.get(e, []) for e in {j.experiment for j in todo}}
-        log(f"{tag}: running ({len(left)} left after it, {estimate_remaining([job, *left], known)})")
-        try:
-            if real_harness and job.experiment not in checked:
-                cache.check_data(job.experiment, (overrides or {}).get("data_dir"))
-                checked.add(job.experiment)
-            record = execute(job, device=device, overrides=overrides, run_fn=run_fn, joint_fn=joint_fn)
-        except DataError as exc:
-            outcome.data_errors[job.experiment] = str(exc)
-            outcome.skipped.append((job, "dataset missing"))
-            n_left = sum(1 for j in left if j.experiment == job.experiment)
-            log(f"{job.experiment}: dataset missing, skipping its {n_left + 1} runs: {exc}")
-            continue
-        except HarnessError as exc:
-            outcome.skipped.append((job, str(exc)))
-            log(f"{tag}: failed: {exc}")
-            continue
-        outcome.ran.append(job)
-        durations.setdefault(job.experiment, []).append(record["wall_s"])
-        acc = record["result"].get("average_accuracy", math.nan)
-        log(f"{tag}: done in {_format_duration(record['wall_s'])}, average accuracy {acc:.4f}")
+    # Another process running the same evaluation (or part of it) takes the runs it claims first.
+    with closing(cache.share_work(todo, lambda j: j.path, log=log)) as work:
+        for index, job in enumerate(work):
+            left = [j for j in todo if j is not job and cache.load_record(j.path) is None]
+            tag = f"[{index + 1}/{len(todo)}] {job.experiment} {job.method.name} seed {job.seed}"
+            if job.experiment in outcome.data_errors:
+                outcome.skipped.append((job, "dataset missing"))
+                continue
+            known = {e: durations.get(e) or cached_durations.get(e, []) for e in {j.experiment for j in todo}}
+            log(f"{tag}: running ({len(left)} left after it, {estimate_remaining([job, *left], known)})")
+            try:
+                if real_harness and job.experiment not in checked:
+                    cache.check_data(job.experiment, (overrides or {}).get("data_dir"))
+                    checked.add(job.experiment)
+                record = execute(job, device=device, overrides=overrides, run_fn=run_fn, joint_fn=joint_fn)
+            except DataError as exc:
+                outcome.data_errors[job.experiment] = str(exc)
+                outcome.skipped.append((job, "dataset missing"))
+                n_left = sum(1 for j in left if j.experiment == job.experiment)
+                log(f"{job.experiment}: dataset missing, skipping its {n_left + 1} runs: {exc}")
+                continue
+            except HarnessError as exc:
+                outcome.skipped.append((job, str(exc)))
+                log(f"{tag}: failed: {exc}")
+                continue
+            outcome.ran.append(job)
+            durations.setdefault(job.experiment, []).append(record["wall_s"])
+            acc = record["result"].get("average_accuracy", math.nan)
+            log(f"{tag}: done in {_format_duration(record['wall_s'])}, average accuracy {acc:.4f}")
+    done_here = {id(j) for j in outcome.ran} | {id(j) for j, _ in outcome.skipped}
+    outcome.cached += [j for j in todo if id(j) not in done_here]  # run by another process
     return outcome
 
 

@@ -4,7 +4,8 @@ A proxy is worth its cost only if it orders strong designs as the full protocol 
 (`results/fidelity/panel.toml`) names a folder of hook modules (each file one design, named
 `<label>-<sha12>.py`), the validation split and stream seed of each benchmark, and the candidate proxies. Every
 run goes through the run cache (`evaluation.cache`, folder `results/fidelity/runs`), so the full runs are paid
-once and reused for every later proxy question, and two processes can share the work (`shard`).
+once and reused for every later proxy question, and processes run side by side share the work (claims,
+`evaluation.cache.share_work`).
 
 For each benchmark and proxy the summary gives Spearman's rho between proxy and full scores over the panel (and over
 its strong half), whether the panel's best design (at full fidelity) is in the proxy's top 3, its cost (training
@@ -22,6 +23,7 @@ import statistics
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,11 @@ from clharness.atomic import write_atomic
 
 from evaluation.cache import (
     RunFn,
+    cached_path,
     run_cached,
     run_joint_cached,
     sha256_text,
+    share_work,
     store_module,
     validation_configs,
 )
@@ -202,37 +206,37 @@ def run_panel(
     benchmarks: Sequence[str],
     full: bool = True,
     proxies: Sequence[str] | None = None,
-    shard: tuple[int, int] = (0, 1),
     device: str = "auto",
     run_fn: RunFn | None = None,
     joint_fn: RunFn | None = None,
     log: LogFn = print,
 ) -> int:
-    """Run this shard's share of the panel's missing runs (job i goes to shard i mod n); returns runs done."""
+    """Run the panel's missing runs, shared with any other process running it (`share_work`); returns runs
+    done here."""
     from clharness.errors import HarnessError
 
-    jobs = plan(panel, benchmarks=benchmarks, full=full, proxies=proxies, device=device)
-    mine = [job for i, job in enumerate(jobs) if i % shard[1] == shard[0]]
+    jobs = [
+        (label, path, cfg, phase, "joint" if path is None else sha256_text(path.read_text(encoding="utf-8")))
+        for label, path, cfg, phase in plan(
+            panel, benchmarks=benchmarks, full=full, proxies=proxies, device=device
+        )
+    ]
     runs_dir = panel.path.parent / "runs"
     done = 0
-    for index, (label, path, cfg, phase) in enumerate(mine):
-        t0 = time.perf_counter()
-        try:
-            if path is None:
-                record, cached = run_joint_cached(cfg, cache_dir=runs_dir, run_fn=joint_fn)
-            else:
-                sha = sha256_text(path.read_text(encoding="utf-8"))
-                record, cached = run_cached(label, path, sha, cfg, cache_dir=runs_dir, run_fn=run_fn)
-        except HarnessError as exc:  # a diverged design has no rank; reported, and the others go on
-            log(f"[{index + 1}/{len(mine)}] {phase} {cfg.experiment} {label}: failed: {exc}")
-            continue
-        if not cached:
+    with closing(share_work(jobs, lambda j: cached_path(j[0], j[4], j[2], runs_dir), log=log)) as work:
+        for label, path, cfg, phase, sha in work:
+            tag = f"[{done + 1}] {phase} {cfg.experiment} {label} seed {cfg.seed}"
+            t0 = time.perf_counter()
+            try:
+                if path is None:
+                    record, _ = run_joint_cached(cfg, cache_dir=runs_dir, run_fn=joint_fn)
+                else:
+                    record, _ = run_cached(label, path, sha, cfg, cache_dir=runs_dir, run_fn=run_fn)
+            except HarnessError as exc:  # a diverged design has no rank; reported, and the others go on
+                log(f"{tag}: failed: {exc}")
+                continue
             done += 1
-            acc = record["result"]["average_accuracy"]
-            log(
-                f"[{index + 1}/{len(mine)}] {phase} {cfg.experiment} {label} seed {cfg.seed}: {acc:.4f} "
-                f"in {time.perf_counter() - t0:.0f} s"
-            )
+            log(f"{tag}: {record['result']['average_accuracy']:.4f} in {time.perf_counter() - t0:.0f} s")
     return done
 
 

@@ -36,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--top", type=int, default=3, help="how many designs --add-from-study adds (default 3)")
     p.add_argument("--storage", help="storage URL of --add-from-study (default: the study's own)")
-    p.add_argument("--shard", default="0/1", help="I/N: run jobs I, I+N, ... (two processes: 0/2 and 1/2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     add_threads_argument(p)
     p.set_defaults(func=_main)
@@ -49,19 +48,13 @@ def _main(args: argparse.Namespace) -> int:
     unknown = [b for b in benchmarks if b not in panel.full_seeds]
     if unknown:
         raise UserError(f"benchmark {unknown[0]!r} is not in the panel ({', '.join(panel.full_seeds)})")
-    try:
-        index, count = (int(x) for x in args.shard.split("/"))
-    except ValueError as exc:
-        raise UserError(f"--shard must be I/N, got {args.shard!r}") from exc
-    if not 0 <= index < count:
-        raise UserError(f"--shard {args.shard}: I must be in 0..N-1")
     if args.add_from_study:
         for label in _add_from_study(panel, args.add_from_study, args.top, args.storage):
             print(f"panel: added {label}")
     if not args.report_only:
         pnl.run_panel(
             panel, benchmarks=benchmarks, full=not args.no_full, proxies=[] if args.no_proxies else args.proxies,
-            shard=(index, count), device=args.device,
+            device=args.device,
         )  # fmt: skip
     summary = pnl.write_summary(panel, benchmarks)
     for experiment, res in summary["benchmarks"].items():

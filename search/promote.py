@@ -15,9 +15,10 @@ dashboard sorts and plots like the proxy's. It is derived from the study's attri
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Callable, Mapping
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -26,7 +27,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from evaluation.cache import RunFn, run_cached, run_joint_cached, sha256_text, store_module
+from evaluation.cache import RunFn, cached_path, run_cached, run_joint_cached, share_work, store_module
 from evaluation.fidelity import gap_share
 from search import annotate, optuna_adapter
 from search.export import rank_trials
@@ -74,6 +75,35 @@ def _iterations(study_def: StudyDef, overrides: Mapping[str, int | None]) -> int
     return total
 
 
+def _none_source() -> str:
+    import space
+
+    return space.generate_source(space.PRESETS["none"], {"preset": "none"})
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One promotion run: a module (path None: joint training) with one configuration, through the cache."""
+
+    label: str
+    path: Path | None
+    sha256: str
+    cfg: Any
+
+    def record(self, runs_dir: Path) -> Path:
+        return cached_path(self.label, self.sha256, self.cfg, runs_dir)
+
+    def execute(self, runs_dir: Path, run_fn: RunFn | None, joint_fn: RunFn | None) -> float:
+        """Its average accuracy, from the cache or run now."""
+        if self.path is None:
+            record, _ = run_joint_cached(self.cfg, cache_dir=runs_dir, run_fn=joint_fn)
+        else:
+            record, _ = run_cached(
+                self.label, self.path, self.sha256, self.cfg, cache_dir=runs_dir, run_fn=run_fn
+            )
+        return float(record["result"]["average_accuracy"])
+
+
 def promote(
     study: optuna.Study,
     study_def: StudyDef,
@@ -89,7 +119,6 @@ def promote(
 ) -> dict[int, dict]:
     """Run the `top` best distinct designs of `study` at the fidelity; returns and stores their results, on the
     study and as trials of its promoted study in `storage` (the study's)."""
-    import space
 
     overrides = dict(overrides or {})
     name = fidelity_name(overrides)
@@ -103,41 +132,49 @@ def promote(
             chosen.append(t)
         if len(chosen) == top:
             break
-    anchors: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="cl-promote-") as tmp:
-        none_src = space.generate_source(space.PRESETS["none"], {"preset": "none"})
-        none_path = Path(tmp) / "none.py"
-        none_path.write_text(none_src, encoding="utf-8")
-        for bench in study_def.benchmarks:
-            nones, joints = [], []
-            for cfg in _configs(bench, overrides, device):
-                record, _ = run_cached(
-                    "none", none_path, sha256_text(none_src), cfg, cache_dir=runs_dir, run_fn=run_fn
-                )
-                nones.append(float(record["result"]["average_accuracy"]))
-                record, _ = run_joint_cached(cfg, cache_dir=runs_dir, run_fn=joint_fn)
-                joints.append(float(record["result"]["average_accuracy"]))
-            anchors[bench.label] = {"none": fmean(nones), "joint": fmean(joints)}
+    # Every run first (the anchors, then each design on each benchmark), shared with any other process promoting
+    # the same study; then the scores, read back from the cache.
+    none_path, none_sha = store_module(out_dir / "modules" / "anchors", "none", _none_source())
+    runs: list[_Run] = []
+    for bench in study_def.benchmarks:
+        for cfg in _configs(bench, overrides, device):
+            runs += [_Run("none", none_path, none_sha, cfg), _Run("joint", None, "joint", cfg)]
+    modules = {
+        t.number: store_module(module_dir, f"trial_{t.number}", t.user_attrs["module_source"]) for t in chosen
+    }
+    for trial in chosen:
+        path, sha = modules[trial.number]
+        runs += [
+            _Run(f"trial_{trial.number}", path, sha, cfg)
+            for b in study_def.benchmarks
+            for cfg in _configs(b, overrides, device)
+        ]
+    with closing(share_work(runs, lambda r: r.record(runs_dir), log=log)) as work:  # closed: claims released
+        for run in work:
+            tag = f"{run.label} {run.cfg.experiment} seed {run.cfg.seed} ({name})"
+            log(f"{tag}: running")
+            t0 = time.perf_counter()
+            acc = run.execute(runs_dir, run_fn, joint_fn)
+            log(f"{tag}: {acc:.4f} in {time.perf_counter() - t0:.0f} s")
+
+    def accuracy(label: str, path: Path | None, sha: str, bench: BenchmarkProxy) -> float:
+        return fmean(
+            _Run(label, path, sha, cfg).execute(runs_dir, run_fn, joint_fn)
+            for cfg in _configs(bench, overrides, device)
+        )
+
+    anchors = {
+        b.label: {
+            "none": accuracy("none", none_path, none_sha, b),
+            "joint": accuracy("joint", None, "joint", b),
+        }
+        for b in study_def.benchmarks
+    }
     total_weight = sum(b.weight for b in study_def.benchmarks)
     results: dict[int, dict] = {}
-    for rank, trial in enumerate(chosen, 1):
-        source = trial.user_attrs["module_source"]
-        path, sha = store_module(module_dir, f"trial_{trial.number}", source)
-        scores: dict[str, float] = {}
-        for bench in study_def.benchmarks:
-            accs = []
-            for cfg in _configs(bench, overrides, device):
-                t0 = time.perf_counter()
-                record, cached = run_cached(
-                    f"trial_{trial.number}", path, sha, cfg, cache_dir=runs_dir, run_fn=run_fn
-                )
-                accs.append(float(record["result"]["average_accuracy"]))
-                if not cached:
-                    log(
-                        f"[{rank}/{len(chosen)}] trial {trial.number} {bench.label} seed {cfg.seed} ({name}): "
-                        f"{accs[-1]:.4f} in {time.perf_counter() - t0:.0f} s"
-                    )
-            scores[bench.label] = fmean(accs)
+    for trial in chosen:
+        path, sha = modules[trial.number]
+        scores = {b.label: accuracy(f"trial_{trial.number}", path, sha, b) for b in study_def.benchmarks}
         gaps = {b: gap_share(s, anchors[b]) for b, s in scores.items()}
         value = sum(b.weight * gaps[b.label] for b in study_def.benchmarks) / total_weight
         entry = {

@@ -1,4 +1,4 @@
-"""The fidelity panel: every run planned once across shards, cached, and proxies ranked against full runs."""
+"""The fidelity panel: every run planned once, cached, and proxies ranked against full runs."""
 
 from __future__ import annotations
 
@@ -67,25 +67,21 @@ def _fake_joint(calls: list) -> Any:
     return run
 
 
-def test_shards_split_the_runs_and_the_cache_resumes(tmp_path: Path) -> None:
+def test_every_run_once_and_the_cache_resumes(tmp_path: Path) -> None:
     panel = _panel(tmp_path)
     calls: list = []
-    done = [
-        pnl.run_panel(
-            panel,
-            benchmarks=["permMNIST"],
-            shard=(i, 2),
-            run_fn=_fake_run(calls),
-            joint_fn=_fake_joint(calls),
-            log=lambda _: None,
-        )
-        for i in range(2)
-    ]
-    # 4 designs x (1 + 2 proxy seeds + 1 full run), and none and joint at each of the 3 proxy runs, each exactly
-    # once over the two shards
-    assert sum(done) == 22 and len(calls) == len(set(calls)) == 22
+    done = pnl.run_panel(
+        panel,
+        benchmarks=["permMNIST"],
+        run_fn=_fake_run(calls),
+        joint_fn=_fake_joint(calls),
+        log=lambda _: None,
+    )
+    # 4 designs x (1 + 2 proxy seeds + 1 full run), and none and joint at each of the 3 proxy runs, each once
+    assert done == 22 and len(calls) == len(set(calls)) == 22
     assert ("a", None, 1001) in calls and ("a", 20, 1003) in calls
     assert ("none", 20, 1003) in calls and ("joint", 10, 1001) in calls
+    assert not list((tmp_path).rglob("*.claim"))
     again = pnl.run_panel(
         panel,
         benchmarks=["permMNIST"],
