@@ -11,7 +11,7 @@ STORAGE ?=
 STORAGE_ARG = $(if $(STORAGE),--storage $(if $(findstring ://,$(STORAGE)),$(STORAGE),sqlite:///$(abspath $(STORAGE))))
 export CL_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: setup test test-slow lint search campaign final-eval regenerate dashboard status fidelity panel promote \
+.PHONY: setup test test-slow lint search campaign reproduce final-eval regenerate dashboard status fidelity panel promote \
         bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
@@ -41,6 +41,25 @@ search: $(STAMP)
 campaign: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m search run --study $(STUDY) --workers 2 --threads 1 \
 		--storage sqlite:///$(CURDIR)/studies/campaign/$(STUDY).db
+
+# Two single-thread processes of one command side by side: they share its runs (claims on the run cache).
+twice = (OMP_NUM_THREADS=1 $(1) & pid=$$!; OMP_NUM_THREADS=1 $(1); rc=$$?; wait $$pid || rc=2; exit $$rc)
+BASELINES := ewc online_ewc si mas l2
+CAMPAIGN_DB = sqlite:///$(CURDIR)/studies/campaign/$(1).db
+
+# The whole campaign behind the results table (issue 10), in order; every step resumes where it stopped (studies
+# resume, runs are cached), so after an interruption run it again. Split-CIFAR100 is `make final-eval` on a GPU.
+reproduce: $(STAMP)
+	$(MAKE) campaign STUDY=campaign
+	for b in $(BASELINES); do $(MAKE) campaign STUDY=$$b || exit 2; done
+	$(call twice,$(PY) -m search promote --study campaign --top 5 --storage $(call CAMPAIGN_DB,campaign) --threads 1)
+	for b in $(BASELINES); do \
+		$(call twice,$(PY) -m search promote --study $$b --top 3 --storage $(call CAMPAIGN_DB,$$b) --threads 1) \
+		|| exit 2; done
+	$(MAKE) regenerate STUDY=campaign
+	$(call twice,$(PY) -m search final-eval --benchmarks splitMNIST permMNIST --device $(DEVICE) --threads 1)
+	$(call twice,$(PY) -m search final-eval --benchmarks permMNIST --seeds 100 101 102 \
+		--methods candidate tuned_best --out results/heldout --device $(DEVICE) --threads 1)
 
 # Both read studies/local/$(STUDY).db when you have one, else the committed reference; REFERENCE=1 forces it.
 status: $(STAMP)

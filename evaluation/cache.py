@@ -26,7 +26,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -439,6 +440,18 @@ def try_claim(
             json.dump(owner, handle)
         return Claim(path, token, heartbeat_s)
     return None
+
+
+@contextmanager
+def exclusive(path: Path, *, poll_s: float | None = None) -> Iterator[None]:
+    """Hold the claim on `path` for a block, waiting while another live process holds it: for a step that two
+    processes side by side must not do at once (writing the same study)."""
+    while (claim := try_claim(path)) is None:
+        time.sleep(CLAIM_POLL_S if poll_s is None else poll_s)
+    try:
+        yield
+    finally:
+        claim.release()
 
 
 def share_work(

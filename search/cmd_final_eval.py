@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clharness.protocol import PROTOCOLS
@@ -42,8 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods",
         nargs="+",
-        help="subset of: candidate, " + ", ".join(fe.PRESET_METHODS) + ", joint, tuned_<baseline> "
-        "(default: all, with every tuned baseline whose study exists)",
+        help="subset of: candidate, "
+        + ", ".join(fe.PRESET_METHODS)
+        + ", joint, tuned_<baseline>, tuned_best "
+        "(the tuned baseline with the best promoted score on the validation split) (default: all, with every "
+        "tuned baseline whose study exists)",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument(
@@ -57,6 +60,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--report-only", action="store_true", help="rebuild the report from the cache, run nothing"
     )
     p.set_defaults(func=_main)
+
+
+def best_tuned_baseline(log: Callable[[str], None] = print) -> str:
+    """`tuned_<b>` for the tuned baseline whose study's best promoted score (full fidelity, validation split) is
+    highest: the choice never looks at the test split. A UserError when no tuned study has been promoted."""
+    from search.promote import best_promoted
+    from search.storage import default_storage_url, open_study, sqlite_path
+
+    values: dict[str, float] = {}
+    for b in fe.TUNED_BASELINES:
+        path = sqlite_path(default_storage_url(b))
+        if path is None or not path.is_file():
+            continue
+        entry = best_promoted(open_study(b, default_storage_url(b)))
+        if entry is not None:
+            values[b] = float(entry["value"])
+    if not values:
+        raise UserError(
+            "tuned_best: no tuned baseline study has promoted trials yet; run `make promote STUDY=<baseline> TOP=3`"
+        )
+    ranked = sorted(values, key=lambda b: -values[b])
+    log(
+        "tuned_best: "
+        + ", ".join(f"tuned_{b} {values[b]:.4f}" for b in ranked)
+        + " (promoted, validation split)"
+    )
+    return f"tuned_{ranked[0]}"
 
 
 def study_modules(
@@ -86,6 +116,9 @@ def _main(args: argparse.Namespace) -> int:
         # runs made with the data elsewhere are still found.
         os.environ["CL_DATA_DIR"] = data_dir
     set_threads(args.threads)
+    if args.methods and "tuned_best" in args.methods:
+        best = best_tuned_baseline()
+        args.methods = list(dict.fromkeys(best if m == "tuned_best" else m for m in args.methods))
     command = shlex.join(command_line(args))
     candidate, tuned = study_modules(args.methods, args.study)
     outcome, _ = fe.final_eval(

@@ -27,7 +27,15 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from evaluation.cache import RunFn, cached_path, run_cached, run_joint_cached, share_work, store_module
+from evaluation.cache import (
+    RunFn,
+    cached_path,
+    exclusive,
+    run_cached,
+    run_joint_cached,
+    share_work,
+    store_module,
+)
 from evaluation.fidelity import gap_share
 from search import annotate, optuna_adapter
 from search.export import rank_trials
@@ -157,44 +165,47 @@ def promote(
             acc = run.execute(runs_dir, run_fn, joint_fn)
             log(f"{tag}: {acc:.4f} in {time.perf_counter() - t0:.0f} s")
 
-    def accuracy(label: str, path: Path | None, sha: str, bench: BenchmarkProxy) -> float:
-        return fmean(
-            _Run(label, path, sha, cfg).execute(runs_dir, run_fn, joint_fn)
-            for cfg in _configs(bench, overrides, device)
-        )
+    # Two processes promoting side by side both get here; one at a time writes the study (no duplicate trials).
+    with exclusive(runs_dir / f"promote-{study_def.name}"):
 
-    anchors = {
-        b.label: {
-            "none": accuracy("none", none_path, none_sha, b),
-            "joint": accuracy("joint", None, "joint", b),
+        def accuracy(label: str, path: Path | None, sha: str, bench: BenchmarkProxy) -> float:
+            return fmean(
+                _Run(label, path, sha, cfg).execute(runs_dir, run_fn, joint_fn)
+                for cfg in _configs(bench, overrides, device)
+            )
+
+        anchors = {
+            b.label: {
+                "none": accuracy("none", none_path, none_sha, b),
+                "joint": accuracy("joint", None, "joint", b),
+            }
+            for b in study_def.benchmarks
         }
-        for b in study_def.benchmarks
-    }
-    total_weight = sum(b.weight for b in study_def.benchmarks)
-    results: dict[int, dict] = {}
-    for trial in chosen:
-        path, sha = modules[trial.number]
-        scores = {b.label: accuracy(f"trial_{trial.number}", path, sha, b) for b in study_def.benchmarks}
-        gaps = {b: gap_share(s, anchors[b]) for b, s in scores.items()}
-        value = sum(b.weight * gaps[b.label] for b in study_def.benchmarks) / total_weight
-        entry = {
-            "trial": trial.number,
-            "fidelity": name,
-            "iterations": _iterations(study_def, overrides),
-            "value": value,
-            "proxy_value": trial.value,
-            "scores": scores,
-            "gaps": gaps,
-            "anchors": anchors,
-            "module_sha256": sha,
-        }
-        study.set_user_attr(f"{PREFIX}{name}:{trial.number}", entry)
-        record_promoted(study, storage, artifact_folder=annotate.study_artifact_dir(study))
-        results[trial.number] = entry
-        log(
-            f"trial {trial.number}: {name} value {value:.4f} (proxy {trial.value:.4f}); "
-            + ", ".join(f"{b} {s:.4f}" for b, s in scores.items())
-        )
+        total_weight = sum(b.weight for b in study_def.benchmarks)
+        results: dict[int, dict] = {}
+        for trial in chosen:
+            path, sha = modules[trial.number]
+            scores = {b.label: accuracy(f"trial_{trial.number}", path, sha, b) for b in study_def.benchmarks}
+            gaps = {b: gap_share(s, anchors[b]) for b, s in scores.items()}
+            value = sum(b.weight * gaps[b.label] for b in study_def.benchmarks) / total_weight
+            entry = {
+                "trial": trial.number,
+                "fidelity": name,
+                "iterations": _iterations(study_def, overrides),
+                "value": value,
+                "proxy_value": trial.value,
+                "scores": scores,
+                "gaps": gaps,
+                "anchors": anchors,
+                "module_sha256": sha,
+            }
+            study.set_user_attr(f"{PREFIX}{name}:{trial.number}", entry)
+            record_promoted(study, storage, artifact_folder=annotate.study_artifact_dir(study))
+            results[trial.number] = entry
+            log(
+                f"trial {trial.number}: {name} value {value:.4f} (proxy {trial.value:.4f}); "
+                + ", ".join(f"{b} {s:.4f}" for b, s in scores.items())
+            )
     return results
 
 

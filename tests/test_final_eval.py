@@ -367,6 +367,29 @@ def test_tuned_baseline_and_study_candidate_come_from_the_studys_best_trial(
         fe.resolve_methods(["tuned_ewc"], tuned=tuned, module_dir=tmp_path / "m")
 
 
+def test_tuned_best_is_the_tuned_baseline_with_the_best_promoted_validation_score(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from search import storage
+
+    monkeypatch.setattr(storage, "default_storage_url", lambda name: f"sqlite:///{tmp_path / name}.db")
+    with pytest.raises(UserError, match="tuned_best: no tuned baseline study has promoted trials yet"):
+        cmd_final_eval.best_tuned_baseline()
+    storage.open_study("l2", create=True)  # a study without promotion takes no part
+    for name, promoted in (("ewc", [(0, 0.70), (3, 0.74)]), ("mas", [(1, 0.72)])):
+        study = storage.open_study(name, create=True)
+        for trial, value in promoted:
+            entry = {"trial": trial, "fidelity": "full", "iterations": 100, "value": value}
+            study.set_user_attr(f"promoted:full:{trial}", entry)
+    # a cheaper fidelity does not compete with the full one
+    study.set_user_attr(
+        "promoted:iters10:1", {"trial": 1, "fidelity": "iters10", "iterations": 10, "value": 0.99}
+    )
+    lines: list[str] = []
+    assert cmd_final_eval.best_tuned_baseline(lines.append) == "tuned_ewc"
+    assert lines == ["tuned_best: tuned_ewc 0.7400, tuned_mas 0.7200 (promoted, validation split)"]
+
+
 def test_a_result_of_another_module_is_never_filed(tmp_path: Path, none_preset: None) -> None:
     fake = FakeHarness()
 

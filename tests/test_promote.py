@@ -5,7 +5,9 @@ then pick the best at the highest fidelity, byte for byte."""
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import shutil
+import time
 from pathlib import Path
 
 import optuna
@@ -170,3 +172,58 @@ def test_promote_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFix
     assert search_main(["promote", "--study", str(path), "--iters", "0"]) == 2
     err = capsys.readouterr().err
     assert "--top must be at least 1" in err and "--iters must be at least 1" in err
+
+
+def _promote_with_fake_runs(path: Path, url: str, out: Path, calls: Path) -> None:
+    from evaluation import cache
+    from search import promote as prm
+
+    def run(hooks_path: str | None, cfg: object, progress: bool = False) -> dict:
+        name = "joint" if hooks_path is None else Path(hooks_path).stem.split("-")[0]
+        with calls.open("a") as f:
+            f.write(f"{name}\n")
+        time.sleep(0.2)
+        acc = {"none": 0.5, "joint": 1.0}.get(name, 0.8)
+        return {"average_accuracy": acc, "data_source": "torchvision"}
+
+    cache.CLAIM_POLL_S = 0.05
+    prm.promote(
+        open_study("tiny_side", url),
+        load_study_def(path),
+        storage=make_storage(url),
+        top=2,
+        out_dir=out,
+        run_fn=run,
+        joint_fn=lambda cfg, progress=False: run(None, cfg),
+        log=lambda line: None,
+    )
+
+
+def test_two_promote_processes_side_by_side_run_each_run_once_and_record_once(tmp_path: Path) -> None:
+    path = tiny_study(tmp_path, "tiny_side", 4, [])
+    url = f"sqlite:///{tmp_path / 'side.db'}"
+    study = open_study("tiny_side", url, create=True)
+    for i, value in enumerate((0.4, 0.9, 0.7)):
+        design = {"label": f"d{i}"}
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value, user_attrs={"design": design, "module_source": f"# design {i}\n"}
+            )
+        )
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=_promote_with_fake_runs, args=(path, url, tmp_path / "out", tmp_path / "calls"))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    # none, joint and the two best designs, once each, over both processes
+    assert sorted((tmp_path / "calls").read_text().split()) == ["joint", "none", "trial_1", "trial_2"]
+    study = open_study("tiny_side", url)
+    assert sorted(e["trial"] for e in promoted(study)) == [1, 2]
+    companion = optuna.load_study(study_name=promoted_study_name("tiny_side"), storage=url)
+    assert sorted(t.user_attrs["source_trial"] for t in companion.trials) == [1, 2]  # recorded once
+    assert not list((tmp_path / "out").rglob("*.claim"))
