@@ -18,7 +18,9 @@ cached run on purpose.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +144,12 @@ def run_key(module_sha256: str, cfg: Any, version: str) -> tuple[str, dict]:
         "module": module_sha256,
         "config": protocol_fields(cfg),
     }
+    return _key(fields), fields
+
+
+def _key(fields: Mapping[str, Any]) -> str:
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16], fields
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def result_path(runs_dir: Path, method: str, experiment: str, key: str, seed: int) -> Path:
@@ -244,24 +250,76 @@ def store(job: Job, cfg: Any, result: dict, wall_s: float) -> dict:
     return record
 
 
+def code_sha256(source: str) -> str:
+    """sha256 of what a module does: its syntax tree without the module docstring (comments and layout never
+    reach the tree). Two generated modules that differ only in their header (`preset mas_calibrated` or `study
+    campaign, trial 3`) have the same one, and are the same experiment."""
+    tree = ast.parse(source)
+    first = tree.body[0] if tree.body else None
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        tree.body = tree.body[1:]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_shas(path: Path, mtime_ns: int) -> tuple[str, str | None]:
+    """(sha256, code_sha256) of a module file; code None when it does not parse."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        return sha256_text(text), code_sha256(text)
+    except SyntaxError:
+        return sha256_text(text), None
+
+
+def equivalent_modules(module: Path, modules_root: Path) -> list[tuple[str, str]]:
+    """(sha256, file name) of every other module under `modules_root` with `module`'s code_sha256."""
+    own_sha, own_code = _file_shas(module, module.stat().st_mtime_ns)
+    found = []
+    for other in sorted(modules_root.rglob("*.py")) if own_code is not None else []:
+        sha, code = _file_shas(other, other.stat().st_mtime_ns)
+        if code == own_code and sha != own_sha:
+            found.append((sha, other.name))
+    return found
+
+
 def reuse_identical(job: Job) -> dict | None:
-    """The record of the same module, configuration and seed filed under another method's name, copied.
+    """The record of the same run filed under another method's name, or made by an equivalent module, copied.
 
     The key covers the module's sha256, so a candidate that equals a preset (or a tuned baseline at its
-    published strength) is the same experiment: it is not run twice.
+    published strength) is the same experiment: it is not run twice. A module that differs only in its docstring
+    (`code_sha256`) is the same experiment too: the modules kept beside the runs (`<runs>/../modules`, where
+    final-eval, promotion and the panel keep theirs) are searched for one, and a record of it with the same
+    configuration and seed is filed under this job's key, with `equivalent_module` naming the file that ran.
     """
-    for other in sorted(job.path.parent.glob(f"*__{job.key}__seed{job.seed}.json")):
-        record = load_record(other)
-        if record is None or record.get("key") != job.key:
-            continue
-        copy = {
-            **record,
-            "method": job.method.name,
-            "method_label": job.method.label,
-            "copied_from": other.name,
-        }
-        _write(job.path, copy)
-        return copy
+    candidates: list[tuple[Iterable[Path], str | None]] = [
+        (job.path.parent.glob(f"*__{job.key}__seed{job.seed}.json"), None)
+    ]
+    modules_root = job.path.parents[1].parent / "modules"
+    if job.method.kind == "hooks" and job.method.path is not None and modules_root.is_dir():
+        for sha, name in equivalent_modules(job.method.path, modules_root):
+            key = _key({**job.key_fields, "module": sha})
+            candidates.append((job.path.parent.glob(f"*__{key}__seed{job.seed}.json"), name))
+    for paths, equivalent in candidates:
+        for other in sorted(paths):
+            record = load_record(other)
+            if record is None or other == job.path:
+                continue
+            copy = {
+                **record,
+                "method": job.method.name,
+                "method_label": job.method.label,
+                "key": job.key,
+                "key_fields": job.key_fields,
+                "copied_from": other.name,
+            }
+            if equivalent is not None:
+                copy["equivalent_module"] = equivalent
+            _write(job.path, copy)
+            return copy
     return None
 
 
@@ -313,15 +371,15 @@ def run_cached(
     """Run one hook module with an arbitrary RunConfig through the cache; returns (record, was_cached)."""
     key, fields = run_key(module_sha256, cfg, code_version())
     path = result_path(cache_dir, name, cfg.experiment, key, cfg.seed)
-    record = load_record(path)
+    job = Job(
+        Method(name, "hooks", module_path, module_sha256, name), cfg.experiment, cfg.seed, key, fields, path
+    )
+    record = load_record(path) or reuse_identical(job)
     if record is not None:
         return record, True
     if run_fn is None:
         run_fn = default_runners()[0]
         check_data(cfg.experiment, cfg.data_dir)
-    job = Job(
-        Method(name, "hooks", module_path, module_sha256, name), cfg.experiment, cfg.seed, key, fields, path
-    )
     start = time.perf_counter()
     result = run_fn(str(module_path), cfg, progress=False)
     return store(job, cfg, result, time.perf_counter() - start), False

@@ -152,7 +152,12 @@ def test_every_cached_record_is_found_under_its_key() -> None:
         assert path == cache.result_path(
             path.parents[1], record["method"], record["experiment"], key, cfg.seed
         )
-        assert result.get("hooks_sha256") in (None, fields["module"]), path
+        if "equivalent_module" in record:  # made by a module with the same code (cache.code_sha256)
+            assert (
+                record["equivalent_module"].split("-")[-1].removesuffix(".py") == result["hooks_sha256"][:12]
+            )
+        else:
+            assert result.get("hooks_sha256") in (None, fields["module"]), path
 
 
 def test_end_to_end_then_cache_hit(tmp_path: Path, none_preset: None) -> None:
@@ -412,6 +417,44 @@ def test_a_module_equal_to_a_preset_is_not_run_twice(tmp_path: Path, monkeypatch
     record = json.loads(copy.read_text())
     assert record["method"] == "candidate" and record["copied_from"].startswith("ewc__")
     assert "| `candidate` | 0.5000 (n=1) | 1 |" in readme.read_text()
+
+
+def test_a_module_that_differs_only_in_its_docstring_is_the_same_experiment(
+    tmp_path: Path, none_preset: None
+) -> None:
+    code = (HOOKS / "scaffold_ewc.py").read_text()
+    body = code.split('"""', 2)[2] if code.startswith('"""') else code
+    first, second, other = (tmp_path / n for n in ("first.py", "second.py", "other.py"))
+    first.write_text('"""Generated from preset x."""\n' + body)
+    second.write_text('"""Generated from study s, trial 3."""\n# a comment\n' + body)
+    other.write_text('"""Generated from preset x."""\n' + body + "\nEXTRA = 1\n")
+    assert cache.code_sha256(first.read_text()) == cache.code_sha256(second.read_text())
+    assert cache.code_sha256(first.read_text()) != cache.code_sha256(other.read_text())
+    _eval(tmp_path, FakeHarness(), methods=["candidate"], hooks=first, seeds=[42])
+    again = FakeHarness()
+    outcome, _ = _eval(tmp_path, again, methods=["candidate"], hooks=second, seeds=[42])
+    assert again.calls == [] and len(outcome.cached) == 1
+    records = {json.loads(p.read_text())["key"]: json.loads(p.read_text()) for p in
+               (tmp_path / "results" / "runs" / "splitMNIST").glob("candidate__*.json")}  # fmt: skip
+    (copy,) = [r for r in records.values() if "equivalent_module" in r]
+    assert copy["equivalent_module"].startswith("candidate-") and copy["key_fields"]["module"] == (
+        cache.sha256_text(second.read_text())
+    )
+    # other code is another experiment
+    third = FakeHarness()
+    _eval(tmp_path, third, methods=["candidate"], hooks=other, seeds=[42])
+    assert len(third.calls) == 1
+
+    # run_cached (promotion, the panel) reuses the same way, from the modules kept beside its runs
+    runs = tmp_path / "fid" / "runs"
+    cfg = fe.make_config("splitMNIST", 42, device="cpu", overrides=TINY)
+    a, sha_a = cache.store_module(tmp_path / "fid" / "modules" / "panel", "a", first.read_text())
+    b, sha_b = cache.store_module(tmp_path / "fid" / "modules" / "study", "trial_3", second.read_text())
+    fake = FakeHarness()
+    record, cached = cache.run_cached("a", a, sha_a, cfg, cache_dir=runs, run_fn=fake.run)
+    assert not cached and len(fake.calls) == 1
+    record2, cached2 = cache.run_cached("trial_3", b, sha_b, cfg, cache_dir=runs, run_fn=fake.run)
+    assert cached2 and len(fake.calls) == 1 and record2["result"] == record["result"]
 
 
 def test_split_mnist_runs_five_seeds_and_permuted_mnist_three_by_default(tmp_path: Path) -> None:
