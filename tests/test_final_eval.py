@@ -467,3 +467,42 @@ def test_split_mnist_runs_five_seeds_and_permuted_mnist_three_by_default(tmp_pat
     again = FakeHarness()
     _eval(tmp_path / "b", again, methods=["none"], benchmarks=["splitMNIST", "permMNIST"], seeds=[7])
     assert [(e, s) for _, e, s in again.calls] == [("splitMNIST", 7), ("permMNIST", 7)]  # --seeds: every one
+
+
+def test_split_cifar100_final_eval_pretrains_the_missing_trunk_then_reuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make final-eval` where CIFAR-10/100 are present (generated here in the real file format): the real
+    harness pre-trains the trunk first (1 epoch here instead of 100), caches it and the features, runs, and a
+    second evaluation finds everything cached."""
+    from cifar_files import write_cifar10, write_cifar100
+    from clharness import cifar
+
+    data, cache_dir = tmp_path / "data", tmp_path / "cache"
+    write_cifar100(data, train_per_class=30, test_per_class=1)  # 300 images per context: one batch of 256
+    write_cifar10(data, train_per_class=10, test_per_class=1)
+    monkeypatch.setenv("CL_DATA_DIR", str(data))
+    monkeypatch.setenv("CL_CACHE_DIR", str(cache_dir))
+    features = cifar.cifar100_features
+    monkeypatch.setattr(
+        cifar, "cifar100_features", lambda *a, **k: features(*a, **{**k, "trunk_mode_epochs": 1})
+    )
+    kw = {"methods": ["candidate"], "hooks": HOOKS / "no_reg.py", "seeds": [42], "benchmarks": ["CIFAR100"]}
+    kw["overrides"] = {"iters": 2, "contexts": 2}
+    outcome, readme = _eval(tmp_path, FakeHarness(), run_fn=None, joint_fn=None, device="cpu", **kw)
+    assert outcome.complete and len(outcome.ran) == 1
+    assert (cache_dir / "cifar10-trunk-e1-s42.pt").is_file()  # pre-trained first, with the trunk's seed
+    assert len(list(cache_dir.glob("cifar100-features-*.pt"))) == 1
+    (record,) = [
+        json.loads(p.read_text()) for p in (tmp_path / "results" / "runs" / "CIFAR100").glob("*.json")
+    ]
+    result = record["result"]
+    assert result["experiment"] == "CIFAR100" and result["cifar_trunk"] == "pretrained"
+    assert len(result["per_context_accuracy"]) == 2 and 0.0 <= result["average_accuracy"] <= 1.0
+    assert "Split-CIFAR100" in readme.read_text()
+
+    def refuse(*a: object, **k: object) -> dict:
+        raise AssertionError("the harness was called on a cached run")
+
+    again, _ = _eval(tmp_path, FakeHarness(), run_fn=refuse, joint_fn=refuse, device="cpu", **kw)
+    assert again.complete and len(again.cached) == 1
