@@ -41,6 +41,9 @@ class _Deferral:
 
     depth = 0
     pending: str | None = None
+    received: str | None = (
+        None  # the signal that arrived in this block, until the handlers are installed again
+    )
 
 
 def interrupt_once(signum: int, frame: Any) -> None:
@@ -49,6 +52,7 @@ def interrupt_once(signum: int, frame: Any) -> None:
     for sig in INTERRUPT_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     name = signal.Signals(signum).name
+    _Deferral.received = name
     if _Deferral.depth > 0:
         _Deferral.pending = name
         return
@@ -71,6 +75,19 @@ def deferred() -> Iterator[None]:
             raise Interrupted(name)
 
 
+def raise_if_interrupted() -> None:
+    """Raise `Interrupted` again if a signal arrived and the code still runs: the handler's exception is lost when
+    it lands where Python ignores exceptions (a weakref callback of SQLAlchemy's, a `__del__`; seen once: a worker
+    went on for two trials after Ctrl-C, and since later signals are ignored, nothing but SIGKILL stopped it).
+    Called where normal work goes on, never in cleanup: at the top of the worker loop and after each context."""
+    if (
+        _Deferral.received is not None
+        and _Deferral.depth == 0
+        and threading.current_thread() is threading.main_thread()
+    ):
+        raise Interrupted(_Deferral.received)
+
+
 @contextlib.contextmanager
 def _handlers(handler: Any) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
@@ -88,6 +105,10 @@ def _handlers(handler: Any) -> Iterator[None]:
 
 def interrupt_signals() -> contextlib.AbstractContextManager[None]:
     """SIGINT and SIGTERM raise `Interrupted` in this block (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is threading.main_thread():
+        _Deferral.received = (
+            None  # a signal of an earlier block (an earlier run in this process) is done with
+        )
     return _handlers(interrupt_once)
 
 
@@ -98,5 +119,6 @@ def signals_ignored() -> contextlib.AbstractContextManager[None]:
 
 def install() -> None:
     """Make `interrupt_once` this process's handler (a spawned worker's first step)."""
+    _Deferral.received = None
     for sig in INTERRUPT_SIGNALS:
         signal.signal(sig, interrupt_once)

@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.fidelity import gap_share
+from search import interrupts
 from search.studies import BenchmarkProxy, StudyDef
 
 Objective = Callable[[optuna.Trial], float]
@@ -170,6 +171,7 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
                             n: int = n_contexts, base: float = finished, a: Mapping[str, float] = anchor,
                         ) -> None:  # fmt: skip
                             nonlocal step
+                            interrupts.raise_if_interrupted()  # a Ctrl-C that was swallowed stops the trial here
                             step += 1
                             # Contexts not yet trained count as accuracy 0: the value rises through the run.
                             trial.report(base + w * gap_share(sum(accs) / n, a), step)

@@ -477,6 +477,7 @@ def _worker_loop(spec: WorkerSpec) -> int:
     waiting_said = False
     failures_in_a_row = 0
     while True:
+        interrupts.raise_if_interrupted()  # a Ctrl-C swallowed where Python ignores exceptions stops us here
         # dead workers' trials: FAIL with a reason, re-queued by RetryCrashedTrial
         for number in optuna_adapter.fail_stale_trials(study, storage, stale_reason):
             progress.say(f"trial {number}: {stale_reason['fail_reason']}")

@@ -429,3 +429,30 @@ def test_a_signal_during_a_database_call_is_raised_when_the_call_returns(tmp_pat
         assert storage.get_trial_user_attrs(trial_id) == {"k": 1}
         storage.set_trial_user_attr(trial_id, "after", 2)
     assert study.trials[0].user_attrs == {"k": 1, "after": 2}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_swallowed_where_python_ignores_exceptions_still_stops_the_work() -> None:
+    """Seen in the campaign: SIGINT landed in SQLAlchemy's weakref callback, whose exceptions Python prints and
+    drops; the worker went on, and ignored every later signal. The worker loop and each context's report raise it
+    again (`raise_if_interrupted`)."""
+    import gc
+    import weakref
+
+    from search import interrupts
+
+    class Anything:
+        pass
+
+    with interrupts.interrupt_signals():
+        interrupts.raise_if_interrupted()  # nothing received: nothing raised
+        thing = Anything()
+        ref = weakref.ref(thing, lambda r: os.kill(os.getpid(), signal.SIGINT))
+        del thing
+        gc.collect()
+        assert ref() is None  # the callback ran, and its Interrupted was dropped: we are still here
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # and later signals are ignored
+        with pytest.raises(interrupts.Interrupted, match="SIGINT"):
+            interrupts.raise_if_interrupted()
+    with interrupts.interrupt_signals():  # a later run in the same process starts clean
+        interrupts.raise_if_interrupted()
