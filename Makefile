@@ -61,7 +61,8 @@ reproduce: $(STAMP)
 	$(call twice,$(PY) -m search final-eval --benchmarks permMNIST --seeds 100 101 102 \
 		--methods candidate tuned_best --out results/heldout --device $(DEVICE) --threads 1)
 
-# Both read studies/local/$(STUDY).db when you have one, else the committed reference; REFERENCE=1 forces it.
+# Both read studies/local/$(STUDY).db when you have one, else the committed study (studies/campaign/, else
+# studies/); REFERENCE=1 forces the committed one.
 status: $(STAMP)
 	$(PY) -m search status --study $(STUDY) $(if $(REFERENCE),--reference) $(STORAGE_ARG)
 

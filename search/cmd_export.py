@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--reference",
         action="store_true",
-        help="read the committed studies/<name>.db even if you have a local one",
+        help="read the committed study (studies/campaign/<name>.db, else studies/<name>.db) even if you have a local one",
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="the module to write (atomically)")
     parser.set_defaults(func=run)

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--reference",
         action="store_true",
-        help="read the committed studies/NAME.db even if you have a local one",
+        help="read the committed study (studies/campaign/NAME.db, else studies/NAME.db) even if you have a local one",
     )
     p.add_argument("--top", type=int, default=5, help="how many of the best trials to list (default 5)")
     p.set_defaults(func=main)

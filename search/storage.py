@@ -99,13 +99,21 @@ def default_storage_url(name: str) -> str:
     return reference_storage_url(name)
 
 
+def committed_storage_url(name: str) -> str:
+    """The study the repository commits under `name`: the campaign's when it exists, else the reference."""
+    campaign = campaign_storage_url(name)
+    path = sqlite_path(campaign)
+    return campaign if path is not None and path.is_file() else reference_storage_url(name)
+
+
 def read_storage_url(name: str, storage: str | None = None, *, reference: bool = False) -> str:
-    """The storage a reading command opens: `storage` as given, else the reference when asked, else the default."""
+    """The storage a reading command opens: `storage` as given, else the committed study when asked (`--reference`),
+    else the default."""
     if storage and reference:
-        raise UserError("--reference reads the committed studies/NAME.db; it does not go with --storage")
+        raise UserError("--reference reads the committed study; it does not go with --storage")
     if storage:
         return storage
-    return reference_storage_url(name) if reference else default_storage_url(name)
+    return committed_storage_url(name) if reference else default_storage_url(name)
 
 
 def storage_note(name: str, url: str) -> str:
@@ -116,9 +124,10 @@ def storage_note(name: str, url: str) -> str:
     if url == campaign_storage_url(name):
         return " (the team's campaign study)"
     if url == local_storage_url(name):
-        reference = sqlite_path(reference_storage_url(name))
-        if reference is not None and reference.is_file():
-            return f" (your local study; --reference reads the committed studies/{name}.db)"
+        committed = sqlite_path(committed_storage_url(name))
+        if committed is not None and committed.is_file():
+            shown = committed.relative_to(studies_dir().parent)
+            return f" (your local study; --reference reads the committed {shown})"
         return " (your local study)"
     return ""
 

@@ -5,6 +5,7 @@ a closed pipe, a failed or pruned trial's export and final-eval's `--data-dir` e
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,17 +109,36 @@ def test_reading_commands_take_yours_then_the_campaigns_then_the_reference(
     assert "(the team's campaign study)" in capsys.readouterr().out
     study_at(studies / "local" / "fake.db", "LOCAL = 1\n")
     assert trial_source("fake") == "LOCAL = 1\n"
+    # --reference reads the committed study, which is the campaign's when the team ran one.
+    assert search_main(["status", "--study", "fake"]) == 0
+    assert (
+        "(your local study; --reference reads the committed studies/campaign/fake.db)"
+        in capsys.readouterr().out
+    )
+    out = studies / "module.py"
+    assert search_main(["export", "--study", "fake", "--reference", "--out", str(out)]) == 0
+    assert out.read_text() == "CAMPAIGN = 1\n"
 
 
-def test_make_regenerate_from_the_reference_is_the_shipped_module(tmp_path: Path) -> None:
-    """`make regenerate STUDY=mnist REFERENCE=1` writes the shipped file byte for byte, and reading the
-    reference study does not change it."""
-    reference = ROOT / "studies" / "mnist.db"
-    before = sha256(reference)
+def test_make_regenerate_from_the_committed_study_is_the_shipped_module(tmp_path: Path) -> None:
+    """`make regenerate STUDY=<the shipped file's study> REFERENCE=1` writes the shipped file byte for byte, and
+    reading the committed study does not change it."""
+    shipped = repo_root() / "custom_regularization.py"
+    name = shipped_study(shipped.read_text())
+    committed = storage.sqlite_path(storage.committed_storage_url(name))
+    assert committed is not None and committed.is_file(), f"the shipped file's study {name} is not committed"
+    before = sha256(committed)
     out = tmp_path / "custom_regularization.py"
-    assert search_main(["export", "--study", "mnist", "--reference", "--out", str(out)]) == 0
-    assert out.read_bytes() == (ROOT / "custom_regularization.py").read_bytes()
-    assert sha256(reference) == before
+    assert search_main(["export", "--study", name, "--reference", "--out", str(out)]) == 0
+    assert out.read_bytes() == shipped.read_bytes(), f"regenerate: make regenerate STUDY={name}"
+    assert sha256(committed) == before
+
+
+def shipped_study(source: str) -> str:
+    """The study named in a generated module's `Provenance:` line."""
+    match = re.search(r"^Provenance: study=([\w.-]+)", source, re.MULTILINE)
+    assert match, "the shipped module names no study in its Provenance line"
+    return match.group(1)
 
 
 @pytest.mark.parametrize(
