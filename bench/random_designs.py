@@ -81,26 +81,20 @@ def study_randoms(name: str, storage: str | None, n: int, labels: list[str]) -> 
     be the sampler's random start; a design that failed (diverged) scores chance on every proxy."""
     from optuna.trial import TrialState
 
-    from search.objective import CRASH, chance_accuracy
+    from search.cmd_status import trial_origins
+    from search.objective import chance_accuracy
     from search.storage import default_storage_url, open_study
     from search.studies import load_study_def
 
     study_def = load_study_def(name)
     benches = {b.label: b for b in study_def.benchmarks}
     study = open_study(study_def.name, storage or default_storage_url(study_def.name))
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    # a crashed trial's design runs again in its retry (a later trial), which stands for it
-    sampled = [
-        t
-        for t in trials
-        if "warm_start" not in t.user_attrs
-        and t.state != TrialState.WAITING
-        and not (t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") == CRASH)
-    ]
+    trials = study.get_trials(deepcopy=False)
     startup = study_def.sampler.n_startup_trials - len(study_def.warm_start)
     if study_def.sampler.name == "tpe" and startup < n:
         raise SystemExit(f"study {name} samples only {startup} trials at random before TPE; asked for {n}")
-    first = sampled[:n]
+    origins = trial_origins(trials, study_def)
+    first = sorted((t for t in trials if origins.get(t.number) == "random start"), key=lambda t: t.number)[:n]
     if len(first) < n or any(t.state not in (TrialState.COMPLETE, TrialState.FAIL) for t in first):
         raise SystemExit(f"study {name}: its first {n} sampled trials have not all finished unpruned")
     return {

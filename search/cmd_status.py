@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.errors import UserError
 from search.export import rank_trials
 from search.objective import CRASH, counts_toward_budget
 from search.storage import display_url, open_study, read_storage_url, storage_note
-from search.studies import load_study_def
+from search.studies import StudyDef, load_study_def
 
 
 def study_name(arg: str) -> str:
@@ -40,8 +42,47 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=main)
 
 
-def format_status(study: optuna.Study, budget: int | None, top: int = 5) -> str:
-    """The status report of a study as text."""
+def trial_origins(trials: Sequence[FrozenTrial], study_def: StudyDef) -> dict[int, str]:
+    """Trial number -> where its design came from: `warm start` (a preset the study enqueued), `random start`
+    (the sampler's first sampled trials, before TPE models the history; every sampled trial for the random
+    sampler) or `TPE`. A trial that crashed is left out: its retry, a later trial, stands for its design."""
+    random_start = (
+        len(trials)
+        if study_def.sampler.name == "random"
+        else study_def.sampler.n_startup_trials - len(study_def.warm_start)
+    )
+    origins: dict[int, str] = {}
+    sampled = 0
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state == TrialState.WAITING or (t.state == TrialState.FAIL and not counts_toward_budget(t)):
+            continue
+        if "warm_start" in t.user_attrs:
+            origins[t.number] = "warm start"
+            continue
+        origins[t.number] = "random start" if sampled < random_start else "TPE"
+        sampled += 1
+    return origins
+
+
+def format_origins(complete: Sequence[FrozenTrial], origins: dict[int, str], top: int = 5) -> list[str]:
+    """Lines comparing the complete trials by origin: is the sampler finding better designs than random ones?"""
+    lines = [f"by origin (complete trials): {'n':>4}  {'median':>7}  {f'top-{top} mean':>10}  {'best':>7}"]
+    for origin in ("warm start", "random start", "TPE"):
+        values = sorted(
+            (float(t.value or 0.0) for t in complete if origins.get(t.number) == origin), reverse=True
+        )
+        if values:
+            lines.append(
+                f"  {origin:<26}{len(values):>4}  {statistics.median(values):>7.4f}  "
+                f"{statistics.fmean(values[:top]):>10.4f}  {values[0]:>7.4f}"
+            )
+    return lines
+
+
+def format_status(
+    study: optuna.Study, budget: int | None, top: int = 5, study_def: StudyDef | None = None
+) -> str:
+    """The status report of a study as text (with `study_def`, also the trials compared by origin)."""
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
     counted = sum(counts_toward_budget(t) for t in trials)
@@ -67,6 +108,8 @@ def format_status(study: optuna.Study, budget: int | None, top: int = 5) -> str:
         wall = t.user_attrs.get("wall_time_s")
         wall_txt = f"{wall:>6.0f}" if isinstance(wall, int | float) else f"{'-':>6}"
         lines.append(f"  {t.number:>5}  {t.value:>7.4f}  {cells}  {wall_txt}  {note}")
+    if study_def is not None:
+        lines += format_origins(complete, trial_origins(trials, study_def), top)
     failed = [t for t in trials if t.user_attrs.get("fail_reason") and t.user_attrs.get("fail_kind") != CRASH]
     if failed:
         lines.append(
@@ -81,11 +124,11 @@ def main(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
     name = study_name(args.study)
-    budget = None
+    study_def = None
     with contextlib.suppress(UserError):  # a study kept only as storage (no file) still has a status
-        budget = load_study_def(args.study).n_trials
+        study_def = load_study_def(args.study)
     storage = read_storage_url(name, args.storage, reference=args.reference)
     study = open_study(name, storage)
     print(f"storage {display_url(storage)}{storage_note(name, storage)}")
-    print(format_status(study, budget, args.top))
+    print(format_status(study, study_def.n_trials if study_def else None, args.top, study_def))
     return 0

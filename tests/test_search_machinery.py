@@ -3,6 +3,7 @@ status, export and the dashboard. The real objective (space + harness) is tested
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -30,9 +31,9 @@ from search_fakes import (
 import space
 from evaluation.errors import UserError
 from search.cmd_dashboard import free_port
-from search.cmd_status import format_status
+from search.cmd_status import format_status, trial_origins
 from search.export import trial_source
-from search.objective import counts_toward_budget
+from search.objective import CRASH, DESIGN, counts_toward_budget
 from search.storage import (
     default_storage_url,
     local_storage_url,
@@ -303,6 +304,52 @@ def test_status_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         trial_source("fake", url, trial=99)
     with pytest.raises(UserError, match="no study 'other'"):
         trial_source("other", url)
+
+
+def test_status_compares_warm_starts_the_random_start_and_tpe(tmp_path: Path) -> None:
+    """Origins follow the sampler: two enqueued presets, then n_startup_trials - 2 random designs, then TPE. A
+    crashed trial is left out (its retry stands for it), while a design that failed by itself is counted."""
+    fake = load_study_def(write_study(tmp_path, n_trials=20))
+    tpe = dataclasses.replace(fake.sampler, name="tpe", n_startup_trials=5)
+    study_def = dataclasses.replace(fake, warm_start=("ewc", "mas"), sampler=tpe)
+    study = optuna.create_study(direction="maximize")
+    x = optuna.distributions.FloatDistribution(0, 1)
+
+    def add(value: float | None, state: TrialState = TrialState.COMPLETE, **attrs: str) -> None:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state, value=value, params={"x": 0.5}, distributions={"x": x}, user_attrs=attrs
+            )
+        )
+
+    add(0.60, warm_start="ewc")  # 0
+    add(0.70, warm_start="mas")  # 1
+    add(None, TrialState.FAIL, fail_kind=CRASH)  # 2: re-queued as a later trial
+    add(0.10)  # 3: random
+    add(None, TrialState.FAIL, fail_kind=DESIGN)  # 4: random, diverged
+    add(0.30)  # 5: random
+    for value in (0.50, 0.80, 0.65):  # 6-8: TPE
+        add(value)
+    origins = trial_origins(study.get_trials(), study_def)
+    assert origins == {
+        0: "warm start",
+        1: "warm start",
+        3: "random start",
+        4: "random start",
+        5: "random start",
+        6: "TPE",
+        7: "TPE",
+        8: "TPE",
+    }
+    lines = format_status(study, 20, top=2, study_def=study_def).splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("by origin"))) :]
+    assert [line.split() for line in table[1:4]] == [
+        ["warm", "start", "2", "0.6500", "0.6500", "0.7000"],
+        ["random", "start", "2", "0.2000", "0.2000", "0.3000"],
+        ["TPE", "3", "0.6500", "0.7250", "0.8000"],
+    ]
+    random_sampler = dataclasses.replace(study_def, sampler=dataclasses.replace(tpe, name="random"))
+    assert trial_origins(study.get_trials(), random_sampler)[8] == "random start"
 
 
 # ------------------------------------------------------------------------------------------------- dashboard
