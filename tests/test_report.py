@@ -272,3 +272,54 @@ def test_the_evaluation_modules_import_one_another_without_a_cycle() -> None:
                 imported.update(a.name.split(".")[1] for a in node.names if a.name.startswith("evaluation."))
     assert graph["final_eval"] >= {"report", "cache"}  # the walk sees the imports
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the modules of a cycle
+
+
+def _readme_results_rows() -> dict[str, list[str]]:
+    """The README's results table: method (or "method" for the header) -> its cells after the first column."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if line.startswith("| `") or line.startswith("| method |"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0].split("`")[1] if "`" in cells[0] else "method"] = cells[1:]
+    return rows
+
+
+STALE = "update the README's results table from `python -m evaluation.report` (results/README.md)"
+
+
+def test_the_readme_results_table_states_what_the_committed_cache_holds() -> None:
+    """Every figure of the README's results table is the cached runs' mean (and standard error, and seed count
+    where the cell names its seeds), and "not run" where the cache has none: no stale or hand-typed number."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    columns = {"splitMNIST": 0, "permMNIST": 1}
+    results, _methods, _notes = report.results_as_cached(repo / "results", list(columns))
+    rows = _readme_results_rows()
+    header = rows.pop("method")
+    assert "candidate" in rows and "none" in rows and "joint" in rows
+    checked = 0
+    for method, cells in rows.items():
+        for experiment, col in columns.items():
+            cell, recs = cells[col], results.get(experiment, {}).get(method, {})
+            where = (
+                f"README's {method} on {experiment}, {cell!r}, against cached seeds {sorted(recs)}: {STALE}"
+            )
+            if cell.startswith("not run"):
+                assert not recs, where  # the cache has runs the README does not report
+                continue
+            assert recs, where  # a figure with no cached run
+            s = report.summarize([float(r["result"]["average_accuracy"]) for r in recs.values()])
+            numbers = re.match(r"(\d\.\d{4})(?: ± (\d\.\d{4}))?", cell)
+            assert numbers, f"unreadable cell {cell!r}"
+            assert numbers.group(1) == f"{s.mean:.4f}", (where, s)
+            assert numbers.group(2) == (None if s.se is None else f"{s.se:.4f}"), (where, s)
+            named = re.search(r"\(seeds? ([\d, ]+)", cell)
+            if named:
+                assert sorted(int(x) for x in named.group(1).split(",")) == sorted(recs), where
+            elif stated := re.search(r"\((\d+) seeds\)", header[col]):
+                assert s.n == int(stated.group(1)), (where, header[col])
+            checked += 1
+    assert checked >= 10
