@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -274,9 +275,12 @@ def test_the_evaluation_modules_import_one_another_without_a_cycle() -> None:
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the modules of a cycle
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def _readme_results_rows() -> dict[str, list[str]]:
     """The README's results table: method (or "method" for the header) -> its cells after the first column."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     section = text.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
     rows: dict[str, list[str]] = {}
     for line in section.splitlines():
@@ -292,11 +296,8 @@ STALE = "update the README's results table from `python -m evaluation.report` (r
 def test_the_readme_results_table_states_what_the_committed_cache_holds() -> None:
     """Every figure of the README's results table is the cached runs' mean (and standard error, and seed count
     where the cell names its seeds), and "not run" where the cache has none: no stale or hand-typed number."""
-    import re
-
-    repo = Path(__file__).resolve().parents[1]
     columns = {"splitMNIST": 0, "permMNIST": 1}
-    results, _methods, _notes = report.results_as_cached(repo / "results", list(columns))
+    results, _methods, _notes = report.results_as_cached(REPO / "results", list(columns))
     rows = _readme_results_rows()
     header = rows.pop("method")
     assert "candidate" in rows and "none" in rows and "joint" in rows
