@@ -401,6 +401,30 @@ def run_joint_cached(cfg: Any, *, cache_dir: Path, run_fn: RunFn | None = None) 
     return store(job, cfg, result, time.perf_counter() - start), False
 
 
+@dataclass(frozen=True)
+class CachedRun:
+    """One run of a module (path None: joint training) with one configuration, filed in a run cache."""
+
+    label: str
+    path: Path | None
+    sha256: str
+    cfg: Any
+
+    def record(self, runs_dir: Path) -> Path:
+        """Where its record is (or will be) filed under `runs_dir`."""
+        return cached_path(self.label, self.sha256, self.cfg, runs_dir)
+
+    def execute(self, runs_dir: Path, run_fn: RunFn | None = None, joint_fn: RunFn | None = None) -> float:
+        """Its average accuracy, from the cache or run now."""
+        if self.path is None:
+            record, _ = run_joint_cached(self.cfg, cache_dir=runs_dir, run_fn=joint_fn)
+        else:
+            record, _ = run_cached(
+                self.label, self.path, self.sha256, self.cfg, cache_dir=runs_dir, run_fn=run_fn
+            )
+        return float(record["result"]["average_accuracy"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Claims: several processes share one evaluation's runs without repeating any
 

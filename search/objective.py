@@ -14,10 +14,12 @@ the objective at the last step, the shape the percentile and median pruners comp
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -37,6 +39,8 @@ DESIGN = "design"
 CRASH = "crash"
 # The objective's name, shown by optuna-dashboard and `status`.
 METRIC = "gap closed (proxy, weighted)"
+# The folder of the anchors' run cache, beside the studies' artifact folders.
+ANCHOR_RUNS = "anchor-runs"
 
 
 class DesignFailed(Exception):
@@ -84,39 +88,68 @@ def anchor_key(bench: BenchmarkProxy) -> str:
     return f"anchors:{bench.experiment}:{settings}"
 
 
-def measure_anchors(
-    bench: BenchmarkProxy, *, data_dir: str | None = None, device: str = "auto"
-) -> dict[str, float]:
-    """`none` and joint training at a benchmark's proxy settings: mean average accuracy over its seeds."""
-    from clharness.runner import run, run_joint
-
+def none_source() -> str:
+    """The module of the `none` anchor (no regularization), as the generator writes the preset."""
     import space
 
-    none_scores, joint_scores = [], []
-    with tempfile.TemporaryDirectory(prefix="cl-anchor-") as tmp:
-        path = Path(tmp) / "none.py"
-        path.write_text(space.generate_source(space.PRESETS["none"], {"preset": "none"}), encoding="utf-8")
-        for seed in bench.seeds:
-            cfg = proxy_config(bench, seed, data_dir=data_dir, device=device)
-            none_scores.append(float(run(path, cfg, progress=False)["average_accuracy"]))
-            joint_scores.append(float(run_joint(cfg, progress=False)["average_accuracy"]))
-    return {"none": fmean(none_scores), "joint": fmean(joint_scores)}
+    return space.generate_source(space.PRESETS["none"], {"preset": "none"})
+
+
+def anchor_cache(study: optuna.Study) -> Path | None:
+    """The run cache of the anchors: beside the study's artifact folder (`studies/campaign/anchor-runs/` for
+    `studies/campaign/NAME.db`), shared by every study there; None when the study records no artifact folder."""
+    from search.annotate import study_artifact_dir  # it imports this module
+
+    folder = study_artifact_dir(study)
+    return None if folder is None else folder.parent / ANCHOR_RUNS
+
+
+def measure_anchors(
+    bench: BenchmarkProxy,
+    cache_dir: Path,
+    *,
+    data_dir: str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """`none` and joint training at a benchmark's proxy settings: mean average accuracy over its seeds.
+
+    The runs go through the run cache in `cache_dir`, claimed one at a time: two workers starting together split
+    them instead of both running all, and a later study with the same proxy settings reads them back.
+    """
+    from evaluation.cache import CachedRun, share_work, store_module
+
+    none_path, none_sha = store_module(cache_dir / "modules", "none", none_source())
+    runs_dir = cache_dir / "runs"
+    runs = [
+        CachedRun(label, path, sha, proxy_config(bench, seed, data_dir=data_dir, device=device))
+        for seed in bench.seeds
+        for label, path, sha in (("none", none_path, none_sha), ("joint", None, "joint"))
+    ]
+    with closing(share_work(runs, lambda r: r.record(runs_dir), log=log)) as work:  # closed: claims released
+        for run in work:
+            run.execute(runs_dir)
+    return {
+        label: fmean(r.execute(runs_dir) for r in runs if r.label == label) for label in ("none", "joint")
+    }
 
 
 def study_anchors(
     study: optuna.Study, study_def: StudyDef, *, data_dir: str | None = None, device: str = "auto"
 ) -> dict[str, dict[str, float]]:
-    """Every benchmark's anchors, measured once per study and kept in its user attributes."""
+    """Every benchmark's anchors, measured once (`measure_anchors`) and kept in the study's user attributes."""
+    missing = [b for b in study_def.benchmarks if anchor_key(b) not in study.user_attrs]
+    if missing:
+        with contextlib.ExitStack() as stack:
+            cache_dir = anchor_cache(study) or Path(  # nowhere to share them: this process's own runs
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="cl-anchor-"))
+            )
+            for bench in missing:
+                # Two workers starting together both write it: the same cached runs, the same values.
+                values = measure_anchors(bench, cache_dir, data_dir=data_dir, device=device)
+                study.set_user_attr(anchor_key(bench), values)
     attrs = study.user_attrs
-    out: dict[str, dict[str, float]] = {}
-    for bench in study_def.benchmarks:
-        key = anchor_key(bench)
-        if key not in attrs:
-            # Two workers starting together both measure: the runs are deterministic, the values equal.
-            study.set_user_attr(key, measure_anchors(bench, data_dir=data_dir, device=device))
-            attrs = study.user_attrs
-        out[bench.label] = dict(attrs[key])
-    return out
+    return {b.label: dict(attrs[anchor_key(b)]) for b in study_def.benchmarks}
 
 
 def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: str = "auto") -> Objective:

@@ -18,7 +18,6 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -28,17 +27,16 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.cache import (
+    CachedRun,
     RunFn,
-    cached_path,
     exclusive,
-    run_cached,
-    run_joint_cached,
     share_work,
     store_module,
 )
 from evaluation.fidelity import gap_share
 from search import annotate, optuna_adapter
 from search.export import rank_trials
+from search.objective import none_source
 from search.storage import check_writable
 from search.studies import BenchmarkProxy, StudyDef
 from search.workers import quiet_optuna
@@ -83,35 +81,6 @@ def _iterations(study_def: StudyDef, overrides: Mapping[str, int | None]) -> int
     return total
 
 
-def _none_source() -> str:
-    import space
-
-    return space.generate_source(space.PRESETS["none"], {"preset": "none"})
-
-
-@dataclass(frozen=True)
-class _Run:
-    """One promotion run: a module (path None: joint training) with one configuration, through the cache."""
-
-    label: str
-    path: Path | None
-    sha256: str
-    cfg: Any
-
-    def record(self, runs_dir: Path) -> Path:
-        return cached_path(self.label, self.sha256, self.cfg, runs_dir)
-
-    def execute(self, runs_dir: Path, run_fn: RunFn | None, joint_fn: RunFn | None) -> float:
-        """Its average accuracy, from the cache or run now."""
-        if self.path is None:
-            record, _ = run_joint_cached(self.cfg, cache_dir=runs_dir, run_fn=joint_fn)
-        else:
-            record, _ = run_cached(
-                self.label, self.path, self.sha256, self.cfg, cache_dir=runs_dir, run_fn=run_fn
-            )
-        return float(record["result"]["average_accuracy"])
-
-
 def promote(
     study: optuna.Study,
     study_def: StudyDef,
@@ -142,18 +111,18 @@ def promote(
             break
     # Every run first (the anchors, then each design on each benchmark), shared with any other process promoting
     # the same study; then the scores, read back from the cache.
-    none_path, none_sha = store_module(out_dir / "modules" / "anchors", "none", _none_source())
-    runs: list[_Run] = []
+    none_path, none_sha = store_module(out_dir / "modules" / "anchors", "none", none_source())
+    runs: list[CachedRun] = []
     for bench in study_def.benchmarks:
         for cfg in _configs(bench, overrides, device):
-            runs += [_Run("none", none_path, none_sha, cfg), _Run("joint", None, "joint", cfg)]
+            runs += [CachedRun("none", none_path, none_sha, cfg), CachedRun("joint", None, "joint", cfg)]
     modules = {
         t.number: store_module(module_dir, f"trial_{t.number}", t.user_attrs["module_source"]) for t in chosen
     }
     for trial in chosen:
         path, sha = modules[trial.number]
         runs += [
-            _Run(f"trial_{trial.number}", path, sha, cfg)
+            CachedRun(f"trial_{trial.number}", path, sha, cfg)
             for b in study_def.benchmarks
             for cfg in _configs(b, overrides, device)
         ]
@@ -170,7 +139,7 @@ def promote(
 
         def accuracy(label: str, path: Path | None, sha: str, bench: BenchmarkProxy) -> float:
             return fmean(
-                _Run(label, path, sha, cfg).execute(runs_dir, run_fn, joint_fn)
+                CachedRun(label, path, sha, cfg).execute(runs_dir, run_fn, joint_fn)
                 for cfg in _configs(bench, overrides, device)
             )
 

@@ -212,3 +212,47 @@ def test_two_proxies_of_one_benchmark_score_apart_and_weigh_in(tmp_path: Path, m
     module = tmp_path / "m.py"
     module.write_text(trial.user_attrs["module_source"])
     assert run(module, with_lr, progress=False)["average_accuracy"] == pytest.approx(scores["split_lr"])
+
+
+def test_anchors_are_measured_once_for_every_study_of_a_folder(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study's anchors are the harness's own `none` and joint runs at its proxy settings, filed in the run cache
+    beside its artifact folder; a second study there with the same proxies reads them back without running."""
+    import optuna
+    from clharness.runner import run_joint
+
+    from search.annotate import ARTIFACT_DIR_ATTR
+    from search.objective import ANCHOR_RUNS, anchor_key, none_source, study_anchors
+
+    study_def = load_study_def(tiny_study(tmp_path, "tiny_anchors", 1, []))
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+
+    def study(name: str) -> optuna.Study:
+        made = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        made.set_user_attr(ARTIFACT_DIR_ATTR, str(tmp_path / f"{name}.artifacts"))
+        return made
+
+    first = study_anchors(study("first"), study_def, data_dir=str(mnist_root), device="cpu")
+    cfg = RunConfig(experiment="splitMNIST", data_dir=str(mnist_root), device="cpu", **PROXY)
+    module = tmp_path / "none.py"
+    module.write_text(none_source())
+    assert first == {
+        "splitMNIST": {
+            "none": run(module, cfg, progress=False)["average_accuracy"],
+            "joint": run_joint(cfg, progress=False)["average_accuracy"],
+        }
+    }
+    records = sorted(p.name.split("__")[0] for p in (tmp_path / ANCHOR_RUNS / "runs").rglob("*.json"))
+    assert records == ["joint", "none"]
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the anchors were run again")
+
+    import clharness.runner
+
+    monkeypatch.setattr(clharness.runner, "run", no_run)
+    monkeypatch.setattr(clharness.runner, "run_joint", no_run)
+    second = study("second")
+    assert study_anchors(second, study_def, data_dir=str(mnist_root), device="cpu") == first
+    assert second.user_attrs[anchor_key(study_def.benchmarks[0])] == first["splitMNIST"]
