@@ -18,7 +18,7 @@ import contextlib
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from statistics import fmean
@@ -105,14 +105,15 @@ def anchor_cache(study: optuna.Study) -> Path | None:
 
 
 def measure_anchors(
-    bench: BenchmarkProxy,
+    benches: Sequence[BenchmarkProxy],
     cache_dir: Path,
     *,
     data_dir: str | None = None,
     device: str = "auto",
     log: Callable[[str], None] = print,
-) -> dict[str, float]:
-    """`none` and joint training at a benchmark's proxy settings: mean average accuracy over its seeds.
+) -> dict[str, dict[str, float]]:
+    """`none` and joint training at each benchmark's proxy settings: mean average accuracy over its seeds, by
+    the benchmark's `anchor_key`.
 
     The runs go through the run cache in `cache_dir`, claimed one at a time: two workers starting together split
     them instead of both running all, and a later study with the same proxy settings reads them back.
@@ -121,16 +122,24 @@ def measure_anchors(
 
     none_path, none_sha = store_module(cache_dir / "modules", "none", none_source())
     runs_dir = cache_dir / "runs"
-    runs = [
-        CachedRun(label, path, sha, proxy_config(bench, seed, data_dir=data_dir, device=device))
-        for seed in bench.seeds
-        for label, path, sha in (("none", none_path, none_sha), ("joint", None, "joint"))
-    ]
-    with closing(share_work(runs, lambda r: r.record(runs_dir), log=log)) as work:  # closed: claims released
+    runs = {
+        anchor_key(bench): [
+            CachedRun(label, path, sha, proxy_config(bench, seed, data_dir=data_dir, device=device))
+            for seed in bench.seeds
+            for label, path, sha in (("none", none_path, none_sha), ("joint", None, "joint"))
+        ]
+        for bench in benches
+    }
+    every = [run for group in runs.values() for run in group]
+    with closing(share_work(every, lambda r: r.record(runs_dir), log=log)) as work:  # closed: claims released
         for run in work:
             run.execute(runs_dir)
     return {
-        label: fmean(r.execute(runs_dir) for r in runs if r.label == label) for label in ("none", "joint")
+        key: {
+            label: fmean(r.execute(runs_dir) for r in group if r.label == label)
+            for label in ("none", "joint")
+        }
+        for key, group in runs.items()
     }
 
 
@@ -144,10 +153,10 @@ def study_anchors(
             cache_dir = anchor_cache(study) or Path(  # nowhere to share them: this process's own runs
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="cl-anchor-"))
             )
-            for bench in missing:
-                # Two workers starting together both write it: the same cached runs, the same values.
-                values = measure_anchors(bench, cache_dir, data_dir=data_dir, device=device)
-                study.set_user_attr(anchor_key(bench), values)
+            measured = measure_anchors(missing, cache_dir, data_dir=data_dir, device=device)
+        # Two workers starting together both write them: the same cached runs, the same values.
+        for key, values in measured.items():
+            study.set_user_attr(key, values)
     attrs = study.user_attrs
     return {b.label: dict(attrs[anchor_key(b)]) for b in study_def.benchmarks}
 
