@@ -56,7 +56,7 @@ reproduce: $(STAMP)
 	for b in $(BASELINES); do \
 		$(call twice,$(PY) -m search promote --study $$b --top 3 --storage $(call CAMPAIGN_DB,$$b) --threads 1) \
 		|| exit 2; done
-	$(MAKE) regenerate STUDY=campaign
+	$(MAKE) regenerate STUDY="campaign $(BASELINES)"
 	$(call twice,$(PY) -m search final-eval --benchmarks splitMNIST permMNIST --device $(DEVICE) --threads 1)
 	$(call twice,$(PY) -m search final-eval --benchmarks permMNIST --seeds 100 101 102 \
 		--methods candidate tuned_best --out results/heldout --device $(DEVICE) --threads 1)

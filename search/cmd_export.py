@@ -21,10 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--preset", help="a preset name (ewc, online_ewc, si, mas, l2, none)")
     source.add_argument("--design", metavar="FILE.json", help="a JSON file holding one design")
     source.add_argument(
-        "--study", help="a study name: exports the source its trial scored (the best by default)"
+        "--study",
+        nargs="+",
+        help="a study name: exports the source its trial scored (the best by default); several names (the "
+        "campaign, then its tuned baselines): the best trial of the one whose best promoted score is highest, "
+        "each study promoted at the same fidelity",
     )
     parser.add_argument(
-        "--trial", type=int, help="a complete trial's number within --study (default: the best trial)"
+        "--trial", type=int, help="a complete trial's number within one --study (default: the best trial)"
     )
     parser.add_argument(
         "--storage",
@@ -67,9 +71,30 @@ def run(args: argparse.Namespace) -> int:
         from search.export import trial_source  # the search part owns study storage
         from search.storage import display_url, read_storage_url, storage_note
 
-        url = read_storage_url(args.study, args.storage, reference=args.reference)
-        source = trial_source(args.study, url, args.trial)
-        where = f" from study {args.study} in {display_url(url)}{storage_note(args.study, url)}"
+        if len(args.study) > 1 and (args.trial is not None or args.storage):
+            raise UserError("--trial and --storage go with one --study")
+        urls = {name: read_storage_url(name, args.storage, reference=args.reference) for name in args.study}
+        name = args.study[0] if len(urls) == 1 else best_promoted_study(urls)
+        source = trial_source(name, urls[name], args.trial)
+        where = f" from study {name} in {display_url(urls[name])}{storage_note(name, urls[name])}"
     space.write_module(args.out, source)
     print(f"wrote {args.out}{where}")
     return 0
+
+
+def best_promoted_study(urls: dict[str, str]) -> str:
+    """The study whose best promoted score is highest (on a tie the first named); every one must be promoted."""
+    from search.promote import rank_promoted
+
+    ranked = rank_promoted(urls)
+    missing = [name for name in urls if name not in dict(ranked)]
+    if missing:
+        raise UserError(
+            f"study {', '.join(missing)} has no promoted trial; promote every study compared first "
+            f"(`make promote STUDY={missing[0]} TOP=3`)"
+        )
+    print(
+        "best promoted (full fidelity, validation split): "
+        + ", ".join(f"{name} trial {entry['trial']} {float(entry['value']):.4f}" for name, entry in ranked)
+    )
+    return ranked[0][0]

@@ -65,28 +65,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 def best_tuned_baseline(log: Callable[[str], None] = print) -> str:
     """`tuned_<b>` for the tuned baseline whose study's best promoted score (full fidelity, validation split) is
     highest: the choice never looks at the test split. A UserError when no tuned study has been promoted."""
-    from search.promote import best_promoted
-    from search.storage import default_storage_url, open_study, sqlite_path
+    from search.promote import rank_promoted
+    from search.storage import default_storage_url, sqlite_path
 
-    values: dict[str, float] = {}
-    for b in fe.TUNED_BASELINES:
-        path = sqlite_path(default_storage_url(b))
-        if path is None or not path.is_file():
-            continue
-        entry = best_promoted(open_study(b, default_storage_url(b)))
-        if entry is not None:
-            values[b] = float(entry["value"])
-    if not values:
+    urls = {b: default_storage_url(b) for b in fe.TUNED_BASELINES}
+    ranked = rank_promoted(
+        {b: url for b, url in urls.items() if (path := sqlite_path(url)) and path.is_file()}
+    )
+    if not ranked:
         raise UserError(
             "tuned_best: no tuned baseline study has promoted trials yet; run `make promote STUDY=<baseline> TOP=3`"
         )
-    ranked = sorted(values, key=lambda b: -values[b])
     log(
         "tuned_best: "
-        + ", ".join(f"tuned_{b} {values[b]:.4f}" for b in ranked)
+        + ", ".join(f"tuned_{b} {float(entry['value']):.4f}" for b, entry in ranked)
         + " (promoted, validation split)"
     )
-    return f"tuned_{ranked[0]}"
+    return f"tuned_{ranked[0][0]}"
 
 
 def study_modules(

@@ -33,11 +33,12 @@ from evaluation.cache import (
     share_work,
     store_module,
 )
+from evaluation.errors import UserError
 from evaluation.fidelity import gap_share
 from search import annotate, optuna_adapter
 from search.export import rank_trials
 from search.objective import none_source
-from search.storage import check_writable
+from search.storage import check_writable, open_study
 from search.studies import BenchmarkProxy, StudyDef
 from search.workers import quiet_optuna
 
@@ -190,6 +191,21 @@ def best_promoted(study: optuna.Study) -> dict | None:
         return None
     top = max(e["iterations"] for e in entries)
     return max((e for e in entries if e["iterations"] == top), key=lambda e: (e["value"], -e["trial"]))
+
+
+def rank_promoted(urls: Mapping[str, str]) -> list[tuple[str, dict]]:
+    """The studies (name -> storage URL) that have promoted trials, each with its `best_promoted` result, best
+    first (on a tie, the earlier in `urls`). A UserError when their best results are at different fidelities:
+    those are not on one scale."""
+    found = [(name, best_promoted(open_study(name, url))) for name, url in urls.items()]
+    ranked = [(name, entry) for name, entry in found if entry is not None]
+    fidelities = sorted({str(entry["fidelity"]) for _, entry in ranked})
+    if len(fidelities) > 1:
+        where = ", ".join(f"{name} at {entry['fidelity']}" for name, entry in ranked)
+        raise UserError(
+            f"the studies' best promotions are at different fidelities ({where}); promote them at one"
+        )
+    return sorted(ranked, key=lambda item: -float(item[1]["value"]))
 
 
 def promoted_study_name(name: str) -> str:

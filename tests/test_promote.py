@@ -227,3 +227,47 @@ def test_two_promote_processes_side_by_side_run_each_run_once_and_record_once(tm
     companion = optuna.load_study(study_name=promoted_study_name("tiny_side"), storage=url)
     assert sorted(t.user_attrs["source_trial"] for t in companion.trials) == [1, 2]  # recorded once
     assert not list((tmp_path / "out").rglob("*.claim"))
+
+
+def test_export_of_several_studies_ships_the_best_promoted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`export --study campaign mas ...` writes the best trial of the study whose best promoted score is highest,
+    as `export --study <that one>` does; every study named must be promoted, all at one fidelity."""
+    monkeypatch.setattr(storage, "default_storage_url", lambda name: f"sqlite:///{tmp_path / name}.db")
+    designs = {"campaign": space.VARIANTS["mas_calibrated"], "mas": space.PRESETS["mas"]}
+    for name, promoted_values in (("campaign", [0.80, 0.79]), ("mas", [0.70, 0.82])):
+        study = open_study(name, create=True)
+        for trial, value in enumerate(promoted_values):
+            source = space.generate_source(designs[name], {"study": name, "trial": trial})
+            study.add_trial(
+                optuna.trial.create_trial(
+                    value=0.5, user_attrs={"design": designs[name].to_dict(), "module_source": source}
+                )
+            )
+            entry = {"trial": trial, "fidelity": "full", "iterations": 100, "value": value}
+            study.set_user_attr(f"{PREFIX}full:{trial}", entry)
+    out = tmp_path / "custom_regularization.py"
+    assert search_main(["export", "--study", "campaign", "mas", "--out", str(out)]) == 0
+    assert out.read_text() == space.generate_source(
+        designs["mas"], {"study": "mas", "trial": 1, "fidelity": "full"}
+    )
+    assert out.read_text() == trial_source(
+        "mas", storage.default_storage_url("mas")
+    )  # regenerate from it alone
+    printed = capsys.readouterr().out
+    assert (
+        "best promoted (full fidelity, validation split): mas trial 1 0.8200, campaign trial 0 0.8000"
+        in printed
+    )
+
+    def refused(*studies: str, extra: tuple[str, ...] = ()) -> str:
+        assert search_main(["export", "--study", *studies, *extra, "--out", str(out)]) == 2
+        return capsys.readouterr().err
+
+    open_study("l2", create=True)
+    assert "study l2 has no promoted trial" in refused("campaign", "l2")
+    assert "--trial and --storage go with one --study" in refused("campaign", "mas", extra=("--trial", "0"))
+    cheap = {"trial": 0, "fidelity": "iters10", "iterations": 10, "value": 0.99}
+    open_study("l2").set_user_attr(f"{PREFIX}iters10:0", cheap)
+    assert "different fidelities (campaign at full, l2 at iters10)" in refused("campaign", "l2")
