@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "promote",
         help="re-run a study's K best trials at the full protocol (validation split) and store the scores",
         description=(
-            "Runs the K best distinct designs of the study (by proxy value) on each of its benchmarks at the "
+            "Runs the K best distinct designs of the study (by proxy value), and its warm starts, on each of "
+            "its benchmarks at the "
             "full published protocol, or at the fidelity given by --iters/--contexts/--train-subset, on the "
             "validation split with the study's proxy stream seeds, with none and joint training as anchors. "
             "Every run is cached; the scores are stored on the study, and `export`/`make regenerate` then pick "
@@ -27,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--study", required=True, help="study name (studies/<name>.toml) or file")
-    p.add_argument("--top", type=int, default=5, help="how many of the best trials (default 5)")
+    p.add_argument(
+        "--top", type=int, default=5, help="how many of the best trials, besides the warm starts (default 5)"
+    )
     p.add_argument("--storage", help="storage URL (default: your local study, studies/local/NAME.db)")
     p.add_argument("--iters", type=int, help="iterations per context (default: the published protocol's)")
     p.add_argument("--contexts", type=int, help="contexts (default: all)")

@@ -95,21 +95,33 @@ def promote(
     joint_fn: RunFn | None = None,
     log: LogFn = print,
 ) -> dict[int, dict]:
-    """Run the `top` best distinct designs of `study` at the fidelity; returns and stores their results, on the
-    study and as trials of its promoted study in `storage` (the study's)."""
+    """Run the `top` best distinct designs of `study` at the fidelity, and its warm starts (the published
+    settings it began from) with them; returns and stores their results, on the study and as trials of its promoted
+    study in `storage` (the study's).
+
+    The warm starts compete at full fidelity because the proxy can misjudge a strength: a tuned baseline is then
+    never worse than its published setting on the validation stream, and a searched design must beat the designs
+    it started from there too.
+    """
 
     overrides = dict(overrides or {})
     name = fidelity_name(overrides)
     runs_dir = out_dir / "runs"
     module_dir = out_dir / "modules" / study_def.name
-    chosen, seen = [], set()
-    for t in rank_trials(study.get_trials(deepcopy=False)):
+    ranked = [
+        t
+        for t in rank_trials(study.get_trials(deepcopy=False))
+        if isinstance(t.user_attrs.get("module_source"), str)
+    ]
+    chosen: list[FrozenTrial] = []
+    seen: set[str] = set()
+    for t in ranked:  # the `top` best distinct designs, and every warm start
         key = json.dumps(t.user_attrs.get("design"), sort_keys=True)
-        if isinstance(t.user_attrs.get("module_source"), str) and key not in seen:
+        if key in seen:
+            continue
+        if len(chosen) < top or t.user_attrs.get("warm_start"):
             seen.add(key)
             chosen.append(t)
-        if len(chosen) == top:
-            break
     # Every run first (the anchors, then each design on each benchmark), shared with any other process promoting
     # the same study; then the scores, read back from the cache.
     none_path, none_sha = store_module(out_dir / "modules" / "anchors", "none", none_source())

@@ -57,18 +57,20 @@ def test_promote_the_tiny_study_and_export_the_best_at_the_higher_fidelity(
         str(out),
     ]
     assert search_main(args) == 0
-    assert "promoted 2 trials at fidelity iters30" in capsys.readouterr().out
+    # The two best, and the warm starts (ewc and sqrt_fisher, trials 0 and 1) wherever they ranked.
+    chosen = sorted({t.number for t in ranked[:2]} | {0, 1})
+    assert f"promoted {len(chosen)} trials at fidelity iters30" in capsys.readouterr().out
     study = open_study("tiny_promote", url)
     entries = promoted(study)
-    assert sorted(e["trial"] for e in entries) == sorted(t.number for t in ranked[:2])
+    assert sorted(e["trial"] for e in entries) == chosen
     for e in entries:
         assert f"{PREFIX}iters30:{e['trial']}" in study.user_attrs
         anchor = e["anchors"]["splitMNIST"]
         assert 0.5 < anchor["none"] < anchor["joint"] <= 1.0
         gap = (e["scores"]["splitMNIST"] - anchor["none"]) / (anchor["joint"] - anchor["none"])
         assert e["value"] == pytest.approx(gap) and e["iterations"] == 30 * 5  # all 5 contexts
-    # Cached: none, joint and the two trials at 30 iterations, filed under the fidelity folder.
-    assert len(list((out / "runs" / "splitMNIST").glob("*.json"))) == 4
+    # Cached: none, joint and each promoted trial at 30 iterations, filed under the fidelity folder.
+    assert len(list((out / "runs" / "splitMNIST").glob("*.json"))) == 2 + len(chosen)
     promoted_trials = promoted_study_trials(url, study, entries, tmp_path / "promote.artifacts")
     assert search_main(args) == 0  # again: everything comes from the cache, the results are the same
     assert promoted(open_study("tiny_promote", url)) == entries
@@ -271,3 +273,58 @@ def test_export_of_several_studies_ships_the_best_promoted_one(
     cheap = {"trial": 0, "fidelity": "iters10", "iterations": 10, "value": 0.99}
     open_study("l2").set_user_attr(f"{PREFIX}iters10:0", cheap)
     assert "different fidelities (campaign at full, l2 at iters10)" in refused("campaign", "l2")
+
+
+def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) -> None:
+    """The `top` best distinct designs run, and so does every warm start: a proxy that misjudges a published
+    setting's strength cannot keep it from the final choice. One design is promoted once however often it ran."""
+    from search.promote import promote
+
+    study_def = load_study_def(tiny_study(tmp_path, "tiny_ws", 4, ["ewc"]))
+    url = f"sqlite:///{tmp_path / 'ws.db'}"
+    study = open_study("tiny_ws", url, create=True)
+    trials = [
+        ("ewc", 0.10, "ewc"),
+        ("mas", 0.50, None),
+        ("si", 0.70, None),
+        ("l2", 0.60, None),
+        ("si", 0.65, None),
+    ]
+    for preset, value, warm in trials:
+        design = space.PRESETS[preset]
+        attrs = {
+            "design": design.to_dict(),
+            "module_source": space.generate_source(design, {"preset": preset}),
+        }
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value, user_attrs={**attrs, **({"warm_start": warm} if warm else {})}
+            )
+        )
+    accuracy = {"ewc": 0.9, "mas": 0.8, "si": 0.7, "l2": 0.6, "none": 0.5}
+
+    def fake_run(module: str, cfg: object, progress: bool = False) -> dict:
+        text = Path(module).read_text()
+        preset = next(p for p in accuracy if f"Provenance: preset={p}\n" in text)
+        return {"average_accuracy": accuracy[preset]}
+
+    def fake_joint(cfg: object, progress: bool = False) -> dict:
+        return {"average_accuracy": 1.0}
+
+    results = promote(
+        study,
+        study_def,
+        storage=make_storage(url),
+        top=2,
+        out_dir=tmp_path / "fid",
+        run_fn=fake_run,
+        joint_fn=fake_joint,
+        log=lambda line: None,
+    )
+    assert sorted(results) == [
+        0,
+        2,
+        3,
+    ]  # si (0.70) and l2 (0.60) by proxy; trial 4 is si again; ewc warm start
+    assert best_promoted(open_study("tiny_ws", url)) == results[0]  # the warm start wins at full fidelity
+    assert results[0]["value"] == pytest.approx((0.9 - 0.5) / (1.0 - 0.5))
