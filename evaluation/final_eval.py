@@ -222,7 +222,17 @@ def run_jobs(
         else:
             outcome.cached.append(job)
             cached_durations.setdefault(job.experiment, []).append(float(record.get("wall_s", 0.0)))
-    log(f"final-eval: {len(jobs)} runs planned, {len(outcome.cached)} cached, {len(todo)} to run")
+    # Jobs with the same code on the same run (the candidate equal to a tuned baseline, a tuned baseline at its
+    # published strength) run once; the others copy its record at the end.
+    first: dict[tuple[str, int, str], Job] = {}
+    for job in todo:
+        first.setdefault(_experiment_of(job), job)
+    twins = [job for job in todo if first[_experiment_of(job)] is not job]
+    todo = [job for job in todo if first[_experiment_of(job)] is job]
+    log(
+        f"final-eval: {len(jobs)} runs planned, {len(outcome.cached)} cached, {len(todo)} to run"
+        + (f", {len(twins)} the same as one of those" if twins else "")
+    )
     durations: dict[str, list[float]] = {}
     # Another process running the same evaluation (or part of it) takes the runs it claims first.
     with closing(cache.share_work(todo, lambda j: j.path, log=log)) as work:
@@ -255,7 +265,23 @@ def run_jobs(
             log(f"{tag}: done in {_format_duration(record['wall_s'])}, average accuracy {acc:.4f}")
     done_here = {id(j) for j in outcome.ran} | {id(j) for j, _ in outcome.skipped}
     outcome.cached += [j for j in todo if id(j) not in done_here]  # run by another process
+    why = {id(j): reason for j, reason in outcome.skipped}
+    for job in twins:
+        if cache.reuse_identical(job) is not None:
+            outcome.cached.append(job)
+        else:
+            twin = first[_experiment_of(job)]
+            outcome.skipped.append(
+                (job, why.get(id(twin), f"the same run as {twin.method.name}, not finished"))
+            )
     return outcome
+
+
+def _experiment_of(job: Job) -> tuple[str, int, str]:
+    """What a job measures: its benchmark, seed and code (`cache.code_sha256`, blind to the docstring)."""
+    if job.method.path is None:
+        return job.experiment, job.seed, job.method.kind
+    return job.experiment, job.seed, cache.code_sha256(job.method.path.read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -506,3 +506,34 @@ def test_split_cifar100_final_eval_pretrains_the_missing_trunk_then_reuses_it(
 
     again, _ = _eval(tmp_path, FakeHarness(), run_fn=refuse, joint_fn=refuse, device="cpu", **kw)
     assert again.complete and len(again.cached) == 1
+
+
+def test_two_methods_with_the_same_code_run_once_per_seed(tmp_path: Path, none_preset: None) -> None:
+    # the candidate is a tuned baseline's module with another docstring: one run per seed, filed under both
+    code = (HOOKS / "scaffold_ewc.py").read_text()
+    body = code.split('"""', 2)[2] if code.startswith('"""') else code
+    hooks = tmp_path / "candidate.py"
+    hooks.write_text('"""Generated from study mas, trial 29."""\n' + body)
+    tuned = {"mas": fe.ModuleSource('"""Tuned mas."""\n' + body, "study mas, trial 29")}
+    fake = FakeHarness()
+    outcome, _ = _eval(
+        tmp_path,
+        fake,
+        methods=["candidate", "tuned_mas", "none"],
+        hooks=hooks,
+        tuned=tuned,
+        seeds=[42, 43],
+    )
+    assert sorted(fake.calls) == [
+        ("candidate", "splitMNIST", 42),
+        ("candidate", "splitMNIST", 43),
+        ("none", "splitMNIST", 42),
+        ("none", "splitMNIST", 43),
+    ]
+    assert outcome.complete and len(outcome.ran) == 4 and len(outcome.cached) == 2
+    copies = sorted((tmp_path / "results" / "runs" / "splitMNIST").glob("tuned_mas__*.json"))
+    assert len(copies) == 2
+    for path in copies:
+        record = json.loads(path.read_text())
+        assert record["method"] == "tuned_mas" and record["copied_from"].startswith("candidate__")
+        assert record["result"]["average_accuracy"] == CANDIDATE_ACC[record["seed"]]
