@@ -79,6 +79,37 @@ def format_origins(complete: Sequence[FrozenTrial], origins: dict[int, str], top
     return lines
 
 
+def format_promoted(study: optuna.Study, complete: Sequence[FrozenTrial]) -> list[str]:
+    """Lines for the trials promoted to the highest fidelity run, best first, with their proxy values and ranks
+    (`complete`, best first) and Spearman's rho between the two: does the proxy rank its finalists as full runs
+    do?"""
+    from evaluation.fidelity import spearman
+    from search.promote import promoted
+
+    entries = promoted(study)
+    if not entries:
+        return []
+    top = max(e["iterations"] for e in entries)
+    entries = sorted((e for e in entries if e["iterations"] == top), key=lambda e: (-e["value"], e["trial"]))
+    rank = {t.number: i + 1 for i, t in enumerate(complete)}
+    benches = list(entries[0]["scores"])
+    lines = [
+        f"promoted to fidelity {entries[0]['fidelity']} ({top} iterations, validation split), best first:",
+        f"  {'trial':>5}  {'value':>7}  {'proxy':>7}  {'rank':>4}  " + "  ".join(f"{b:>14}" for b in benches),
+    ]
+    for e in entries:
+        cells = "  ".join(f"{e['scores'][b]:>14.4f}" for b in benches)
+        lines.append(
+            f"  {e['trial']:>5}  {e['value']:>7.4f}  {e['proxy_value']:>7.4f}  {rank.get(e['trial'], '-'):>4}  {cells}"
+        )
+    rho, _ = spearman([e["proxy_value"] for e in entries], [e["value"] for e in entries])
+    if rho == rho:  # NaN below 3 promoted trials
+        lines.append(
+            f"  proxy against {entries[0]['fidelity']} over these {len(entries)}: Spearman rho {rho:.2f}"
+        )
+    return lines
+
+
 def format_status(
     study: optuna.Study, budget: int | None, top: int = 5, study_def: StudyDef | None = None
 ) -> str:
@@ -110,6 +141,7 @@ def format_status(
         lines.append(f"  {t.number:>5}  {t.value:>7.4f}  {cells}  {wall_txt}  {note}")
     if study_def is not None:
         lines += format_origins(complete, trial_origins(trials, study_def), top)
+    lines += format_promoted(study, complete)
     failed = [t for t in trials if t.user_attrs.get("fail_reason") and t.user_attrs.get("fail_kind") != CRASH]
     if failed:
         lines.append(

@@ -328,3 +328,18 @@ def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) ->
     ]  # si (0.70) and l2 (0.60) by proxy; trial 4 is si again; ewc warm start
     assert best_promoted(open_study("tiny_ws", url)) == results[0]  # the warm start wins at full fidelity
     assert results[0]["value"] == pytest.approx((0.9 - 0.5) / (1.0 - 0.5))
+
+    # `status` lists them best first beside their proxy values and ranks, with Spearman's rho between the two
+    from search.cmd_status import format_status
+
+    opened = open_study("tiny_ws", url)
+    lines = format_status(opened, None).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("promoted to fidelity"))
+    rows = [line.split()[:4] for line in lines[at + 2 : at + 5]]
+    assert rows == [
+        ["0", "0.8000", "0.1000", "5"],
+        ["2", "0.4000", "0.7000", "1"],
+        ["3", "0.2000", "0.6000", "3"],
+    ]
+    # proxy ranks 1, 3, 2 against full ranks 3, 2, 1: rho = 1 - 6 * (4 + 1 + 1) / (3 * (9 - 1)) = -0.5
+    assert lines[at + 5].endswith("over these 3: Spearman rho -0.50")
