@@ -11,7 +11,7 @@ STORAGE ?=
 STORAGE_ARG = $(if $(STORAGE),--storage $(if $(findstring ://,$(STORAGE)),$(STORAGE),sqlite:///$(abspath $(STORAGE))))
 export CL_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: setup test test-slow lint search campaign reproduce final-eval regenerate dashboard status fidelity panel promote \
+.PHONY: setup test test-slow lint search campaign reproduce final-eval results-table regenerate dashboard status fidelity panel promote \
         bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
@@ -60,6 +60,7 @@ reproduce: $(STAMP)
 	$(call twice,$(PY) -m search final-eval --benchmarks splitMNIST permMNIST --device $(DEVICE) --threads 1)
 	$(call twice,$(PY) -m search final-eval --benchmarks permMNIST --seeds 100 101 102 \
 		--methods candidate tuned_best --out results/heldout --device $(DEVICE) --threads 1)
+	$(MAKE) results-table
 
 # Both read studies/local/$(STUDY).db when you have one, else the committed study (studies/campaign/, else
 # studies/); REFERENCE=1 forces the committed one.
@@ -74,6 +75,10 @@ dashboard: $(STAMP)
 
 final-eval: $(STAMP)
 	$(PY) -m search final-eval --device $(DEVICE) $(if $(THREADS),--threads $(THREADS))
+
+# The report of every cached run as it is, and the README's results block from it (run nothing).
+results-table: $(STAMP)
+	$(PY) -m evaluation.report --out results --benchmarks splitMNIST permMNIST CIFAR100 --readme README.md
 
 fidelity: $(STAMP)
 	$(PY) -m search fidelity --study $(STUDY) $(if $(THREADS),--threads $(THREADS))

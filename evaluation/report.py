@@ -150,15 +150,26 @@ def paired_differences(
     return out
 
 
+def side(p: Paired) -> str:
+    """`higher` or `lower` where the mean difference lies beyond 2 standard errors from 0, else `within 2 SE`,
+    `identical` (equal on every seed) or `one seed` (no standard error)."""
+    if p.se is None:
+        return "one seed"
+    if p.se == 0.0 and p.mean == 0.0:
+        return "identical"
+    if abs(p.mean) > 2 * p.se:
+        return "higher" if p.mean > 0 else "lower"
+    return "within 2 SE"
+
+
 def verdict(p: Paired) -> str:
     """Whether the mean difference lies beyond 2 standard errors from 0, and on which side."""
-    if p.se is None:
-        return "one seed: no standard error"
-    if p.se == 0.0 and p.mean == 0.0:
-        return "no: identical on every seed"
-    if abs(p.mean) > 2 * p.se:
-        return "**yes: candidate higher**" if p.mean > 0 else "**yes: candidate lower**"
-    return "no"
+    return {
+        "one seed": "one seed: no standard error",
+        "identical": "no: identical on every seed",
+        "higher": "**yes: candidate higher**",
+        "lower": "**yes: candidate lower**",
+    }.get(side(p), "no")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -596,6 +607,90 @@ def write_report(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The project README's results block: `make results-table`
+
+README_START = "<!-- results: start, written by `make results-table` from the cached runs -->"
+README_END = "<!-- results: end -->"
+
+
+def _cell(values: Sequence[float]) -> str:
+    s = summarize(values)
+    return f"{s.mean:.4f} ± {s.se:.4f} ({s.n})" if s.se is not None else f"{s.mean:.4f} (1)"
+
+
+def _paired_cell(p: Paired) -> str:
+    cell = f"{p.mean:+.4f} ± {p.se:.4f} ({p.n})" if p.se is not None else f"{p.mean:+.4f} (1)"
+    verdict_word = side(p)
+    return f"{cell} **{verdict_word}**" if verdict_word in ("higher", "lower") else f"{cell} {verdict_word}"
+
+
+def readme_block(
+    results: Mapping[str, Mapping[str, Mapping[int, dict]]],
+    methods: Sequence[str],
+    heldout: Mapping[str, Mapping[int, dict]] | None = None,
+) -> str:
+    """The README's results: every method's mean ± SE (seeds), the candidate's paired difference against each
+    baseline with its verdict, and the held-out Permuted-MNIST streams (`heldout`: method -> seed -> record)."""
+
+    def accs(recs: Mapping[int, dict]) -> list[float]:
+        return [float(r["result"]["average_accuracy"]) for r in recs.values()]
+
+    benches = [b for b in results if any(results[b].values())]
+    titles = [BENCHMARK_TITLES.get(b, b) for b in benches]
+    lines = [
+        "Average test accuracy over contexts after the last one, mean ± standard error (seeds); full published "
+        "protocol, test split.",
+        "",
+        "| method | " + " | ".join(titles) + " | published (original harness) |",
+        "|---|" + "---|" * len(benches) + "---|",
+    ]
+    for m in methods:
+        cells = [_cell(accs(recs)) if (recs := results[b].get(m)) else "not run" for b in benches]
+        refs = [
+            ", ".join(f"{v:.3g}" for tag, v in REFERENCES.get(b, {}).get(m, []) if tag == "harness") or "—"
+            for b in benches
+        ]
+        published = " / ".join(refs) if any(r != "—" for r in refs) else "—"
+        lines.append(f"| `{m}` | " + " | ".join(cells) + f" | {published} |")
+    paired = {b: paired_differences(results[b]) for b in benches}
+    baselines = [m for m in methods if any(m in paired[b] for b in benches)]
+    if baselines:
+        lines += [
+            "",
+            "Candidate minus each baseline, paired by seed: mean ± standard error of the difference (seeds), "
+            "**higher** or **lower** where it lies beyond 2 standard errors from 0.",
+            "",
+            "| baseline | " + " | ".join(titles) + " |",
+            "|---|" + "---|" * len(benches),
+        ]
+        for m in baselines:
+            cells = [_paired_cell(p) if (p := paired[b].get(m)) else "—" for b in benches]
+            lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    if heldout:
+        seeds = sorted({s for recs in heldout.values() for s in recs})
+        lines += [
+            "",
+            "Held-out Permuted-MNIST streams (permutation seeds "
+            + ", ".join(map(str, seeds))
+            + ", used nowhere else), full protocol:",
+            "",
+        ]
+        lines += [f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs]
+        lines += [f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in paired_differences(heldout).items()]
+    return "\n".join([README_START, "", *lines, "", README_END])
+
+
+def write_readme_block(readme: Path, block: str) -> None:
+    """Replace the results block of `readme` (between its markers) with `block`; a ValueError without markers."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results markers ({README_START!r} ... {README_END!r})")
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    write_atomic(readme, head + block + tail)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The report of the cached runs as they are: `python -m evaluation.report`
 
 AS_CACHED = (
@@ -679,6 +774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument("--benchmarks", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help="also rewrite this file's results block (between its markers), held-out streams from OUT/heldout",
+    )
     args = parser.parse_args(argv)
     if not (args.out / "runs").is_dir():
         print(f"error: no cached runs under {args.out / 'runs'}", file=sys.stderr)
@@ -699,6 +799,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         provenance=AS_CACHED,
     )
     print(f"report: {readme}")
+    if args.readme is not None:
+        heldout_dir = args.out / "heldout"
+        heldout = (
+            results_as_cached(heldout_dir, ["permMNIST"])[0]["permMNIST"] if heldout_dir.is_dir() else None
+        )
+        try:
+            write_readme_block(args.readme, readme_block(results, [m for m, _ in methods], heldout))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"results block: {args.readme}")
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -129,6 +128,45 @@ def test_paired_differences_per_seed_with_mean_se_and_verdict() -> None:
     assert "| `ewc` | 3 | 42: +0.0100, 43: +0.0000, 44: +0.0200 | +0.0100 ± 0.0058 | no |" in table
     assert "| `si` | 1 | 43: +0.0600 | +0.0600 (n=1) | one seed: no standard error |" in table
     assert report.paired_table({"ewc": by_method["ewc"]}) == []  # no candidate, no table
+
+
+def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_path: Path) -> None:
+    split = {
+        "candidate": _runs({42: 0.95, 43: 0.96, 44: 0.97}),
+        "ewc": _runs({42: 0.94, 43: 0.96, 44: 0.95}),  # diffs 0.01, 0.00, 0.02: within 2 SE (0.0115)
+        "none": _runs({42: 0.80, 43: 0.81, 44: 0.79}),
+    }
+    perm = {"candidate": _runs({42: 0.90}), "ewc": _runs({42: 0.91})}
+    heldout = {"candidate": _runs({100: 0.95, 101: 0.96}), "tuned_mas": _runs({100: 0.93, 101: 0.93})}
+    block = report.readme_block(
+        {"splitMNIST": split, "permMNIST": perm, "CIFAR100": {}}, ["candidate", "ewc", "none"], heldout
+    )
+    lines = block.splitlines()
+    assert lines[0] == report.README_START and lines[-1] == report.README_END
+    assert (
+        "| method | Split-MNIST | Permuted-MNIST | published (original harness) |" in lines
+    )  # no CIFAR column
+    # ewc: mean 0.95, sample sd 0.01, SE 0.01 / sqrt(3) = 0.0058; the original harness's 0.958 / 0.838
+    assert "| `ewc` | 0.9500 ± 0.0058 (3) | 0.9100 (1) | 0.958 / 0.838 |" in lines
+    assert "| `none` | 0.8000 ± 0.0058 (3) | not run | — |" in lines
+    assert "| `ewc` | +0.0100 ± 0.0058 (3) within 2 SE | -0.0100 (1) one seed |" in lines
+    # none: diffs 0.15, 0.15, 0.18: mean 0.16, sample sd sqrt(0.0006 / 2) = 0.0173, SE 0.0100
+    assert "| `none` | +0.1600 ± 0.0100 (3) **higher** | — |" in lines
+    assert (
+        "Held-out Permuted-MNIST streams (permutation seeds 100, 101, used nowhere else), full protocol:"
+        in lines
+    )
+    # candidate 0.955 ± 0.005; tuned_mas 0.93 on both; diffs 0.02, 0.03: mean 0.025, SE 0.005
+    assert "- `candidate`: 0.9550 ± 0.0050 (2)" in lines
+    assert "- candidate − `tuned_mas`: +0.0250 ± 0.0050 (2) **higher**" in lines
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n\n{report.README_START}\nold\n{report.README_END}\n\nafter\n", encoding="utf-8")
+    report.write_readme_block(readme, block)
+    assert readme.read_text(encoding="utf-8") == f"# T\n\n{block}\n\nafter\n"
+    readme.write_text("no markers\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no results markers"):
+        report.write_readme_block(readme, block)
 
 
 def test_one_colour_per_method_everywhere() -> None:
@@ -278,49 +316,21 @@ def test_the_evaluation_modules_import_one_another_without_a_cycle() -> None:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _readme_results_rows() -> dict[str, list[str]]:
-    """The README's results table: method (or "method" for the header) -> its cells after the first column."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
-    rows: dict[str, list[str]] = {}
-    for line in section.splitlines():
-        if line.startswith("| `") or line.startswith("| method |"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            rows[cells[0].split("`")[1] if "`" in cells[0] else "method"] = cells[1:]
-    return rows
-
-
-STALE = "update the README's results table from `python -m evaluation.report` (results/README.md)"
-
-
-def test_the_readme_results_table_states_what_the_committed_cache_holds() -> None:
-    """Every figure of the README's results table is the cached runs' mean (and standard error, and seed count
-    where the cell names its seeds), and "not run" where the cache has none: no stale or hand-typed number."""
-    columns = {"splitMNIST": 0, "permMNIST": 1}
-    results, _methods, _notes = report.results_as_cached(REPO / "results", list(columns))
-    rows = _readme_results_rows()
-    header = rows.pop("method")
-    assert "candidate" in rows and "none" in rows and "joint" in rows
-    checked = 0
-    for method, cells in rows.items():
-        for experiment, col in columns.items():
-            cell, recs = cells[col], results.get(experiment, {}).get(method, {})
-            where = (
-                f"README's {method} on {experiment}, {cell!r}, against cached seeds {sorted(recs)}: {STALE}"
-            )
-            if cell.startswith("not run"):
-                assert not recs, where  # the cache has runs the README does not report
-                continue
-            assert recs, where  # a figure with no cached run
-            s = report.summarize([float(r["result"]["average_accuracy"]) for r in recs.values()])
-            numbers = re.match(r"(\d\.\d{4})(?: ± (\d\.\d{4}))?", cell)
-            assert numbers, f"unreadable cell {cell!r}"
-            assert numbers.group(1) == f"{s.mean:.4f}", (where, s)
-            assert numbers.group(2) == (None if s.se is None else f"{s.se:.4f}"), (where, s)
-            named = re.search(r"\(seeds? ([\d, ]+)", cell)
-            if named:
-                assert sorted(int(x) for x in named.group(1).split(",")) == sorted(recs), where
-            elif stated := re.search(r"\((\d+) seeds\)", header[col]):
-                assert s.n == int(stated.group(1)), (where, header[col])
-            checked += 1
-    assert checked >= 10
+def test_the_readme_results_block_is_what_the_committed_cache_gives() -> None:
+    """The README's results block is exactly what `make results-table` writes from the committed cache: no stale or
+    hand-typed number."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert report.README_START in text and report.README_END in text, "the README lost its results markers"
+    block = report.README_START + text.split(report.README_START, 1)[1].split(report.README_END, 1)[0]
+    results, methods, _notes = report.results_as_cached(
+        REPO / "results", ["splitMNIST", "permMNIST", "CIFAR100"]
+    )
+    heldout_dir = REPO / "results" / "heldout"
+    heldout = (
+        report.results_as_cached(heldout_dir, ["permMNIST"])[0]["permMNIST"] if heldout_dir.is_dir() else None
+    )
+    expected = report.readme_block(results, [m for m, _ in methods], heldout)
+    assert block + report.README_END == expected, (
+        "the README's results block is stale: run `make results-table`"
+    )
+    assert "`candidate`" in block and "`none`" in block and "`joint`" in block
