@@ -136,9 +136,17 @@ def test_make_regenerate_from_the_committed_study_is_the_shipped_module(tmp_path
 
 def shipped_study(source: str) -> str:
     """The study named in a generated module's `Provenance:` line."""
-    match = re.search(r"^Provenance: study=([\w.-]+)", source, re.MULTILINE)
+    match = re.search(r"^Provenance: (?:\S+, )*study=([\w.-]+)", source, re.MULTILINE)
     assert match, "the shipped module names no study in its Provenance line"
     return match.group(1)
+
+
+def test_the_study_is_read_from_every_form_of_the_provenance_line() -> None:
+    assert shipped_study('"""x\n\nProvenance: study=mnist, trial=0\n"""') == "mnist"
+    assert shipped_study("Provenance: fidelity=full, study=campaign, trial=105\n") == "campaign"
+    assert (
+        shipped_study("Provenance: fidelity=iters80-contexts3, study=my.study-2, trial=7\n") == "my.study-2"
+    )
 
 
 @pytest.mark.parametrize(
