@@ -206,8 +206,14 @@ def test_interrupted_run_resumes(tmp_path: Path, none_preset: None) -> None:
     fake = FakeHarness()
     outcome, _ = _eval(tmp_path, fake)
     assert len(fake.calls) == 7 and len(outcome.cached) == 2 and outcome.complete
-    # seed-major order: the two finished runs were the first two methods of seed 42
-    assert {(j.method.name, j.seed) for j in outcome.cached} == {("candidate", 42), ("none", 42)}
+    # seed-major order, joint (the longest run) first: the two finished runs were seed 42's joint and candidate
+    assert {(j.method.name, j.seed) for j in outcome.cached} == {("joint", 42), ("candidate", 42)}
+    assert [(j.method.name, j.seed) for j in outcome.ran][:4] == [
+        ("none", 42),
+        ("joint", 43),
+        ("candidate", 43),
+        ("none", 43),
+    ]
 
 
 class TimedHarness(FakeHarness):
@@ -239,25 +245,28 @@ def test_eta_from_the_durations_of_finished_and_cached_runs(
         running = [line.split(": running (") for line in logs if ": running (" in line]
         return {tag: rest.split(" left after it, ")[1].removesuffix(")") for tag, rest in running}
 
-    # 12 runs, 3 methods x 2 seeds per benchmark, split-MNIST first.
+    # 12 runs, 3 methods x 2 seeds per benchmark, split-MNIST first, joint first within a seed.
     eta = etas([42, 43])
     assert (
-        eta["[1/12] splitMNIST candidate seed 42"]
+        eta["[1/12] splitMNIST joint seed 42"]
         == "ETA unknown for permMNIST, splitMNIST (no finished run yet)"
     )
     # 5 split-MNIST runs left at 40 s each; Permuted-MNIST not measured yet
-    assert eta["[2/12] splitMNIST none seed 42"] == "ETA 3 min + unknown for permMNIST (no finished run yet)"
-    assert eta["[6/12] splitMNIST joint seed 43"] == "ETA 40 s + unknown for permMNIST (no finished run yet)"
-    assert eta["[7/12] permMNIST candidate seed 42"] == "ETA unknown for permMNIST (no finished run yet)"
-    assert eta["[8/12] permMNIST none seed 42"] == "ETA 42 min"  # 5 x 500 s
-    assert eta["[11/12] permMNIST none seed 43"] == "ETA 20 min"  # 2 x mean(500, 500, 500, 900) s
-    assert eta["[12/12] permMNIST joint seed 43"] == "ETA 11 min"  # mean(500 x 3, 900 x 2) s
+    assert (
+        eta["[2/12] splitMNIST candidate seed 42"]
+        == "ETA 3 min + unknown for permMNIST (no finished run yet)"
+    )
+    assert eta["[6/12] splitMNIST none seed 43"] == "ETA 40 s + unknown for permMNIST (no finished run yet)"
+    assert eta["[7/12] permMNIST joint seed 42"] == "ETA unknown for permMNIST (no finished run yet)"
+    assert eta["[8/12] permMNIST candidate seed 42"] == "ETA 42 min"  # 5 x 500 s
+    assert eta["[11/12] permMNIST candidate seed 43"] == "ETA 20 min"  # 2 x mean(500, 500, 500, 900) s
+    assert eta["[12/12] permMNIST none seed 43"] == "ETA 11 min"  # mean(500 x 3, 900 x 2) s
 
     # A third seed: before any new run finishes, the cached runs' durations give the ETA.
     eta = etas([42, 43, 44])
     assert len(eta) == 6
     # 3 x 40 s + 3 x mean(500 x 3, 900 x 3) s = 2220 s
-    assert eta["[1/6] splitMNIST candidate seed 44"] == "ETA 37 min"
+    assert eta["[1/6] splitMNIST joint seed 44"] == "ETA 37 min"
 
 
 def test_missing_dataset_skips_that_benchmark_only(tmp_path: Path, none_preset: None) -> None:
@@ -403,7 +412,9 @@ def test_a_result_of_another_module_is_never_filed(tmp_path: Path, none_preset: 
 
     with pytest.raises(RuntimeError, match="changed during the run"):
         _eval(tmp_path, fake, run_fn=run_other)
-    assert not list((tmp_path / "results" / "runs").rglob("*.json"))
+    # only joint training, which runs first and has no module, was filed
+    filed = [p.name.split("__")[0] for p in (tmp_path / "results" / "runs").rglob("*.json")]
+    assert filed == ["joint"]
 
 
 def test_a_module_equal_to_a_preset_is_not_run_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
