@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -628,9 +629,12 @@ def readme_block(
     results: Mapping[str, Mapping[str, Mapping[int, dict]]],
     methods: Sequence[str],
     heldout: Mapping[str, Mapping[int, dict]] | None = None,
+    out: str = "results",
 ) -> str:
     """The README's results: every method's mean ± SE (seeds), the candidate's paired difference against each
-    baseline with its verdict, and the held-out Permuted-MNIST streams (`heldout`: method -> seed -> record)."""
+    baseline with its verdict and a link to its figure, and the held-out Permuted-MNIST streams (`heldout`:
+    method -> seed -> record) with their figure. `out` is the results folder relative to the README, whose report
+    (`write_report`, its held-out one under `out/heldout`) holds the figures."""
 
     def accs(recs: Mapping[int, dict]) -> list[float]:
         return [float(r["result"]["average_accuracy"]) for r in recs.values()]
@@ -666,6 +670,8 @@ def readme_block(
         for m in baselines:
             cells = [_paired_cell(p) if (p := paired[b].get(m)) else "—" for b in benches]
             lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+        links = [f"[{BENCHMARK_TITLES.get(b, b)}]({out}/plots/{b}_paired.png)" for b in benches if paired[b]]
+        lines += ["", "The paired differences per seed, as figures: " + ", ".join(links) + "."]
     if heldout:
         seeds = sorted({s for recs in heldout.values() for s in recs})
         lines += [
@@ -676,7 +682,10 @@ def readme_block(
             "",
         ]
         lines += [f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs]
-        lines += [f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in paired_differences(heldout).items()]
+        held_paired = paired_differences(heldout)
+        lines += [f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in held_paired.items()]
+        if held_paired:
+            lines += ["", f"![Held-out streams, paired]({out}/heldout/plots/permMNIST_paired.png)"]
     return "\n".join([README_START, "", *lines, "", README_END])
 
 
@@ -801,11 +810,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"report: {readme}")
     if args.readme is not None:
         heldout_dir = args.out / "heldout"
-        heldout = (
-            results_as_cached(heldout_dir, ["permMNIST"])[0]["permMNIST"] if heldout_dir.is_dir() else None
-        )
+        heldout = None
+        if (heldout_dir / "runs").is_dir():  # its report too: the README shows its figure
+            held_results, held_methods, held_notes = results_as_cached(heldout_dir, ["permMNIST"])
+            heldout = held_results["permMNIST"]
+            write_report(
+                heldout_dir,
+                held_results,
+                methods=held_methods,
+                benchmarks=["permMNIST"],
+                missing={},
+                command=shlex.join(["python", "-m", "evaluation.report", "--out", str(heldout_dir),
+                                    "--benchmarks", "permMNIST"]),
+                extra_notes=held_notes,
+                provenance=AS_CACHED,
+            )  # fmt: skip
+        out = Path(os.path.relpath(args.out, args.readme.parent)).as_posix()
         try:
-            write_readme_block(args.readme, readme_block(results, [m for m, _ in methods], heldout))
+            write_readme_block(args.readme, readme_block(results, [m for m, _ in methods], heldout, out))
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

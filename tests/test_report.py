@@ -159,6 +159,12 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
     # candidate 0.955 ± 0.005; tuned_mas 0.93 on both; diffs 0.02, 0.03: mean 0.025, SE 0.005
     assert "- `candidate`: 0.9550 ± 0.0050 (2)" in lines
     assert "- candidate − `tuned_mas`: +0.0250 ± 0.0050 (2) **higher**" in lines
+    assert "![Held-out streams, paired](results/heldout/plots/permMNIST_paired.png)" in lines
+    # the paired figures: one link per benchmark with a pair
+    assert (
+        "The paired differences per seed, as figures: [Split-MNIST](results/plots/splitMNIST_paired.png), "
+        "[Permuted-MNIST](results/plots/permMNIST_paired.png)." in lines
+    )
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# T\n\n{report.README_START}\nold\n{report.README_END}\n\nafter\n", encoding="utf-8")
@@ -256,14 +262,17 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
 
     from evaluation import cache
 
-    def put(method: str, module: str, seed: int, acc: float, finished: str, key: str | None = None) -> None:
+    def put(
+        method: str, module: str, seed: int, acc: float, finished: str, key: str | None = None,
+        root: Path = tmp_path, experiment: str = "splitMNIST", k: int = 5,
+    ) -> None:  # fmt: skip
         real, fields = cache.run_key(
-            module, cache.make_config("splitMNIST", seed, device="auto"), cache.code_version()
+            module, cache.make_config(experiment, seed, device="auto"), cache.code_version()
         )
         record = {"method": method, "method_label": f"preset `{method}`", "seed": seed, "key": key or real,
                   "key_fields": fields, "finished_at": finished, "wall_s": 1.0,
-                  "result": {"average_accuracy": acc, "acc_matrix": [[acc] * (i + 1) for i in range(5)]}}  # fmt: skip
-        path = cache.result_path(tmp_path / "runs", method, "splitMNIST", key or real, seed)
+                  "result": {"average_accuracy": acc, "acc_matrix": [[acc] * (i + 1) for i in range(k)]}}  # fmt: skip
+        path = cache.result_path(root / "runs", method, experiment, key or real, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
 
@@ -292,6 +301,23 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     text = (tmp_path / "README.md").read_text()
     assert "Produced by: `python -m evaluation.report --out" in text and report.AS_CACHED in text
     assert "| `ewc` | 0.9850 ± 0.0050 | 2 |" in text and "**Permuted-MNIST: no results**" in text
+
+    # With --readme, the held-out streams' report is rebuilt too, and the README block shows their figure.
+    held = tmp_path / "heldout"
+    for seed, (cand, tuned) in {100: (0.96, 0.95), 101: (0.95, 0.95)}.items():
+        put("candidate", "c" * 64, seed, cand, "2026-11-28", root=held, experiment="permMNIST", k=10)
+        put("tuned_mas", "e" * 64, seed, tuned, "2026-11-28", root=held, experiment="permMNIST", k=10)
+    readme = tmp_path / "project" / "README.md"
+    readme.parent.mkdir()
+    readme.write_text(f"# T\n{report.README_START}\n{report.README_END}\n", encoding="utf-8")
+    args = ["--out", str(tmp_path), "--benchmarks", "splitMNIST", "permMNIST", "--readme", str(readme)]
+    assert report.main(args) == 0
+    assert (held / "plots" / "permMNIST_paired.png").is_file()
+    assert "| `tuned_mas` | 2 | 100: +0.0100, 101: +0.0000 |" in (held / "README.md").read_text()
+    block = readme.read_text(encoding="utf-8")
+    assert "- candidate − `tuned_mas`: +0.0050 ± 0.0050 (2) within 2 SE" in block
+    assert "![Held-out streams, paired](../heldout/plots/permMNIST_paired.png)" in block
+    assert "[Split-MNIST](../plots/splitMNIST_paired.png)" in block  # candidate against ewc on seed 42
 
 
 def test_the_evaluation_modules_import_one_another_without_a_cycle() -> None:
@@ -327,7 +353,9 @@ def test_the_readme_results_block_is_what_the_committed_cache_gives() -> None:
     )
     heldout_dir = REPO / "results" / "heldout"
     heldout = (
-        report.results_as_cached(heldout_dir, ["permMNIST"])[0]["permMNIST"] if heldout_dir.is_dir() else None
+        report.results_as_cached(heldout_dir, ["permMNIST"])[0]["permMNIST"]
+        if (heldout_dir / "runs").is_dir()
+        else None
     )
     expected = report.readme_block(results, [m for m, _ in methods], heldout)
     assert block + report.README_END == expected, (
