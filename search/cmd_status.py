@@ -79,12 +79,14 @@ def format_origins(complete: Sequence[FrozenTrial], origins: dict[int, str], top
     return lines
 
 
-def format_promoted(study: optuna.Study, complete: Sequence[FrozenTrial]) -> list[str]:
+def format_promoted(
+    study: optuna.Study, complete: Sequence[FrozenTrial], study_def: StudyDef | None = None
+) -> list[str]:
     """Lines for the trials promoted to the highest fidelity run, best first, with their proxy values and ranks
     (`complete`, best first) and Spearman's rho between the two: does the proxy rank its finalists as full runs
-    do?"""
+    do? With `study_def`, proxies that are one run at that fidelity share a column."""
     from evaluation.fidelity import spearman
-    from search.promote import promoted
+    from search.promote import promoted, shared_runs
 
     entries = promoted(study)
     if not entries:
@@ -93,15 +95,25 @@ def format_promoted(study: optuna.Study, complete: Sequence[FrozenTrial]) -> lis
     entries = sorted((e for e in entries if e["iterations"] == top), key=lambda e: (-e["value"], e["trial"]))
     rank = {t.number: i + 1 for i, t in enumerate(complete)}
     benches = list(entries[0]["scores"])
+    merged: list[list[str]] = []
+    if study_def is not None and set(benches) == {b.label for b in study_def.benchmarks}:
+        merged = [g for g in shared_runs(study_def, entries[0]["fidelity"]) if len(g) > 1]
+        experiment = {b.label: b.experiment for b in study_def.benchmarks}
+        titles = {g[0]: experiment[g[0]] for g in merged}
+        benches = [b for b in benches if not any(b in g[1:] for g in merged)]
+    else:
+        titles = {}
     lines = [
         f"promoted to fidelity {entries[0]['fidelity']} ({top} iterations, validation split), best first:",
-        f"  {'trial':>5}  {'value':>7}  {'proxy':>7}  {'rank':>4}  " + "  ".join(f"{b:>14}" for b in benches),
+        f"  {'trial':>5}  {'value':>7}  {'proxy':>7}  {'rank':>4}  "
+        + "  ".join(f"{titles.get(b, b):>14}" for b in benches),
     ]
     for e in entries:
         cells = "  ".join(f"{e['scores'][b]:>14.4f}" for b in benches)
         lines.append(
             f"  {e['trial']:>5}  {e['value']:>7.4f}  {e['proxy_value']:>7.4f}  {rank.get(e['trial'], '-'):>4}  {cells}"
         )
+    lines += [f"  {titles[g[0]]}: one run for {' and '.join(g)} at this fidelity" for g in merged]
     rho, _ = spearman([e["proxy_value"] for e in entries], [e["value"] for e in entries])
     if rho == rho:  # NaN below 3 promoted trials
         lines.append(
@@ -141,7 +153,7 @@ def format_status(
         lines.append(f"  {t.number:>5}  {t.value:>7.4f}  {cells}  {wall_txt}  {note}")
     if study_def is not None:
         lines += format_origins(complete, trial_origins(trials, study_def), top)
-    lines += format_promoted(study, complete)
+    lines += format_promoted(study, complete, study_def)
     failed = [t for t in trials if t.user_attrs.get("fail_reason") and t.user_attrs.get("fail_kind") != CRASH]
     if failed:
         lines.append(

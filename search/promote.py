@@ -69,6 +69,16 @@ def _configs(bench: BenchmarkProxy, overrides: Mapping[str, int | None], device:
     )
 
 
+def shared_runs(study_def: StudyDef, fidelity: str) -> list[list[str]]:
+    """The study's benchmark labels grouped by the runs they share at `fidelity`: at the full protocol the proxies
+    of one experiment on the same streams (say a short one and a learning-rate-matched one) are one run."""
+    groups: dict[str, list[str]] = {}
+    for b in study_def.benchmarks:
+        key = repr(_configs(b, {}, "auto")) if fidelity == "full" else b.label
+        groups.setdefault(key, []).append(b.label)
+    return list(groups.values())
+
+
 def _iterations(study_def: StudyDef, overrides: Mapping[str, int | None]) -> int:
     """Training iterations of one design at this fidelity: the higher, the more a score is worth."""
     from clharness.protocol import PROTOCOLS

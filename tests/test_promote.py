@@ -343,3 +343,33 @@ def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) ->
     ]
     # proxy ranks 1, 3, 2 against full ranks 3, 2, 1: rho = 1 - 6 * (4 + 1 + 1) / (3 * (9 - 1)) = -0.5
     assert lines[at + 5].endswith("over these 3: Spearman rho -0.50")
+
+
+def test_proxies_that_are_one_run_at_full_fidelity_share_a_status_column() -> None:
+    """The campaign's two Permuted-MNIST proxies (short; learning-rate-matched) become the same full run, so
+    `status` shows one column for them and says so; at a reduced fidelity they stay apart."""
+    from search.cmd_status import format_promoted
+    from search.promote import shared_runs
+
+    study_def = load_study_def("campaign")
+    assert shared_runs(study_def, "full") == [["permMNIST_n500", "permMNIST_lr"], ["splitMNIST"]]
+    assert shared_runs(study_def, "iters80") == [["permMNIST_n500"], ["permMNIST_lr"], ["splitMNIST"]]
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.6))
+    scores = {"permMNIST_n500": 0.95, "permMNIST_lr": 0.95, "splitMNIST": 0.99}
+    entry = {
+        "trial": 0,
+        "fidelity": "full",
+        "iterations": 1,
+        "value": 0.8,
+        "proxy_value": 0.6,
+        "scores": scores,
+    }
+    study.set_user_attr(f"{PREFIX}full:0", entry)
+    complete = rank_trials(study.get_trials())
+    lines = format_promoted(study, complete, study_def)
+    assert lines[1].split() == ["trial", "value", "proxy", "rank", "permMNIST", "splitMNIST"]
+    assert lines[2].split() == ["0", "0.8000", "0.6000", "1", "0.9500", "0.9900"]
+    assert lines[3] == "  permMNIST: one run for permMNIST_n500 and permMNIST_lr at this fidelity"
+    assert format_promoted(study, complete)[1].split()[4:] == ["permMNIST_n500", "permMNIST_lr", "splitMNIST"]
