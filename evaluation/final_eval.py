@@ -163,8 +163,9 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate_remaining(jobs: Iterable[Job], durations: Mapping[str, list[float]]) -> str:
-    """Remaining time from the measured durations of finished runs of the same benchmark."""
+def estimate_remaining(jobs: Iterable[Job], durations: Mapping[str, list[float]], processes: int = 1) -> str:
+    """Remaining wall time from the measured durations of finished runs of the same benchmark, the runs shared
+    among `processes` (this one and those holding claims on the plan's runs now)."""
     total, unknown = 0.0, set()
     for job in jobs:
         measured = durations.get(job.experiment)
@@ -172,9 +173,11 @@ def estimate_remaining(jobs: Iterable[Job], durations: Mapping[str, list[float]]
             total += sum(measured) / len(measured)
         else:
             unknown.add(job.experiment)
+    total /= max(processes, 1)
+    shared = f" on {processes} processes" if processes > 1 else ""
     if not unknown:
-        return f"ETA {_format_duration(total)}"
-    text = f"ETA {_format_duration(total)} + " if total else "ETA "
+        return f"ETA {_format_duration(total)}{shared}"
+    text = f"ETA {_format_duration(total)}{shared} + " if total else "ETA "
     return text + f"unknown for {', '.join(sorted(unknown))} (no finished run yet)"
 
 
@@ -246,7 +249,9 @@ def run_jobs(
                 outcome.skipped.append((job, "dataset missing"))
                 continue
             known = {e: durations.get(e) or cached_durations.get(e, []) for e in {j.experiment for j in todo}}
-            log(f"{tag}: running ({len(left)} left after it, {estimate_remaining([job, *left], known)})")
+            processes = 1 + sum(cache.claim_holder(j.path) is not None for j in left)  # the others' runs now
+            eta = estimate_remaining([job, *left], known, processes)
+            log(f"{tag}: running ({len(left)} left after it, {eta})")
             try:
                 if real_harness and job.experiment not in checked:
                     cache.check_data(job.experiment, (overrides or {}).get("data_dir"))

@@ -269,6 +269,19 @@ def test_eta_from_the_durations_of_finished_and_cached_runs(
     assert eta["[1/6] splitMNIST joint seed 44"] == "ETA 37 min"
 
 
+def test_eta_is_wall_time_shared_among_the_processes_running_the_plan() -> None:
+    """Two processes side by side each log the time left for both, not the sum of every run left."""
+    from types import SimpleNamespace
+
+    jobs: list = [SimpleNamespace(experiment="permMNIST")] * 4 + [SimpleNamespace(experiment="CIFAR100")]
+    durations = {"permMNIST": [600.0, 600.0]}
+    assert fe.estimate_remaining(jobs[:4], durations) == "ETA 40 min"
+    assert fe.estimate_remaining(jobs[:4], durations, 2) == "ETA 20 min on 2 processes"
+    assert fe.estimate_remaining(jobs, durations, 2) == (
+        "ETA 20 min on 2 processes + unknown for CIFAR100 (no finished run yet)"
+    )
+
+
 def test_missing_dataset_skips_that_benchmark_only(tmp_path: Path, none_preset: None) -> None:
     logs: list[str] = []
     fake = FakeHarness(missing=("CIFAR100",))
