@@ -173,7 +173,7 @@ def estimate_remaining(jobs: Iterable[Job], durations: Mapping[str, list[float]]
             total += sum(measured) / len(measured)
         else:
             unknown.add(job.experiment)
-    total /= max(processes, 1)
+    total /= processes
     shared = f" on {processes} processes" if processes > 1 else ""
     if not unknown:
         return f"ETA {_format_duration(total)}{shared}"

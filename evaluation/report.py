@@ -768,10 +768,34 @@ def results_as_cached(
     return results, [(m, labels[m]) for m in names], notes
 
 
+def report_as_cached(
+    out_dir: Path, benchmarks: Sequence[str]
+) -> tuple[dict[str, dict[str, dict[int, dict]]], list[tuple[str, str]]]:
+    """Write `out_dir`'s report from its cached runs as they are (`results_as_cached`); returns (results,
+    [(method, label)])."""
+    import shlex
+
+    results, methods, notes = results_as_cached(out_dir, benchmarks)
+    command = shlex.join(
+        ["python", "-m", "evaluation.report", "--out", str(out_dir), "--benchmarks", *benchmarks]
+    )
+    write_report(
+        out_dir,
+        results,
+        methods=methods,
+        benchmarks=benchmarks,
+        missing={b: f"no cached runs: `python -m search final-eval --benchmarks {b}`" for b in benchmarks},
+        command=command,
+        extra_notes=notes,
+        provenance=AS_CACHED,
+    )
+    print(f"report: {out_dir / 'README.md'}")
+    return results, methods
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Rebuild `<out>/README.md`, `summary.json` and the plots from the cached runs as they are; run nothing."""
     import argparse
-    import shlex
 
     from clharness.protocol import PROTOCOLS
 
@@ -792,39 +816,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.out / "runs").is_dir():
         print(f"error: no cached runs under {args.out / 'runs'}", file=sys.stderr)
         return 2
-    results, methods, notes = results_as_cached(args.out, args.benchmarks)
-    command = shlex.join(
-        ["python", "-m", "evaluation.report", "--out", str(args.out), "--benchmarks", *args.benchmarks]
-    )
-    missing = {b: f"no cached runs: `python -m search final-eval --benchmarks {b}`" for b in args.benchmarks}
-    readme = write_report(
-        args.out,
-        results,
-        methods=methods,
-        benchmarks=args.benchmarks,
-        missing=missing,
-        command=command,
-        extra_notes=notes,
-        provenance=AS_CACHED,
-    )
-    print(f"report: {readme}")
+    results, methods = report_as_cached(args.out, args.benchmarks)
     if args.readme is not None:
         heldout_dir = args.out / "heldout"
         heldout = None
         if (heldout_dir / "runs").is_dir():  # its report too: the README shows its figure
-            held_results, held_methods, held_notes = results_as_cached(heldout_dir, ["permMNIST"])
-            heldout = held_results["permMNIST"]
-            write_report(
-                heldout_dir,
-                held_results,
-                methods=held_methods,
-                benchmarks=["permMNIST"],
-                missing={},
-                command=shlex.join(["python", "-m", "evaluation.report", "--out", str(heldout_dir),
-                                    "--benchmarks", "permMNIST"]),
-                extra_notes=held_notes,
-                provenance=AS_CACHED,
-            )  # fmt: skip
+            heldout = report_as_cached(heldout_dir, ["permMNIST"])[0]["permMNIST"]
         out = Path(os.path.relpath(args.out, args.readme.parent)).as_posix()
         try:
             write_readme_block(args.readme, readme_block(results, [m for m, _ in methods], heldout, out))
