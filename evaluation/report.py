@@ -625,6 +625,29 @@ def _paired_cell(p: Paired) -> str:
     return f"{cell} **{verdict_word}**" if verdict_word in ("higher", "lower") else f"{cell} {verdict_word}"
 
 
+def verdict_line(title: str, paired: Mapping[str, Paired]) -> str:
+    """One sentence per benchmark: the baselines the candidate lies above or below beyond 2 standard errors,
+    those within 2 SE, and those with one paired seed so far (no verdict yet)."""
+    groups: dict[str, list[str]] = {}
+    for method, p in paired.items():
+        groups.setdefault(side(p), []).append(f"`{method}`")
+    counts = sorted({p.n for p in paired.values() if p.n > 1})
+    span = "" if not counts else str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+    seeds = f" ({span} paired seeds)" if span else ""
+    parts = [
+        f"{label} {', '.join(groups[key])}"
+        for key, label in (
+            ("higher", "**higher** than"),
+            ("lower", "**lower** than"),
+            ("within 2 SE", "within 2 SE of"),
+            ("identical", "identical to"),
+            ("one seed", "one paired seed so far, no verdict, against"),
+        )
+        if groups.get(key)
+    ]
+    return f"{title}{seeds}: the candidate is " + "; ".join(parts) + "."
+
+
 def readme_block(
     results: Mapping[str, Mapping[str, Mapping[int, dict]]],
     methods: Sequence[str],
@@ -670,6 +693,10 @@ def readme_block(
         for m in baselines:
             cells = [_paired_cell(p) if (p := paired[b].get(m)) else "—" for b in benches]
             lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+        lines += [""]
+        lines += [
+            f"- {verdict_line(t, paired[b])}" for b, t in zip(benches, titles, strict=True) if paired[b]
+        ]
         links = [f"[{BENCHMARK_TITLES.get(b, b)}]({out}/plots/{b}_paired.png)" for b in benches if paired[b]]
         lines += ["", "The paired differences per seed, as figures: " + ", ".join(links) + "."]
     if heldout:

@@ -130,6 +130,20 @@ def test_paired_differences_per_seed_with_mean_se_and_verdict() -> None:
     assert report.paired_table({"ewc": by_method["ewc"]}) == []  # no candidate, no table
 
 
+def test_verdict_line_groups_the_baselines_by_side_and_counts_the_seeds() -> None:
+    paired = {
+        "none": report.Paired((42, 43, 44), (0.2, 0.21, 0.19), 0.2, 0.0058),
+        "joint": report.Paired((42, 43, 44), (-0.02, -0.021, -0.019), -0.02, 0.0006),
+        "mas": report.Paired((42, 43), (0.01, -0.01), 0.0, 0.01),
+        "l2": report.Paired((42, 43), (0.0, 0.0), 0.0, 0.0),
+        "si": report.Paired((42,), (0.1,), 0.1, None),
+    }
+    assert report.verdict_line("Permuted-MNIST", paired) == (
+        "Permuted-MNIST (2-3 paired seeds): the candidate is **higher** than `none`; **lower** than `joint`; "
+        "within 2 SE of `mas`; identical to `l2`; one paired seed so far, no verdict, against `si`."
+    )
+
+
 def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_path: Path) -> None:
     split = {
         "candidate": _runs({42: 0.95, 43: 0.96, 44: 0.97}),
@@ -160,6 +174,12 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
     assert "- `candidate`: 0.9550 ± 0.0050 (2)" in lines
     assert "- candidate − `tuned_mas`: +0.0250 ± 0.0050 (2) **higher**" in lines
     assert "![Held-out streams, paired](results/heldout/plots/permMNIST_paired.png)" in lines
+    # the verdict in words, per benchmark
+    assert (
+        "- Split-MNIST (3 paired seeds): the candidate is **higher** than `none`; within 2 SE of `ewc`."
+        in lines
+    )
+    assert "- Permuted-MNIST: the candidate is one paired seed so far, no verdict, against `ewc`." in lines
     # the paired figures: one link per benchmark with a pair
     assert (
         "The paired differences per seed, as figures: [Split-MNIST](results/plots/splitMNIST_paired.png), "
