@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -280,6 +284,44 @@ def test_eta_is_wall_time_shared_among_the_processes_running_the_plan() -> None:
     assert fe.estimate_remaining(jobs, durations, 2) == (
         "ETA 20 min on 2 processes + unknown for CIFAR100 (no finished run yet)"
     )
+
+
+def test_eta_counts_the_live_processes_holding_claims_on_the_plan(
+    tmp_path: Path, none_preset: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another live process's claim on a run left halves the ETA; once it dies, its run is taken over here."""
+    fake = TimedHarness({("splitMNIST", s): 60.0 for s in (42, 43)})
+    monkeypatch.setattr(fe, "time", fake)
+    methods = fe.resolve_methods(
+        ["candidate", "none"], hooks=HOOKS / "scaffold_ewc.py", module_dir=tmp_path / "modules"
+    )
+    jobs = fe.plan(methods, ["splitMNIST"], [42, 43], runs_dir=tmp_path / "runs", overrides=TINY)
+    quiet = {"overrides": TINY, "joint_fn": fake.run_joint, "log": lambda line: None}
+    fe.run_jobs(jobs[:2], run_fn=fake.run, **quiet)  # seed 42: two cached runs of 60 s each
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        owner = {"host": socket.gethostname(), "pid": other.pid, "token": "theirs", "since": time.time()}
+        cache.claim_path(jobs[3].path).write_text(json.dumps(owner), encoding="utf-8")
+
+        def run_then_the_other_dies(hooks_path: str, cfg: object, **kw: object) -> dict:
+            other.kill()
+            other.wait()
+            return fake.run(hooks_path, cfg, **kw)
+
+        logs: list[str] = []
+        outcome = fe.run_jobs(
+            jobs, run_fn=run_then_the_other_dies, overrides=TINY, joint_fn=fake.run_joint, log=logs.append
+        )
+    finally:
+        other.kill()
+        other.wait()
+    assert [line for line in logs if ": running (" in line] == [
+        # 2 runs left (this one and the claimed one) x 60 s, shared by 2 processes
+        "[1/2] splitMNIST candidate seed 43: running (1 left after it, ETA 60 s on 2 processes)",
+        "[2/2] splitMNIST none seed 43: running (0 left after it, ETA 60 s)",
+    ]
+    assert [(j.method.name, j.seed) for j in outcome.ran] == [("candidate", 43), ("none", 43)]
+    assert not cache.claim_path(jobs[3].path).exists()
 
 
 def test_missing_dataset_skips_that_benchmark_only(tmp_path: Path, none_preset: None) -> None:
