@@ -13,6 +13,7 @@ held-out streams), with the candidate's paired difference on either split. Nothi
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,23 +51,39 @@ def main(argv: list[str] | None = None) -> int:
     val = fe.collect_results(resolved, ["permMNIST"], out_dir=OUT, overrides=overrides)["permMNIST"]
     test = results_as_cached(TEST, ["permMNIST"])[0]["permMNIST"]
 
-    def acc(runs: dict[str, dict[int, dict]], method: str, seed: int) -> float | None:
+    print("\n".join(table(val, test, args.seeds, args.methods)))
+    return 0 if outcome.complete else 2
+
+
+def table(
+    val: Mapping[str, Mapping[int, dict]],
+    test: Mapping[str, Mapping[int, dict]],
+    seeds: Sequence[int],
+    methods: Sequence[str],
+) -> list[str]:
+    """Markdown rows: per stream and method, its accuracy on either split and the candidate's lead over it."""
+
+    def acc(runs: Mapping[str, Mapping[int, dict]], method: str, seed: int) -> float | None:
         record = runs.get(method, {}).get(seed)
         return None if record is None else float(record["result"]["average_accuracy"])
 
     def cell(x: float | None, signed: bool = False) -> str:
         return "—" if x is None else f"{x:+.4f}" if signed else f"{x:.4f}"
 
-    print("| stream | method | validation split | test split | candidate − method, validation | test |")
-    print("|---|---|---|---|---|---|")
-    for seed in args.seeds:
-        for m in args.methods:
-            v, t = acc(val, m, seed), acc(test, m, seed)
-            cv, ct = acc(val, "candidate", seed), acc(test, "candidate", seed)
-            dv = None if m == "candidate" or v is None or cv is None else cv - v
-            dt = None if m == "candidate" or t is None or ct is None else ct - t
-            print(f"| {seed} | `{m}` | {cell(v)} | {cell(t)} | {cell(dv, True)} | {cell(dt, True)} |")
-    return 0 if outcome.complete else 2
+    def lead(runs: Mapping[str, Mapping[int, dict]], method: str, seed: int) -> float | None:
+        mine, theirs = acc(runs, "candidate", seed), acc(runs, method, seed)
+        return None if method == "candidate" or mine is None or theirs is None else mine - theirs
+
+    rows = [
+        "| stream | method | validation split | test split | candidate − method, validation | test |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed in seeds:
+        for m in methods:
+            cells = [cell(acc(val, m, seed)), cell(acc(test, m, seed))]
+            cells += [cell(lead(val, m, seed), True), cell(lead(test, m, seed), True)]
+            rows.append(f"| {seed} | `{m}` | " + " | ".join(cells) + " |")
+    return rows
 
 
 if __name__ == "__main__":
