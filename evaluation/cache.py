@@ -223,8 +223,14 @@ def _write(path: Path, record: dict) -> None:
     write_atomic(path, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
 
 
+def checkpoint_path(record: Path) -> Path:
+    """Where the run of `record` keeps its state between contexts (the harness's `checkpoint`), until stored."""
+    return record.with_name(record.name + ".ckpt")
+
+
 def store(job: Job, cfg: Any, result: dict, wall_s: float) -> dict:
-    """Check where the data came from and which module ran, then write the record atomically; returns it."""
+    """Check where the data came from and which module ran, then write the record atomically and remove the
+    run's checkpoint; returns the record. `wall_s` is this process's time: a resumed run adds what it resumed."""
     if result.get("data_source") == OFFLINE_SOURCE:
         raise offline_error(cfg.data_dir)
     ran = result.get("hooks_sha256")
@@ -242,11 +248,12 @@ def store(job: Job, cfg: Any, result: dict, wall_s: float) -> dict:
         "seed": job.seed,
         "key": job.key,
         "key_fields": job.key_fields,
-        "wall_s": wall_s,
+        "wall_s": wall_s + float(result.get("resumed", {}).get("earlier_s", 0.0)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "result": result,
     }
     _write(job.path, record)
+    checkpoint_path(job.path).unlink(missing_ok=True)
     return record
 
 
@@ -381,7 +388,7 @@ def run_cached(
         run_fn = default_runners()[0]
         check_data(cfg.experiment, cfg.data_dir)
     start = time.perf_counter()
-    result = run_fn(str(module_path), cfg, progress=False)
+    result = run_fn(str(module_path), cfg, progress=False, checkpoint=checkpoint_path(path))
     return store(job, cfg, result, time.perf_counter() - start), False
 
 

@@ -190,7 +190,7 @@ def execute(
     if job.method.kind == "joint":
         result = joint_fn(cfg, progress=False)
     else:
-        result = run_fn(str(job.method.path), cfg, progress=False)
+        result = run_fn(str(job.method.path), cfg, progress=False, checkpoint=cache.checkpoint_path(job.path))
     return cache.store(job, cfg, result, time.perf_counter() - start)
 
 

@@ -43,7 +43,7 @@ NONE, JOINT = 0.5, 1.0  # the anchors' accuracy at every proxy
 
 
 def _fake_run(calls: list) -> Any:
-    def run(path: str, cfg: Any, progress: bool = False) -> dict:
+    def run(path: str, cfg: Any, progress: bool = False, **kw: object) -> dict:
         label = Path(path).name.split("-")[0]
         calls.append((label, cfg.iters, cfg.seed))
         if label == "none":
@@ -131,7 +131,8 @@ def test_a_combined_proxy_ranks_by_the_mean_gap_share_of_its_parts(tmp_path: Pat
     panel = pnl.load_panel(tmp_path / "panel.toml")
     base = _fake_run([])
 
-    def run(path: str, cfg: Any, progress: bool = False) -> dict:  # "bump": 0.7 for every design but d's 0.9
+    # "bump": 0.7 for every design but d's 0.9
+    def run(path: str, cfg: Any, progress: bool = False, **kw: object) -> dict:
         label = Path(path).name.split("-")[0]
         if cfg.iters == 30 and label != "none":
             return {"average_accuracy": 0.9 if label == "d" else 0.7, "hooks_sha256": None}

@@ -180,7 +180,7 @@ def _promote_with_fake_runs(path: Path, url: str, out: Path, calls: Path) -> Non
     from evaluation import cache
     from search import promote as prm
 
-    def run(hooks_path: str | None, cfg: object, progress: bool = False) -> dict:
+    def run(hooks_path: str | None, cfg: object, progress: bool = False, **kw: object) -> dict:
         name = "joint" if hooks_path is None else Path(hooks_path).stem.split("-")[0]
         with calls.open("a") as f:
             f.write(f"{name}\n")
@@ -303,7 +303,7 @@ def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) ->
         )
     accuracy = {"ewc": 0.9, "mas": 0.8, "si": 0.7, "l2": 0.6, "none": 0.5}
 
-    def fake_run(module: str, cfg: object, progress: bool = False) -> dict:
+    def fake_run(module: str, cfg: object, progress: bool = False, **kw: object) -> dict:
         text = Path(module).read_text()
         preset = next(p for p in accuracy if f"Provenance: preset={p}\n" in text)
         return {"average_accuracy": accuracy[preset]}

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clharness.benchmarks import ContextData
+from clharness.checkpoint import Checkpoint, rng_state, set_rng_state
 from clharness.errors import DivergenceError, HookError
 from clharness.hooks import HookModule, hook_raised
 from clharness.models import ContinualNet, regularized_parameters
@@ -44,6 +47,10 @@ class LoopSettings:
     evaluate_each_context: bool = False
     on_context_end: Callable[[int, list[float]], None] | None = None
     timing: Timing = field(default_factory=Timing)
+    checkpoint: Checkpoint | None = None  # save the state after each context; resume from it at the start
+    # Set by `train_sequence` when it resumed: the context the checkpoint was saved after, and the seconds the
+    # loop had spent before it.
+    resumed: dict[str, float] | None = None
 
 
 def evaluate(model: ContinualNet, ctx: ContextData) -> float:
@@ -201,6 +208,47 @@ def _raise_if_diverged(
     bad_reg.zero_()
 
 
+# Set by `train_context` at every context's start: not state carried across contexts.
+_PER_CONTEXT_ATTRS = ("_custom_W", "_custom_p_old")
+
+
+def _loop_state(
+    model: ContinualNet, optimizer: torch.optim.Optimizer, context: int, matrix: list[list[float]],
+    timing: Timing, harness_attrs: set[str],
+) -> dict[str, Any]:  # fmt: skip
+    """Everything the loop carries into context `context + 1`."""
+    hook_attrs = {
+        name: value
+        for name, value in vars(model).items()
+        if name not in harness_attrs and name not in _PER_CONTEXT_ATTRS
+    }
+    return {
+        "context": context,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "importance": model._custom_importance,
+        "anchor": model._custom_prev_params,
+        "hook_attrs": hook_attrs,
+        "rng": rng_state(),
+        "matrix": matrix,
+        "timing": dataclasses.asdict(timing),
+    }
+
+
+def _restore(
+    model: ContinualNet, optimizer: torch.optim.Optimizer, state: dict[str, Any], timing: Timing
+) -> None:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    model._custom_importance = state["importance"]
+    model._custom_prev_params = state["anchor"]
+    for name, value in state["hook_attrs"].items():
+        setattr(model, name, value)
+    set_rng_state(state["rng"])
+    for name, value in state["timing"].items():
+        setattr(timing, name, value)
+
+
 def train_sequence(
     model: ContinualNet,
     train: list[ContextData],
@@ -208,17 +256,31 @@ def train_sequence(
     hooks: HookModule,
     settings: LoopSettings,
 ) -> list[list[float]]:
-    """Train on every context in turn (HARNESS.md section 3); returns the accuracy matrix rows when asked for."""
+    """Train on every context in turn (HARNESS.md section 3); returns the accuracy matrix rows when asked for.
+
+    With `settings.checkpoint` the loop's state is saved after each context but the last, and a run that finds a
+    checkpoint of itself resumes after the context it saved (`settings.resumed`).
+    """
     params = regularized_parameters(model)
     model._custom_importance = {}
     model._custom_prev_params = _snapshot(params)  # the anchor starts at the initial parameters
+    harness_attrs = set(vars(model))  # whatever a hook module adds to the model after this is its own state
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=settings.lr, betas=(0.9, 0.999)
     )
     timing = settings.timing
     matrix: list[list[float]] = []
     n = len(train)
+    device = next(model.parameters()).device
+    saved = settings.checkpoint.load(device) if settings.checkpoint is not None else None
+    done = 0
+    if saved is not None and saved["context"] < n:
+        _restore(model, optimizer, saved, timing)
+        matrix, done = saved["matrix"], saved["context"]
+        settings.resumed = {"after_context": done, "earlier_s": sum(saved["timing"].values())}
     for k, ctx in enumerate(train, start=1):
+        if k <= done:
+            continue
         t0 = time.perf_counter()
         train_context(model, ctx, hooks, optimizer, settings, k, n)
         t1 = time.perf_counter()
@@ -227,9 +289,7 @@ def train_sequence(
             model.train()
             model.active_units = ctx.units
             try:
-                returned = hooks.estimate_importance(
-                    model, ctx, model._custom_prev_params, next(model.parameters()).device
-                )
+                returned = hooks.estimate_importance(model, ctx, model._custom_prev_params, device)
             except MemoryError:
                 raise
             except (Exception, SystemExit) as exc:
@@ -239,13 +299,16 @@ def train_sequence(
             model._custom_importance = add_importance(model._custom_importance, added, list(params))
             model._custom_prev_params = _snapshot(params)
             timing.importance_s += time.perf_counter() - t1
+        row: list[float] | None = None
         if settings.evaluate_each_context or settings.on_context_end is not None:
             t2 = time.perf_counter()
             row = [evaluate(model, evaluation[i]) for i in range(k)]
             timing.eval_s += time.perf_counter() - t2
             matrix.append(row)
-            if settings.on_context_end is not None:
-                settings.on_context_end(k, row)
+        if settings.checkpoint is not None and k < n:
+            settings.checkpoint.save(_loop_state(model, optimizer, k, matrix, timing, harness_attrs))
+        if settings.on_context_end is not None and row is not None:
+            settings.on_context_end(k, row)
     return matrix
 
 

@@ -17,6 +17,7 @@ import torchvision
 
 from clharness import paths
 from clharness.benchmarks import Benchmark, build_benchmark, build_model
+from clharness.checkpoint import Checkpoint
 from clharness.devices import resolve_device
 from clharness.errors import HarnessError
 from clharness.hooks import load_hooks
@@ -156,8 +157,13 @@ def run(
     *,
     progress: bool = True,
     on_context_end: Callable[[int, list[float]], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Train the benchmark's stream with the hook module at `hooks_path`; return the result record."""
+    """Train the benchmark's stream with the hook module at `hooks_path`; return the result record.
+
+    `checkpoint`: a file to keep the run's state in after each context, and to resume from when it holds this
+    run's (module, configuration and harness version); the caller removes it once the result is safe.
+    """
     t_start = time.perf_counter()
     hooks = load_hooks(hooks_path)
     prep = _prepare(cfg, progress)
@@ -167,6 +173,7 @@ def run(
     settings = LoopSettings(
         iters=prep.iters, batch_size=protocol.batch_size, lr=protocol.lr, reg_strength=strength, seed=cfg.seed,
         progress=progress, label=cfg.experiment, evaluate_each_context=cfg.acc_matrix, on_context_end=on_context_end,
+        checkpoint=None if checkpoint is None else Checkpoint(Path(checkpoint), _identity(cfg, prep, hooks.sha256)),
     )  # fmt: skip
     matrix = train_sequence(model, bench.train, bench.evaluation, hooks, settings)
     t0 = time.perf_counter()
@@ -180,7 +187,23 @@ def run(
         reg_strength_scale=hooks.reg_strength_scale,
         reg_strength=strength,
     )
+    if settings.resumed is not None:
+        record["resumed"] = settings.resumed
     return record
+
+
+def _identity(cfg: RunConfig, prep: _Prepared, hooks_sha256: str) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the module, everything that shapes the run, the harness."""
+    fields = dataclasses.asdict(cfg)
+    del fields["device"], fields["data_dir"]  # where the data lies and "auto" do not shape the run; these do:
+    return {
+        "harness_version": HARNESS_VERSION,
+        "hooks_sha256": hooks_sha256,
+        "config": fields,
+        "device_type": prep.device.type,
+        "data_source": prep.bench.source,
+        "torch": torch.__version__,
+    }
 
 
 def run_joint(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
