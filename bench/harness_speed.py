@@ -1,9 +1,9 @@
 """Speed of the harness loop, per benchmark network, on synthetic data of the benchmark's shapes.
 
 Prints milliseconds per training step (bare forward/backward/Adam; the loop with a zero penalty; the loop
-with the scaffold EWC penalty; the loop with the generated `ewc` preset's penalty), the time of one importance estimation by the scaffold EWC module, and the share
+with the scaffold EWC penalty; the loop with the generated `ewc` preset's penalty), the time of one importance estimation by the scaffold EWC module, the share
 of a step the loop spends outside forward, backward and the optimizer (sampling, `_custom_W`, `_custom_p_old`,
-finiteness flags). Medians of interleaved repeats, so that machine noise hits every variant alike.
+finiteness flags), and the time and size of one checkpoint (the state a resumable run saves after each context). Medians of interleaved repeats, so that machine noise hits every variant alike.
 Usage: .venv/bin/python bench/harness_speed.py [--repeats 7] [--steps 40] [--device cpu]
 """
 
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from clharness.benchmarks import ContextData
+from clharness.checkpoint import Checkpoint
 from clharness.hooks import load_hooks
-from clharness.loop import LoopSettings, train_context
+from clharness.loop import LoopSettings, Timing, loop_state, train_context
 from clharness.models import ContinualNet, mlp, regularized_parameters
 from clharness.protocol import PROTOCOLS
 
@@ -93,6 +94,25 @@ def importance_time(name: str, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def checkpoint_cost(name: str, device: torch.device, folder: Path) -> tuple[float, float]:
+    """(seconds, MB) of saving one checkpoint of the benchmark's network mid-sequence: parameters, Adam's
+    moments after a step, importance and anchor for every parameter."""
+    model, ctx, opt = _setup(name, device)
+    x, y = ctx.batch(torch.arange(PROTOCOLS[name].batch_size))
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    params = regularized_parameters(model)
+    model._custom_importance = {n: torch.rand_like(p) for n, p in params.items()}
+    model._custom_prev_params = {n: p.detach().clone() for n, p in params.items()}
+    state = loop_state(model, opt, 1, [[0.5]], Timing(), set(vars(model)))
+    checkpoint = Checkpoint(folder / f"{name}.ckpt", {"bench": name})
+    _sync(device)
+    t0 = time.perf_counter()
+    checkpoint.save(state)
+    seconds = time.perf_counter() - t0
+    return seconds, checkpoint.path.stat().st_size / 1e6
+
+
 def main() -> None:
     """Measure every benchmark and print one table."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -106,7 +126,7 @@ def main() -> None:
     )
     print(
         f"{'benchmark':12s} {'bare ms':>8s} {'loop ms':>8s} {'loop+EWC ms':>11s} {'loop+gen ms':>11s} "
-        f"{'bookkeeping':>11s} {'EWC penalty':>11s} {'gen penalty':>11s} {'importance s':>12s}"
+        f"{'bookkeeping':>11s} {'EWC penalty':>11s} {'gen penalty':>11s} {'importance s':>12s} {'ckpt s':>7s} {'ckpt MB':>7s}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         generated = Path(tmp) / "generated_ewc.py"
@@ -121,9 +141,11 @@ def main() -> None:
             b, lo = statistics.median(bare), statistics.median(loop)
             e, g = statistics.median(ewc), statistics.median(gen)
             imp = importance_time(name, device)  # one call: the scaffold loop takes minutes on the big nets
+            ckpt = [checkpoint_cost(name, device, Path(tmp)) for _ in range(args.repeats)]
+            ckpt_s, ckpt_mb = statistics.median(c[0] for c in ckpt), ckpt[0][1]
             print(
                 f"{name:12s} {b:8.2f} {lo:8.2f} {e:11.2f} {g:11.2f} {(lo - b) / b:+11.1%} {(e - lo) / lo:+11.1%} "
-                f"{(g - lo) / lo:+11.1%} {imp:12.2f}"
+                f"{(g - lo) / lo:+11.1%} {imp:12.2f} {ckpt_s:7.3f} {ckpt_mb:7.1f}"
             )
 
 

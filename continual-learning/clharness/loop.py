@@ -212,11 +212,13 @@ def _raise_if_diverged(
 _PER_CONTEXT_ATTRS = ("_custom_W", "_custom_p_old")
 
 
-def _loop_state(
+def loop_state(
     model: ContinualNet, optimizer: torch.optim.Optimizer, context: int, matrix: list[list[float]],
     timing: Timing, harness_attrs: set[str],
 ) -> dict[str, Any]:  # fmt: skip
-    """Everything the loop carries into context `context + 1`."""
+    """Everything the loop carries into context `context + 1`: what a checkpoint saves. `harness_attrs` are the
+    model's attributes before training; any other (but the per-context `_custom_W`, `_custom_p_old`) is the hook
+    module's own state."""
     hook_attrs = {
         name: value
         for name, value in vars(model).items()
@@ -306,7 +308,7 @@ def train_sequence(
             timing.eval_s += time.perf_counter() - t2
             matrix.append(row)
         if settings.checkpoint is not None and k < n:
-            settings.checkpoint.save(_loop_state(model, optimizer, k, matrix, timing, harness_attrs))
+            settings.checkpoint.save(loop_state(model, optimizer, k, matrix, timing, harness_attrs))
         if settings.on_context_end is not None and row is not None:
             settings.on_context_end(k, row)
     return matrix
