@@ -35,10 +35,12 @@ class FakeHarness:
 
     def __init__(self, *, fail_after: int | None = None, missing: tuple[str, ...] = ()) -> None:
         self.calls: list[tuple[str, str, int]] = []
+        self.checkpoints: list[object] = []
         self.fail_after = fail_after
         self.missing = missing
 
     def run(self, hooks_path: str, cfg: object, *, progress: bool = True, **kw: object) -> dict:
+        self.checkpoints.append(kw.get("checkpoint"))
         return self._result(Path(hooks_path).stem.split("-")[0], cfg)
 
     def run_joint(self, cfg: object, *, progress: bool = True) -> dict:
@@ -284,6 +286,24 @@ def test_eta_is_wall_time_shared_among_the_processes_running_the_plan() -> None:
     assert fe.estimate_remaining(jobs, durations, 2) == (
         "ETA 20 min on 2 processes + unknown for CIFAR100 (no finished run yet)"
     )
+
+
+def test_each_run_keeps_a_checkpoint_beside_its_record_until_the_record_is_written(
+    tmp_path: Path, none_preset: None
+) -> None:
+    """The harness is handed `<record>.ckpt` (so a killed run resumes there); storing the record deletes it."""
+    fake = FakeHarness()
+    methods = fe.resolve_methods(
+        ["candidate", "none"], hooks=HOOKS / "scaffold_ewc.py", module_dir=tmp_path / "modules"
+    )
+    jobs = fe.plan(methods, ["splitMNIST"], [42], runs_dir=tmp_path / "runs", overrides=TINY)
+    left_over = cache.checkpoint_path(jobs[0].path)
+    left_over.parent.mkdir(parents=True)
+    left_over.write_bytes(b"state after context 3")
+    fe.run_jobs(jobs, run_fn=fake.run, joint_fn=fake.run_joint, overrides=TINY, log=lambda line: None)
+    assert fake.checkpoints == [cache.checkpoint_path(job.path) for job in jobs]
+    assert all(job.path.is_file() for job in jobs)
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
 def test_eta_counts_the_live_processes_holding_claims_on_the_plan(
