@@ -13,7 +13,7 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,23 @@ def side(p: Paired) -> str:
     if abs(p.mean) > 2 * p.se:
         return "higher" if p.mean > 0 else "lower"
     return "within 2 SE"
+
+
+def p_value(p: Paired) -> float | None:
+    """Two-sided paired t-test of the mean difference against 0 (n - 1 degrees of freedom); None with one seed or
+    with no difference on any seed."""
+    if p.se is None or (p.se == 0.0 and p.mean == 0.0):
+        return None
+    if p.se == 0.0:
+        return 0.0
+    return p_at(abs(p.mean) / p.se, p.n)
+
+
+def p_at(t: float, n: int) -> float:
+    """The two-sided p of a paired t statistic `t` over `n` seeds."""
+    from scipy import stats
+
+    return float(2 * stats.t.sf(t, n - 1))
 
 
 def verdict(p: Paired) -> str:
@@ -449,14 +466,18 @@ def paired_table(by_method: Mapping[str, Mapping[int, dict]]) -> list[str]:
         "Candidate minus each baseline, paired by seed (average test accuracy; the standard error is that of "
         "the mean difference, ddof=1): the figure and the table the verdict rests on.",
         "",
-        "| baseline | seeds | candidate − baseline, per seed | mean ± SE | beyond 2 SE |",
-        "|---|---|---|---|---|",
+        "| baseline | seeds | candidate − baseline, per seed | mean ± SE | beyond 2 SE | p, paired t-test |",
+        "|---|---|---|---|---|---|",
     ]
     for method, p in paired.items():
         per_seed = ", ".join(f"{seed}: {d:+.4f}" for seed, d in zip(p.seeds, p.diffs, strict=True))
         cell = f"{p.mean:+.4f} ± {p.se:.4f}" if p.se is not None else f"{p.mean:+.4f} (n=1)"
-        lines.append(f"| `{method}` | {p.n} | {per_seed} | {cell} | {verdict(p)} |")
-    return [*lines, ""]
+        pv = p_value(p)
+        lines.append(
+            f"| `{method}` | {p.n} | {per_seed} | {cell} | {verdict(p)} | {'—' if pv is None else f'{pv:.2g}'} |"
+        )
+    note = t_test_note(p.n for p in paired.values())
+    return [*lines, "", *([note.strip(), ""] if note else [])]
 
 
 def render_markdown(
@@ -596,7 +617,13 @@ def write_report(
         "results": summary_json(results, methods),
         "paired": {
             b: {
-                m: {"seeds": list(p.seeds), "diffs": list(p.diffs), "mean": p.mean, "se": p.se}
+                m: {
+                    "seeds": list(p.seeds),
+                    "diffs": list(p.diffs),
+                    "mean": p.mean,
+                    "se": p.se,
+                    "p_paired_t": p_value(p),
+                }
                 for m, p in paired_differences(by_method).items()
             }
             for b, by_method in results.items()
@@ -622,7 +649,21 @@ def _cell(values: Sequence[float]) -> str:
 def _paired_cell(p: Paired) -> str:
     cell = f"{p.mean:+.4f} ± {p.se:.4f} ({p.n})" if p.se is not None else f"{p.mean:+.4f} (1)"
     verdict_word = side(p)
-    return f"{cell} **{verdict_word}**" if verdict_word in ("higher", "lower") else f"{cell} {verdict_word}"
+    cell = f"{cell} **{verdict_word}**" if verdict_word in ("higher", "lower") else f"{cell} {verdict_word}"
+    pv = p_value(p)
+    return cell if pv is None else f"{cell}, p {pv:.2g}"
+
+
+def t_test_note(ns: Iterable[int]) -> str:
+    """What the 2-SE rule means in p for the seed counts of a table: with few seeds it is lenient."""
+    counts = sorted({n for n in ns if n > 1})
+    if not counts:
+        return ""
+    at_two = ", ".join(f"{p_at(2.0, n):.2f} with {n} seeds" for n in counts)
+    return (
+        f" p: two-sided paired t-test (n − 1 degrees of freedom); a mean exactly 2 SE from 0 has p {at_two}, "
+        "so with this few seeds read **higher**/**lower** together with p."
+    )
 
 
 def verdict_line(title: str, paired: Mapping[str, Paired]) -> str:
@@ -685,7 +726,8 @@ def readme_block(
         lines += [
             "",
             "Candidate minus each baseline, paired by seed: mean ± standard error of the difference (seeds), "
-            "**higher** or **lower** where it lies beyond 2 standard errors from 0.",
+            "**higher** or **lower** where it lies beyond 2 standard errors from 0."
+            + t_test_note(p.n for b in benches for p in paired[b].values()),
             "",
             "| baseline | " + " | ".join(titles) + " |",
             "|---|" + "---|" * len(benches),

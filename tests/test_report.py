@@ -163,16 +163,20 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
     # ewc: mean 0.95, sample sd 0.01, SE 0.01 / sqrt(3) = 0.0058; the original harness's 0.958 / 0.838
     assert "| `ewc` | 0.9500 ± 0.0058 (3) | 0.9100 (1) | 0.958 / 0.838 |" in lines
     assert "| `none` | 0.8000 ± 0.0058 (3) | not run | — |" in lines
-    assert "| `ewc` | +0.0100 ± 0.0058 (3) within 2 SE | -0.0100 (1) one seed |" in lines
-    # none: diffs 0.15, 0.15, 0.18: mean 0.16, sample sd sqrt(0.0006 / 2) = 0.0173, SE 0.0100
-    assert "| `none` | +0.1600 ± 0.0100 (3) **higher** | — |" in lines
+    # p of a paired t-test, 2 degrees of freedom: 1 - t / sqrt(2 + t^2); ewc t = sqrt(3): 1 - sqrt(3/5) = 0.23
+    assert "| `ewc` | +0.0100 ± 0.0058 (3) within 2 SE, p 0.23 | -0.0100 (1) one seed |" in lines
+    # none: diffs 0.15, 0.15, 0.18: mean 0.16, sample sd sqrt(0.0006 / 2) = 0.0173, SE 0.0100; t = 16, p 0.0039
+    assert "| `none` | +0.1600 ± 0.0100 (3) **higher**, p 0.0039 | — |" in lines
+    # what 2 SE means with 3 seeds: 1 - 2 / sqrt(6) = 0.18
+    assert any("a mean exactly 2 SE from 0 has p 0.18 with 3 seeds" in line for line in lines)
     assert (
         "Held-out Permuted-MNIST streams (permutation seeds 100, 101, used nowhere else), full protocol:"
         in lines
     )
     # candidate 0.955 ± 0.005; tuned_mas 0.93 on both; diffs 0.02, 0.03: mean 0.025, SE 0.005
     assert "- `candidate`: 0.9550 ± 0.0050 (2)" in lines
-    assert "- candidate − `tuned_mas`: +0.0250 ± 0.0050 (2) **higher**" in lines
+    # t = 5 with 1 degree of freedom: p = 1 - (2 / pi) atan(5) = 0.13
+    assert "- candidate − `tuned_mas`: +0.0250 ± 0.0050 (2) **higher**, p 0.13" in lines
     assert "![Held-out streams, paired](results/heldout/plots/permMNIST_paired.png)" in lines
     # the verdict in words, per benchmark
     assert (
@@ -193,6 +197,20 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
     readme.write_text("no markers\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no results markers"):
         report.write_readme_block(readme, block)
+
+
+def test_p_value_is_the_two_sided_paired_t_test() -> None:
+    def paired(*diffs: float) -> report.Paired:
+        s = report.summarize(diffs)
+        return report.Paired(tuple(range(len(diffs))), diffs, s.mean, s.se)
+
+    t = 0.02 / (0.01 / math.sqrt(3))  # diffs 0.01, 0.02, 0.03: t = 2 sqrt(3)
+    assert report.p_value(paired(0.01, 0.02, 0.03)) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    assert report.p_value(paired(-0.01, -0.02, -0.03)) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    assert report.p_value(paired(0.01)) is None  # one seed: no test
+    assert report.p_value(paired(0.0, 0.0)) is None  # identical on every seed
+    assert report.p_value(paired(0.01, 0.01)) == 0.0  # the same nonzero difference on every seed
+    assert report.p_at(2.0, 2) == pytest.approx(1 - 2 / math.pi * math.atan(2.0))
 
 
 def test_one_colour_per_method_everywhere() -> None:
