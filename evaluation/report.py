@@ -180,6 +180,11 @@ def p_at(t: float, n: int) -> float:
     return float(2 * stats.t.sf(t, n - 1))
 
 
+def _p_text(p: Paired) -> str:
+    pv = p_value(p)
+    return "" if pv is None else f", p {pv:.2g}"
+
+
 def verdict(p: Paired) -> str:
     """Whether the mean difference lies beyond 2 standard errors from 0, and on which side."""
     return {
@@ -399,7 +404,7 @@ def _plot_paired(title: str, paired: Mapping[str, Paired], path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
         said = verdict(p).replace("**", "")
         text = (
-            f"{p.mean:+.4f} ± {2 * p.se:.4f} (2 SE)\nn={p.n}: {said}"
+            f"{p.mean:+.4f} ± {2 * p.se:.4f} (2 SE)\nn={p.n}: {said}" + _p_text(p)
             if p.se is not None
             else f"{p.mean:+.4f}\n{said}"
         )
