@@ -655,8 +655,7 @@ def _paired_cell(p: Paired) -> str:
     cell = f"{p.mean:+.4f} ± {p.se:.4f} ({p.n})" if p.se is not None else f"{p.mean:+.4f} (1)"
     verdict_word = side(p)
     cell = f"{cell} **{verdict_word}**" if verdict_word in ("higher", "lower") else f"{cell} {verdict_word}"
-    pv = p_value(p)
-    return cell if pv is None else f"{cell}, p {pv:.2g}"
+    return cell + _p_text(p)
 
 
 def t_test_note(ns: Iterable[int]) -> str:

@@ -62,10 +62,6 @@ class Checkpoint:
             return None
         return state
 
-    def remove(self) -> None:
-        """Delete the checkpoint (the run's result is safe elsewhere)."""
-        self.path.unlink(missing_ok=True)
-
 
 def rng_state() -> dict[str, Any]:
     """Every random number generator a hook module may draw from (torch's, CUDA's, the standard library's)."""
