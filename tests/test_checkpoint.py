@@ -88,7 +88,9 @@ def test_a_resumed_run_ends_bit_for_bit_where_the_uninterrupted_run_ends(tmp_pat
     _assert_same(straight, resumed)
 
 
-def test_the_hooks_own_attributes_on_the_model_are_restored(tmp_path: Path) -> None:
+def test_the_hooks_own_attributes_on_the_model_are_restored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A module whose importance depends on state it keeps on the model (a count of the contexts it saw)."""
     body = """
     def _reg(model):
@@ -106,6 +108,7 @@ def test_the_hooks_own_attributes_on_the_model_are_restored(tmp_path: Path) -> N
     load(tmp_path, body)  # writes tmp_path/hooks.py
     straight, resumed = _straight_and_resumed(tmp_path / "hooks.py", tmp_path / "run.ckpt", kill_after=2)
     _assert_same(straight, resumed)
+    assert f"checkpoint {tmp_path / 'run.ckpt'}: resuming after context 2" in capsys.readouterr().err
     first = next(v for k, v in straight[1].items() if k.startswith("importance:"))
     assert bool((first == 1 + 4 + 9).all())  # contexts 1-3's importance, each the square of its count
 

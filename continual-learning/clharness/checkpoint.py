@@ -43,8 +43,8 @@ class Checkpoint:
             torch.save({"format": FORMAT, "identity": self.identity, **state}, handle)
 
     def load(self, device: torch.device) -> dict[str, Any] | None:
-        """The saved state, or None: no checkpoint, or one that is unreadable or of another run (said on stderr,
-        and the run starts from its first context)."""
+        """The saved state (said on stderr), or None: no checkpoint, or one that is unreadable or of another run
+        (said on stderr, and the run starts from its first context)."""
         if not self.path.is_file():
             return None
         try:
@@ -60,6 +60,8 @@ class Checkpoint:
         ):
             print(f"checkpoint {self.path} is of another run; starting from context 1", file=sys.stderr)
             return None
+        # One line, so that a log shows which runs went on from where they stopped.
+        print(f"checkpoint {self.path}: resuming after context {state.get('context')}", file=sys.stderr)
         return state
 
 
