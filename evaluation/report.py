@@ -701,7 +701,8 @@ def readme_block(
 ) -> str:
     """The README's results: every method's mean ± SE (seeds), the candidate's paired difference against each
     baseline with its verdict and a link to its figure, and the held-out Permuted-MNIST streams (`heldout`:
-    method -> seed -> record) with their figure. `out` is the results folder relative to the README, whose report
+    method -> seed -> record) with their figure and, pooled with the table's Permuted-MNIST seeds, the
+    candidate's paired difference over every test stream. `out` is the results folder relative to the README, whose report
     (`write_report`, its held-out one under `out/heldout`) holds the figures."""
 
     def accs(recs: Mapping[int, dict]) -> list[float]:
@@ -757,6 +758,19 @@ def readme_block(
         lines += [f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs]
         held_paired = paired_differences(heldout)
         lines += [f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in held_paired.items()]
+        # The table's test streams and the held-out ones together: the most streams each comparison has.
+        perm = results.get("permMNIST", {})
+        pooled = paired_differences({m: {**perm.get(m, {}), **recs} for m, recs in heldout.items()})
+        if any(p.n > held_paired[m].n for m, p in pooled.items() if m in held_paired):
+            streams = sorted({s for p in pooled.values() for s in p.seeds})
+            lines += [
+                "",
+                "Every Permuted-MNIST test stream, the table's and the held-out ones (seeds "
+                + ", ".join(map(str, streams))
+                + "), paired:",
+                "",
+            ]
+            lines += [f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in pooled.items()]
         if held_paired:
             lines += ["", f"![Held-out streams, paired]({out}/heldout/plots/permMNIST_paired.png)"]
     return "\n".join([README_START, "", *lines, "", README_END])

@@ -150,7 +150,7 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
         "ewc": _runs({42: 0.94, 43: 0.96, 44: 0.95}),  # diffs 0.01, 0.00, 0.02: within 2 SE (0.0115)
         "none": _runs({42: 0.80, 43: 0.81, 44: 0.79}),
     }
-    perm = {"candidate": _runs({42: 0.90}), "ewc": _runs({42: 0.91})}
+    perm = {"candidate": _runs({42: 0.90}), "ewc": _runs({42: 0.91}), "tuned_mas": _runs({42: 0.88})}
     heldout = {"candidate": _runs({100: 0.95, 101: 0.96}), "tuned_mas": _runs({100: 0.93, 101: 0.93})}
     block = report.readme_block(
         {"splitMNIST": split, "permMNIST": perm, "CIFAR100": {}}, ["candidate", "ewc", "none"], heldout
@@ -177,13 +177,22 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
     assert "- `candidate`: 0.9550 ± 0.0050 (2)" in lines
     # t = 5 with 1 degree of freedom: p = 1 - (2 / pi) atan(5) = 0.13
     assert "- candidate − `tuned_mas`: +0.0250 ± 0.0050 (2) **higher**, p 0.13" in lines
+    # pooled with the table's seed 42: diffs 0.02, 0.02, 0.03, mean 0.0233, SE 0.0033; t = 7: p 0.02
+    assert (
+        "Every Permuted-MNIST test stream, the table's and the held-out ones (seeds 42, 100, 101), paired:"
+        in lines
+    )
+    assert lines.count("- candidate − `tuned_mas`: +0.0233 ± 0.0033 (3) **higher**, p 0.02") == 1
     assert "![Held-out streams, paired](results/heldout/plots/permMNIST_paired.png)" in lines
     # the verdict in words, per benchmark
     assert (
         "- Split-MNIST (3 paired seeds): the candidate is **higher** than `none`; within 2 SE of `ewc`."
         in lines
     )
-    assert "- Permuted-MNIST: the candidate is one paired seed so far, no verdict, against `ewc`." in lines
+    assert (
+        "- Permuted-MNIST: the candidate is one paired seed so far, no verdict, against `ewc`, `tuned_mas`."
+        in lines
+    )
     # the paired figures: one link per benchmark with a pair
     assert (
         "The paired differences per seed, as figures: [Split-MNIST](results/plots/splitMNIST_paired.png), "
