@@ -747,30 +747,24 @@ def readme_block(
         links = [f"[{BENCHMARK_TITLES.get(b, b)}]({out}/plots/{b}_paired.png)" for b in benches if paired[b]]
         lines += ["", "The paired differences per seed, as figures: " + ", ".join(links) + "."]
     if heldout:
-        seeds = sorted({s for recs in heldout.values() for s in recs})
+        seeds = ", ".join(map(str, sorted({s for recs in heldout.values() for s in recs})))
         lines += [
             "",
-            "Held-out Permuted-MNIST streams (permutation seeds "
-            + ", ".join(map(str, seeds))
-            + ", used nowhere else), full protocol:",
-            "",
+            f"Held-out Permuted-MNIST streams (permutation seeds {seeds}, used nowhere else), full protocol:",
         ]
-        lines += [f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs]
+        lines += ["", *(f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs)]
         held_paired = paired_differences(heldout)
         lines += [f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in held_paired.items()]
         # The table's test streams and the held-out ones together: the most streams each comparison has.
         perm = results.get("permMNIST", {})
         pooled = paired_differences({m: {**perm.get(m, {}), **recs} for m, recs in heldout.items()})
         if any(p.n > held_paired[m].n for m, p in pooled.items() if m in held_paired):
-            streams = sorted({s for p in pooled.values() for s in p.seeds})
+            streams = ", ".join(map(str, sorted({s for p in pooled.values() for s in p.seeds})))
             lines += [
                 "",
-                "Every Permuted-MNIST test stream, the table's and the held-out ones (seeds "
-                + ", ".join(map(str, streams))
-                + "), paired:",
-                "",
+                f"Every Permuted-MNIST test stream, the table's and the held-out ones (seeds {streams}), paired:",
             ]
-            lines += [f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in pooled.items()]
+            lines += ["", *(f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in pooled.items())]
         if held_paired:
             lines += ["", f"![Held-out streams, paired]({out}/heldout/plots/permMNIST_paired.png)"]
     return "\n".join([README_START, "", *lines, "", README_END])
