@@ -13,6 +13,8 @@ held-out streams), with the candidate's paired difference on either split. Nothi
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=args.seeds,
         out_dir=OUT,
         overrides=overrides,
-        command="python bench/split_check.py " + " ".join(argv or []),
+        command=shlex.join(["python", "bench/split_check.py", *(sys.argv[1:] if argv is None else argv)]),
         report_only=args.report_only,
     )
     resolved = fe.resolve_methods(args.methods, tuned=tuned, module_dir=OUT / "modules")

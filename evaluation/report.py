@@ -498,12 +498,24 @@ def render_markdown(
 ) -> str:
     """The report text. `results[experiment][method][seed]` is a run record; `methods` is [(name, label)]."""
     with_results = [b for b in benchmarks if any(results.get(b, {}).values())]
+    splits = {
+        r["result"].get("eval_split", "test")
+        for by in results.values()
+        for recs in by.values()
+        for r in recs.values()
+    }
+    # Runs scored on the validation split (bench/split_check.py) must not read as test accuracy.
+    kind, split = (
+        ("validation", "validation split (a tenth of each context's training images, held out)")
+        if splits == {"val"}
+        else ("test", "test split")
+    )
     lines = [
         "# Final evaluation",
         "",
-        "Average test accuracy over contexts after the last context (mean ± standard error over seeds; the "
+        f"Average {kind} accuracy over contexts after the last context (mean ± standard error over seeds; the "
         "standard error is the sample standard deviation, ddof=1, divided by sqrt(n)), full published "
-        "protocol, test split. Published numbers are beside ours, each tagged with its source below.",
+        f"protocol, {split}. Published numbers are beside ours, each tagged with its source below.",
         "",
         f"Produced by: `{command}` ({provenance}).",
         "",

@@ -85,6 +85,22 @@ def test_markdown_table_and_missing_benchmarks() -> None:
     assert "Permuted-MNIST |" not in text  # no empty column for a benchmark without results
 
 
+def test_the_report_names_the_split_its_runs_were_scored_on() -> None:
+    def text(split: str) -> str:
+        record = _record(0.9, 42)
+        record["result"]["eval_split"] = split
+        results = {"permMNIST": {"mas": {42: record}}}
+        return report.render_markdown(
+            results, methods=[("mas", "p")], benchmarks=["permMNIST"], missing={}, command="c", plots={}
+        )
+
+    assert "Average validation accuracy" in text("val") and "protocol, validation split (a tenth" in text(
+        "val"
+    )
+    assert "test" not in text("val").split("Produced by")[0]
+    assert "Average test accuracy" in text("test") and "protocol, test split." in text("test")
+
+
 def test_write_report_plots_and_summary(tmp_path: Path) -> None:
     results = {"splitMNIST": {"ewc": {42: _record(0.98, 42), 43: _record(0.96, 43)}}}
     readme = report.write_report(
