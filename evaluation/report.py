@@ -714,8 +714,8 @@ def readme_block(
     """The README's results: every method's mean ± SE (seeds), the candidate's paired difference against each
     baseline with its verdict and a link to its figure, and the held-out Permuted-MNIST streams (`heldout`:
     method -> seed -> record) with their figure and, pooled with the table's Permuted-MNIST seeds, the
-    candidate's paired difference over every test stream. `out` is the results folder relative to the README, whose report
-    (`write_report`, its held-out one under `out/heldout`) holds the figures."""
+    candidate's paired difference over every test stream. `out` is the results folder relative to the README,
+    whose report (`write_report`, its held-out one under `out/heldout`) holds the figures."""
 
     def accs(recs: Mapping[int, dict]) -> list[float]:
         return [float(r["result"]["average_accuracy"]) for r in recs.values()]

@@ -94,11 +94,10 @@ def test_the_report_names_the_split_its_runs_were_scored_on() -> None:
             results, methods=[("mas", "p")], benchmarks=["permMNIST"], missing={}, command="c", plots={}
         )
 
-    assert "Average validation accuracy" in text("val") and "protocol, validation split (a tenth" in text(
-        "val"
-    )
-    assert "test" not in text("val").split("Produced by")[0]
-    assert "Average test accuracy" in text("test") and "protocol, test split." in text("test")
+    val, test = text("val"), text("test")
+    assert "Average validation accuracy" in val and "protocol, validation split (a tenth" in val
+    assert "test" not in val.split("Produced by")[0]
+    assert "Average test accuracy" in test and "protocol, test split." in test
 
 
 def test_write_report_plots_and_summary(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ class Checkpoint:
             print(f"checkpoint {self.path} is of another run; starting from context 1", file=sys.stderr)
             return None
         # One line, so that a log shows which runs went on from where they stopped.
-        print(f"checkpoint {self.path}: resuming after context {state.get('context')}", file=sys.stderr)
+        print(f"checkpoint {self.path}: resuming after context {state['context']}", file=sys.stderr)
         return state
 
 
