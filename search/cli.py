@@ -25,6 +25,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "search.cmd_panel",
     "search.cmd_promote",
     "search.cmd_reorder",
+    "search.cmd_validate",
 )
 
 

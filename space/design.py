@@ -45,9 +45,14 @@ class Spec:
     applies: Callable[[Mapping[str, Any]], bool] = lambda _values: True
 
 
-# Estimator sets: one estimator, or a mixture of two (the weight `mix` is the first one's share).
-ESTIMATOR_SETS = ("fisher", "mas", "si", "uniform", "fisher+mas", "fisher+si", "mas+si", "none")
-DATA_ESTIMATORS = frozenset({"fisher", "mas"})
+# Estimator sets: one estimator, or a mixture of two (the weight `mix` is the first one's share). `kfac` is the
+# structured family (space/kfac.py): Kronecker-factored curvature per nn.Linear layer, never mixed; it is not
+# searched until its go/no-go (docs/fidelity.md) says it goes forward.
+ESTIMATOR_SETS = ("fisher", "mas", "si", "uniform", "fisher+mas", "fisher+si", "mas+si", "none", "kfac")
+DATA_ESTIMATORS = frozenset({"fisher", "mas", "kfac"})
+# Ranks of the eigenbasis K-FAC penalty (0: the exact Kronecker product), and the factors' relative damping.
+KFAC_RANKS = (0, 4, 8, 16, 32, 64, 128, 256)
+KFAC_DAMPINGS = (0.0, 0.001, 0.01, 0.1, 1.0)
 # Strength: every searched design is calibrated to the exact Fisher's total, so the searched decades sit around
 # the published EWC strength (1); docs/space.md gives the measurements behind their width. Uncalibrated presets
 # (SI, MAS, L2) need the wide range.
@@ -70,6 +75,14 @@ def _regularizes(v: Mapping[str, Any]) -> bool:
     return bool(uses(v))
 
 
+def _structured(v: Mapping[str, Any]) -> bool:
+    return "kfac" in uses(v)
+
+
+def _diagonal(v: Mapping[str, Any]) -> bool:
+    return _regularizes(v) and not _structured(v)
+
+
 def _reads_data(v: Mapping[str, Any]) -> bool:
     return bool(DATA_ESTIMATORS & set(uses(v))) or (
         _regularizes(v) and v.get("reference", "fisher") != "none"
@@ -78,9 +91,11 @@ def _reads_data(v: Mapping[str, Any]) -> bool:
 
 SPACE: dict[str, Spec] = {
     # Not searched: `uniform` (L2, a baseline, not a candidate) and `none`.
-    "estimators": Spec("choice", choices=ESTIMATOR_SETS, search=ESTIMATOR_SETS[:3] + ESTIMATOR_SETS[4:-1]),
+    "estimators": Spec("choice", choices=ESTIMATOR_SETS, search=ESTIMATOR_SETS[:3] + ESTIMATOR_SETS[4:-2]),
     "fisher_labels": Spec(
-        "choice", choices=("exact", "sampled", "empirical"), applies=lambda v: "fisher" in uses(v)
+        "choice",
+        choices=("exact", "sampled", "empirical"),
+        applies=lambda v: bool({"fisher", "kfac"} & set(uses(v))),
     ),
     "si_clamp": Spec("choice", choices=(False, True), applies=lambda v: "si" in uses(v)),
     "mix": Spec("float", 0.1, 0.9, applies=lambda v: len(uses(v)) == 2),
@@ -99,14 +114,24 @@ SPACE: dict[str, Spec] = {
         applies=lambda v: _reads_data(v) and v.get("data_examples") != 0,
     ),
     # `rank` (importance as its quantile) is not searched: it flattens the Fisher's spread towards L2.
-    "norm": Spec("choice", choices=("none", "mean", "rank"), search=("none", "mean"), applies=_regularizes),
-    "power": Spec("float", 0.25, 2.0, search_low=0.5, search_high=1.0, applies=_regularizes),
+    "norm": Spec("choice", choices=("none", "mean", "rank"), search=("none", "mean"), applies=_diagonal),
+    "power": Spec("float", 0.25, 2.0, search_low=0.5, search_high=1.0, applies=_diagonal),
     # A clip is off (1.0) or caps the top 0.1% / 1% of each tensor: a continuous range would never turn it off.
-    "clip_quantile": Spec("float", 0.9, 1.0, search=(1.0, 0.999, 0.99), applies=_regularizes),
-    "accumulate": Spec("choice", choices=("sum", "decay", "max"), applies=_regularizes),
+    "clip_quantile": Spec("float", 0.9, 1.0, search=(1.0, 0.999, 0.99), applies=_diagonal),
+    "accumulate": Spec("choice", choices=("sum", "decay", "max"), applies=_diagonal),
     "decay_gamma": Spec(
-        "float", 0.5, 1.0, search_low=0.8, search_high=0.99, applies=lambda v: v.get("accumulate") == "decay"
+        "float",
+        0.5,
+        1.0,
+        search_low=0.8,
+        search_high=0.99,
+        applies=lambda v: _diagonal(v) and v.get("accumulate") == "decay",
     ),
+    # The structured family: per-context Kronecker pairs (their sum is exact) or one merged pair per layer; the
+    # rank of the eigenbasis the penalty runs in (0: exact, costly on a CPU); the factors' damping.
+    "kfac_accumulate": Spec("choice", choices=("per_context", "merged"), applies=_structured),
+    "kfac_rank": Spec("choice", choices=KFAC_RANKS, applies=_structured),
+    "kfac_damping": Spec("choice", choices=KFAC_DAMPINGS, applies=_structured),
     "reg_strength_scale": Spec(
         "float",
         SCALE_RANGE[0],
@@ -137,6 +162,9 @@ class Design:
     reference: str = "fisher"
     accumulate: str = "sum"
     decay_gamma: float = 0.9
+    kfac_accumulate: str = "merged"
+    kfac_rank: int = 0
+    kfac_damping: float = 0.0
     reg_strength_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -148,11 +176,23 @@ class Design:
                     f"design field {name!r} has no effect on this design ({_why_inactive(name, values)}); "
                     "leave it out"
                 )
+        if _structured(values) and len(uses(values)) != 1:
+            raise DesignError("design field 'estimators': kfac is not mixed with other estimators")
+        if _structured(values) and self.reference == "fisher_first":
+            raise DesignError(
+                "design field 'reference': a kfac design is put on this context's Fisher total ('fisher') or "
+                "kept raw ('none'), not 'fisher_first'"
+            )
         if len(uses(values)) == 2 and self.reference == "none":
             raise DesignError(
                 "design field 'reference': a mixture of normalized estimators needs a reference scale "
                 "('fisher' or 'fisher_first'), not 'none'"
             )
+
+    @property
+    def kfac(self) -> bool:
+        """True for a design of the structured family (Kronecker-factored curvature)."""
+        return self.estimators == "kfac"
 
     @property
     def estimator_list(self) -> tuple[str, ...]:
@@ -204,10 +244,10 @@ _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Desig
 
 
 def _why_inactive(name: str, values: Mapping[str, Any]) -> str:
-    if name == "decay_gamma":
-        return f"accumulate is {values.get('accumulate')!r}, not 'decay'"
     if name == "data_subset" and values.get("data_examples") == 0:
         return "data_examples is 0: every example is used"
+    if name == "decay_gamma" and _diagonal(values):
+        return f"accumulate is {values.get('accumulate')!r}, not 'decay'"
     return f"estimators is {values.get('estimators')!r}"
 
 

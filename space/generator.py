@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from clharness.atomic import write_atomic
 
-from space import components
+from space import components, kfac
 from space.design import Design, DesignError
 from space.registry import (
     ACCUMULATIONS,
@@ -93,11 +93,34 @@ def _plain(design: Design) -> bool:
     )
 
 
+def _describe_kfac(design: Design) -> str:
+    labels = _LABELS[design.fisher_labels]
+    text = f"Kronecker-factored {labels} (K-FAC) per nn.Linear layer, diagonal elsewhere"
+    if design.kfac_damping:
+        text += f", factors damped by {design.kfac_damping!r} x their mean diagonal"
+    text += ", rescaled to the exact Fisher's total" if design.reference == "fisher" else ", raw"
+    text += ", over every example" if design.data_examples == 0 else f", over {design.data_examples} examples"
+    if design.data_examples:
+        text += f" ({design.data_subset})"
+    across = "one pair per context, summed" if design.kfac_accumulate == "per_context" else "one merged pair"
+    if design.kfac_accumulate == "merged" and design.reference == "fisher":
+        across += " (at the contexts' summed trace)"
+    how = (
+        "exact" if design.kfac_rank == 0 else f"in the top-{design.kfac_rank} eigenbasis, diagonal outside it"
+    )
+    return (
+        f"importance = {text}; across contexts {across}; penalty {how}; "
+        f"reg_strength_scale {design.reg_strength_scale!r}."
+    )
+
+
 def describe(design: Design) -> str:
     """One sentence saying what the design computes."""
     used = design.estimator_list
     if not used:
         return "no regularization (the penalty is 0)."
+    if design.kfac:
+        return _describe_kfac(design)
     names = [_estimator_name(design, e) for e in used]
     if len(used) == 1:
         text = names[0]
@@ -159,8 +182,14 @@ def _closure(names: list[str]) -> list[str]:
     return seen
 
 
-def _source_order(name: str) -> int:
-    return inspect.getsourcelines(getattr(components, name))[1]
+def _component(name: str) -> object:
+    """A building block by name: from `space.components`, else from `space.kfac` (the structured family)."""
+    return getattr(components, name) if hasattr(components, name) else getattr(kfac, name)
+
+
+def _source_order(name: str) -> tuple[int, int]:
+    """Building blocks in the order of their files: components first, then the structured family's."""
+    return (0 if hasattr(components, name) else 1, inspect.getsourcelines(_component(name))[1])
 
 
 def generate_source(design: Design, provenance: Mapping[str, str | int | float] | None = None) -> str:
@@ -171,8 +200,14 @@ def generate_source(design: Design, provenance: Mapping[str, str | int | float] 
     regularizes = bool(design.estimator_list)
     needed: list[str] = ["_regularized"]
     constants: list[tuple[str, str, str]] = []  # (name, value, reason)
-    body = _estimate_body(design, needed, constants) if regularizes else None
-    penalty = _penalty_body(design, needed, constants) if regularizes else None
+    if design.kfac:
+        body, penalty = (
+            _kfac_estimate_body(design, needed, constants),
+            _kfac_penalty_body(design, needed, constants),
+        )
+    else:
+        body = _estimate_body(design, needed, constants) if regularizes else None
+        penalty = _penalty_body(design, needed, constants) if regularizes else None
 
     names = _closure(needed)
     helper_constants = [n for n in CONSTANTS if n in names]
@@ -180,7 +215,10 @@ def generate_source(design: Design, provenance: Mapping[str, str | int | float] 
 
     out: list[str] = [_header(design, prov)]
     imports = ["from __future__ import annotations", ""]
-    stdlib = sorted({"Iterator"} | ({"Callable"} if "_per_example_sums" in functions else set()))
+    stdlib = sorted(
+        {"Iterator"}
+        | ({"Callable"} if {"_per_example_sums", "_kronecker_factors"} & set(functions) else set())
+    )
     imports += [f"from collections.abc import {', '.join(stdlib)}", "", "import torch"]
     out.append("\n".join(imports))
     out.append(_design_block(design))
@@ -191,7 +229,7 @@ def generate_source(design: Design, provenance: Mapping[str, str | int | float] 
         block.append(f"# {CONSTANTS[name]}\n{name} = {getattr(components, name)!r}")
     out.append("\n\n".join(block) if block else "")
     for name in functions:
-        out.append(inspect.getsource(getattr(components, name)).rstrip())
+        out.append(inspect.getsource(_component(name)).rstrip())
     if body is None:
         out.append(_NONE_ESTIMATE)
         out.append(_NONE_PENALTY)
@@ -421,6 +459,132 @@ def _penalty_body(design: Design, needed: list[str], constants: list[tuple[str, 
             _SIGNATURE_PENALTY,
             f'    """R = {coef} * sum importance (theta - anchor)^2; 0 while nothing is carried."""',
             f"    return {PENALTY.name}(model, importance_dict, prev_params_dict, {coef})",
+        ]
+    )
+
+
+def _kfac_estimate_body(design: Design, needed: list[str], constants: list[tuple[str, str, str]]) -> str:
+    """The source of `estimate_importance` for the structured family (space/kfac.py)."""
+    random_subset = design.data_examples != 0 and design.data_subset == "random"
+    how = "every one" if design.data_examples == 0 else (
+        "a seeded random subset" if random_subset else "the first ones, in order"
+    )  # fmt: skip
+    constants.append(
+        (
+            "N_EXAMPLES",
+            repr(design.data_examples),
+            f"Examples of the finished context the factors are averaged over ({how}).",
+        )
+    )
+    if random_subset:
+        constants.append(("SUBSET_SEED", "0", "Seed of the random subset of examples."))
+    calibrated = design.reference == "fisher"
+    merged = design.kfac_accumulate == "merged"
+    constants.append(
+        (
+            "MERGE",
+            repr(merged),
+            "One Kronecker pair per layer for every context (the online approximation), not one per context."
+            if merged
+            else "Every context keeps its own Kronecker pair (the penalty sums them exactly), not one merged pair.",
+        )
+    )
+    if design.kfac_damping:
+        constants.append(
+            (
+                "DAMPING",
+                repr(design.kfac_damping),
+                "Damping added to each factor, relative to its mean diagonal.",
+            )
+        )
+    if design.kfac_rank:
+        constants.append(
+            (
+                "RANK",
+                repr(design.kfac_rank),
+                "Eigenvectors of A and of G the penalty keeps per layer (its cost).",
+            )
+        )
+    needed += ["_examples", "_kronecker_factors", "_kfac_carry"]
+    # The diagonal Fisher of the parameters outside nn.Linear layers, on the same labels as the factors.
+    diag_func = "_fisher_exact" if design.fisher_labels == "exact" else "_fisher_empirical"
+    needed += [diag_func, *_diag_requires(diag_func)]
+    label_line = []
+    if design.fisher_labels == "exact":
+        needed.append("_softmax_units")
+        directions, targets = "_softmax_units", "ys"
+    else:
+        needed.append("_label_nll")
+        directions, targets = "_label_nll", "ys"
+        if design.fisher_labels == "sampled":
+            constants.append(("LABEL_SEED", "0", "Seed of the labels drawn from the model's softmax."))
+            needed.append("_sampled_labels")
+            targets = "labels"
+            label_line = [
+                "        labels = _sampled_labels(model, xs, torch.Generator().manual_seed(LABEL_SEED))"
+            ]
+    lines = [
+        _SIGNATURE_ESTIMATE,
+        f'    """{_docline(describe(design))}"""',
+        "    params = dict(_regularized(model))",
+        "    was_training = model.training",
+        "    model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)",
+        "    try:",
+        f"        xs, ys = _examples(dataset, N_EXAMPLES, {'SUBSET_SEED' if random_subset else 'None'}, device)",
+        *label_line,
+        f"        factors, covered = _kronecker_factors(model, params, xs, {directions}, {targets})",
+        "        rest = {k: p for k, p in params.items() if k not in covered}  # outside nn.Linear: diagonal",
+        f"        diagonal = {diag_func}(model, rest, xs, {targets}) if rest else {{}}",
+    ]
+    if calibrated:
+        if design.fisher_labels != "exact":
+            needed += ["_fisher_exact", *_diag_requires("_fisher_exact")]
+        lines.append("        exact_fisher = _fisher_exact(model, params, xs, ys)")
+    lines += ["    finally:", "        model.train(was_training)"]
+    if design.kfac_damping:
+        needed.append("_damp")
+        lines.append(
+            '    factors = {k: {"A": _damp(f["A"], DAMPING), "G": _damp(f["G"], DAMPING)} for k, f in factors.items()}'
+        )
+    if calibrated:
+        needed += ["_kfac_total", "_total", "_TINY"]
+        lines += [
+            "    # The trace of the quadratic form, sum tr(A) tr(G) plus the diagonal's total, on the exact Fisher's.",
+            "    ratio = _total(exact_fisher) / _kfac_total(factors, diagonal).clamp_min(_TINY)",
+            '    factors = {k: {"A": f["A"], "G": f["G"] * ratio} for k, f in factors.items()}',
+            "    diagonal = {k: v * ratio for k, v in diagonal.items()}",
+        ]
+    lines.append(f"    _kfac_carry(model, factors, merge=MERGE, keep_trace={calibrated and merged})")
+    if design.kfac_rank:
+        needed.append("_lowrank_carry")
+        lines.append("    _lowrank_carry(model, RANK)  # the penalty's eigenbasis, computed once per context")
+    lines.append("    return diagonal  # the loop adds it to the carried importance: a plain sum")
+    return "\n".join(lines)
+
+
+def _diag_requires(name: str) -> tuple[str, ...]:
+    key = {
+        "_fisher_exact": "fisher_exact",
+        "_fisher_sampled": "fisher_sampled",
+        "_fisher_empirical": "fisher_empirical",
+    }
+    return ESTIMATORS[key[name]].requires
+
+
+def _kfac_penalty_body(design: Design, needed: list[str], constants: list[tuple[str, str, str]]) -> str:
+    """The source of `compute_regularization_loss` for the structured family."""
+    constants.append(
+        ("PENALTY_COEF", "0.5", "Constant factor of the penalty (the quadratic approximation's).")
+    )
+    penalty = "_kfac_lowrank_penalty" if design.kfac_rank else "_kfac_exact_penalty"
+    needed += [penalty, "_diagonal_penalty"]
+    form = "in the kept eigenbasis, diagonal outside it" if design.kfac_rank else "exact"
+    return "\n".join(
+        [
+            _SIGNATURE_PENALTY,
+            f'    """R = PENALTY_COEF * (sum over layers tr(dW^T G dW A) ({form}) + sum F (theta - anchor)^2)."""',
+            f"    structured = {penalty}(model, prev_params_dict)",
+            "    return PENALTY_COEF * (structured + _diagonal_penalty(model, importance_dict, prev_params_dict))",
         ]
     )
 

@@ -20,6 +20,12 @@ PRESETS: dict[str, Design] = {
     "l2": Design(estimators="uniform", reference="none", reg_strength_scale=1e-5),
     # No regularization: the generated penalty is 0.
     "none": Design(estimators="none"),
+    # K-FAC EWC (`--kfac-ewc` of GMvandeVen/continual-learning; Ritter et al. 2018): per nn.Linear layer
+    # A = E[a a^T], G = E[sum_j p_j g_j g_j^T] over the first 200 examples (as `ewc` here), contexts merged into one
+    # pair by the reference's `additive_nearest_kf`, penalty 0.5 tr(dW^T G dW A), exact, raw. The reference gives
+    # it no strength of its own (its default is EWC's lambda, which its comparison script sweeps): scale 1 is
+    # EWC's published strength, the harness's reg_strength.
+    "kfac_ewc": Design(estimators="kfac", reference="none"),
 }
 
 # Points of the searched space named for what they test (the fidelity panel, warm starts): each published

@@ -81,6 +81,18 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "_to_reference": ("_total", "_TINY"),
     "_norm_mean": ("_TINY",),
     "_fisher_sampled": ("_EXAMPLE_CHUNK",),
+    # The structured family (space/kfac.py).
+    "_kronecker_factors": ("_EXAMPLE_CHUNK",),
+    "_sampled_labels": ("_EXAMPLE_CHUNK",),
+    "_kfac_total": (),
+    "_merge_pair": ("_TINY",),
+    "_kfac_carry": ("_merge_pair", "_TINY"),
+    "_eigenbasis": (),
+    "_lowrank_carry": ("_eigenbasis",),
+    "_kfac_layers": ("_regularized",),
+    "_kfac_exact_penalty": ("_KroneckerExact", "_kfac_layers", "_delta"),
+    "_kfac_lowrank_penalty": ("_KroneckerLowRank", "_kfac_layers"),
+    "_diagonal_penalty": ("_regularized",),
 }
 
 # Module constants the components use, with the reason the generated file states for each.

@@ -1,0 +1,81 @@
+"""Full-protocol runs of a few hook modules on several validation streams, and their per-context table.
+
+The go/no-go of a new family and two-stream promotion rest on this: each module runs at the published protocol
+on the validation split of every stream seed asked for, through the run cache (a run already filed under
+another name with the same module and configuration is reused, `reuse_identical`), several processes sharing
+the work through claims. `table` renders what is cached: per-context accuracy, each stream's mean, and the mean
+over streams, with a column per stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from evaluation.cache import CachedRun, load_record, sha256_text, share_work, validation_configs
+from evaluation.errors import UserError
+
+VAL_FRACTION = 0.1  # the promotion and panel runs' held-out share: their cached runs are reused
+
+
+def plan(
+    modules: Mapping[str, Path], experiment: str, seeds: Sequence[int], *, device: str = "auto"
+) -> list[CachedRun]:
+    """One CachedRun per (module, stream seed), modules in the order given."""
+    runs = []
+    for label, path in modules.items():
+        if not path.is_file():
+            raise UserError(f"module {label!r}: {path} does not exist")
+        sha = sha256_text(path.read_text(encoding="utf-8"))
+        for cfg in validation_configs(experiment, list(seeds), val_fraction=VAL_FRACTION, device=device):
+            runs.append(CachedRun(label, path, sha, cfg))
+    return runs
+
+
+def run(runs: Sequence[CachedRun], runs_dir: Path, *, log: Callable[[str], None] = print) -> None:
+    """Run what is missing; a process started beside this one takes the other runs."""
+    with closing(share_work(runs, lambda r: r.record(runs_dir), log=log)) as todo:
+        for item in todo:
+            log(f"running {item.label} on {item.cfg.experiment} stream {item.cfg.seed}")
+            acc = item.execute(runs_dir)
+            log(f"{item.label} stream {item.cfg.seed}: {acc:.4f}")
+
+
+def results(runs: Sequence[CachedRun], runs_dir: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """label -> seed -> the cached result (missing runs left out)."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        record = load_record(r.record(runs_dir))
+        if record is not None:
+            out.setdefault(r.label, {})[r.cfg.seed] = record["result"]
+    return out
+
+
+def table(runs: Sequence[CachedRun], runs_dir: Path) -> str:
+    """Markdown: one row per module and stream with its per-context accuracies, then the mean over streams."""
+    found = results(runs, runs_dir)
+    labels = list(dict.fromkeys(r.label for r in runs))
+    seeds = list(dict.fromkeys(r.cfg.seed for r in runs))
+    contexts = max((len(res["per_context_accuracy"]) for by in found.values() for res in by.values()), default=0)
+    head = ["module", "stream", *[f"c{i + 1}" for i in range(contexts)], "average"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    means = []
+    for label in labels:
+        by_seed = found.get(label, {})
+        for seed in seeds:
+            res = by_seed.get(seed)
+            if res is None:
+                lines.append(f"| `{label}` | {seed} | " + "— | " * contexts + "not run |")
+                continue
+            accs = " | ".join(f"{a:.4f}" for a in res["per_context_accuracy"])
+            lines.append(f"| `{label}` | {seed} | {accs} | {res['average_accuracy']:.4f} |")
+        if len(by_seed) == len(seeds):
+            means.append((label, fmean(by_seed[s]["average_accuracy"] for s in seeds)))
+    lines.append("")
+    lines.append("| module | mean over streams " + " ".join(f"({s})" for s in seeds) + " |")
+    lines.append("|---|---|")
+    lines.extend(f"| `{label}` | {mean:.4f} |" for label, mean in sorted(means, key=lambda m: -m[1]))
+    return "\n".join(lines) + "\n"

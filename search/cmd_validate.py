@@ -1,0 +1,58 @@
+"""`python -m search validate`: hook modules at the full protocol on several validation streams (evaluation/streams.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clharness.atomic import write_atomic
+
+from evaluation import streams
+from evaluation.errors import UserError
+from search.cli import add_threads_argument, set_threads
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `validate` subcommand."""
+    p = sub.add_parser(
+        "validate",
+        help="run hook modules at the full protocol on several validation streams and tabulate them",
+        description=(
+            "Runs each LABEL=PATH hook module at the published protocol on the validation split of every stream "
+            "seed, through the run cache (two processes started side by side share the runs), then prints the "
+            "per-context table and the mean over streams."
+        ),
+    )
+    p.add_argument("--module", nargs="+", required=True, metavar="LABEL=PATH", help="the modules to run")
+    p.add_argument("--benchmark", default="permMNIST", help="default: permMNIST")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1001, 1002], help="stream seeds (default: 1001 1002)")
+    p.add_argument("--runs", type=Path, default=Path("results/fidelity/runs"), help="the run cache")
+    p.add_argument("--report", type=Path, help="also write the table to this file")
+    p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the cache")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_threads_argument(p)
+    p.set_defaults(func=_main)
+
+
+def _modules(specs: list[str]) -> dict[str, Path]:
+    modules = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label.isidentifier():
+            raise UserError(f"--module {spec!r}: expected LABEL=PATH with LABEL an identifier")
+        modules[label] = Path(path)
+    return modules
+
+
+def _main(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    if args.report is not None and args.report.parent.exists() and not args.report.parent.is_dir():
+        raise UserError(f"--report {args.report}: its folder is not a directory")
+    runs = streams.plan(_modules(args.module), args.benchmark, args.seeds, device=args.device)
+    if not args.report_only:
+        streams.run(runs, args.runs)
+    text = streams.table(runs, args.runs)
+    print(text, end="")
+    if args.report is not None:
+        write_atomic(args.report, text)
+    return 0
