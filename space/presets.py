@@ -39,4 +39,10 @@ VARIANTS: dict[str, Design] = {
     "ewc_equalized": Design(reference="fisher_first"),
     "sqrt_fisher_equalized": Design(power=0.5, reference="fisher_first"),
     "ewc_all_examples": Design(data_examples=0),
+    # The structured family calibrated like the rest (trace of the form = the exact Fisher's total), at ranks
+    # whose penalty costs at most half a Permuted-MNIST step on one CPU thread (docs/space.md).
+    "kfac_merged_r32": Design(estimators="kfac", kfac_rank=32),
+    "kfac_merged_r16_damped": Design(estimators="kfac", kfac_rank=16, kfac_damping=0.01),
+    "kfac_per_context_r4": Design(estimators="kfac", kfac_accumulate="per_context", kfac_rank=4),
+    "kfac_merged_r32_x3": Design(estimators="kfac", kfac_rank=32, reg_strength_scale=3.0),
 }

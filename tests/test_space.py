@@ -58,7 +58,7 @@ def generated(source: str) -> dict[str, Any]:
 
 def test_default_design_is_the_ewc_preset_and_presets_round_trip_through_json() -> None:
     assert space.Design() == space.PRESETS["ewc"]
-    assert set(space.PRESETS) == {"ewc", "online_ewc", "si", "mas", "l2", "none"}
+    assert set(space.PRESETS) == {"ewc", "online_ewc", "si", "mas", "l2", "none", "kfac_ewc"}
     for design in [*space.PRESETS.values(), *VARIANTS.values()]:
         assert space.Design.from_json(design.to_json()) == design
         assert space.Design.from_dict(json.loads(json.dumps(design.to_dict()))) == design
@@ -175,11 +175,13 @@ def test_suggest_with_fixed_fields_and_a_moved_strength_centre() -> None:
 
 @pytest.mark.parametrize("name", sorted(set(VARIANTS) - {"l2_calibrated"}))
 def test_every_variant_is_a_point_of_the_searched_distributions(name: str) -> None:
-    """Enqueued with trial_params, a variant comes back unchanged from suggest (values inside the space)."""
+    """Enqueued with trial_params, a variant comes back unchanged from suggest (values inside the space); the
+    structured ones in a study that fixes the family (it is not searched with the diagonal designs yet)."""
     variant = VARIANTS[name]
+    fixed = {"estimators": "kfac"} if variant.kfac else {}
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    study.enqueue_trial(space.trial_params(variant))
-    assert space.suggest(study.ask()) == variant
+    study.enqueue_trial(space.trial_params(variant, fixed))
+    assert space.suggest(study.ask(), fixed) == variant
     assert "data_examples" not in space.trial_params(variant, {"data_examples": 200})
 
 
@@ -189,6 +191,10 @@ def test_l2_is_a_point_of_the_space_but_not_of_its_search() -> None:
         "['fisher', 'mas', 'si', 'fisher+mas', 'fisher+si', 'mas+si'])"
     )
     assert space.outside_search(VARIANTS["sqrt_fisher"].replace(clip_quantile=0.995)) is not None
+    assert "estimators = 'kfac' is not searched" in str(space.outside_search(VARIANTS["kfac_merged_r32"]))
+    assert "kfac_rank = 0 is not searched" in str(
+        space.outside_search(space.PRESETS["kfac_ewc"].replace(reference="fisher"), {"estimators": "kfac"})
+    )
 
 
 def test_sampled_designs_are_within_the_searched_decades_of_ewc_strength() -> None:
