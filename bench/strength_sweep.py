@@ -6,6 +6,9 @@ scale: each proxy's accuracy and their mean (the score the plausibility figure u
 
     OMP_NUM_THREADS=1 python bench/strength_sweep.py --study campaign --designs ewc mas_calibrated \
         --scales 0.1 0.3 3 &   # twice, side by side (they share the runs); then --report-only
+
+With `--ranks` it sweeps the eigenbasis rank of a structured design instead (0: the exact K-FAC penalty), the
+accuracy half of the structured family's rank curve (the cost half: bench/kfac_cost.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default="campaign")
     p.add_argument("--designs", nargs="+", default=["ewc", "mas_calibrated"])
     p.add_argument("--scales", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0, 10.0])
+    p.add_argument("--ranks", nargs="+", type=int, help="sweep kfac_rank (structured designs) instead")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -42,9 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for design_name in args.designs:
         base = named[design_name]
-        for scale in args.scales:
-            design = base.replace(reg_strength_scale=base.reg_strength_scale * scale)
-            label = f"{design_name}_s{scale:g}"
+        points = (
+            [(f"{design_name}_r{r}", base.replace(kfac_rank=r)) for r in args.ranks]
+            if args.ranks
+            else [
+                (
+                    f"{design_name}_s{scale:g}",
+                    base.replace(reg_strength_scale=base.reg_strength_scale * scale),
+                )
+                for scale in args.scales
+            ]
+        )
+        for label, design in points:
             source = space.generate_source(design)
             for bench in benches:
                 cfg = proxy_config(bench, bench.seeds[0], data_dir=None, device="cpu")
@@ -64,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = " ".join(f"{scores[b.label]:15.4f}" if b.label in scores else f"{'-':>15s}" for b in benches)
         mean = sum(scores.values()) / len(scores) if len(scores) == len(benches) else float("nan")
         print(f"{label:28s} {cells} {mean:9.4f}")
-    (OUT / f"strength_{args.study}.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    (OUT / f"{'ranks' if args.ranks else 'strength'}_{args.study}.json").write_text(
+        json.dumps(rows, indent=1, sort_keys=True) + "\n"
+    )
     return 0
 
 

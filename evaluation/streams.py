@@ -15,7 +15,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from evaluation.cache import CachedRun, load_record, sha256_text, share_work, validation_configs
+from evaluation.cache import CachedRun, RunFn, load_record, sha256_text, share_work, validation_configs
 from evaluation.errors import UserError
 
 VAL_FRACTION = 0.1  # the promotion and panel runs' held-out share: their cached runs are reused
@@ -35,12 +35,18 @@ def plan(
     return runs
 
 
-def run(runs: Sequence[CachedRun], runs_dir: Path, *, log: Callable[[str], None] = print) -> None:
+def run(
+    runs: Sequence[CachedRun],
+    runs_dir: Path,
+    *,
+    run_fn: RunFn | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
     """Run what is missing; a process started beside this one takes the other runs."""
     with closing(share_work(runs, lambda r: r.record(runs_dir), log=log)) as todo:
         for item in todo:
             log(f"running {item.label} on {item.cfg.experiment} stream {item.cfg.seed}")
-            acc = item.execute(runs_dir)
+            acc = item.execute(runs_dir, run_fn=run_fn)
             log(f"{item.label} stream {item.cfg.seed}: {acc:.4f}")
 
 
@@ -59,7 +65,9 @@ def table(runs: Sequence[CachedRun], runs_dir: Path) -> str:
     found = results(runs, runs_dir)
     labels = list(dict.fromkeys(r.label for r in runs))
     seeds = list(dict.fromkeys(r.cfg.seed for r in runs))
-    contexts = max((len(res["per_context_accuracy"]) for by in found.values() for res in by.values()), default=0)
+    contexts = max(
+        (len(res["per_context_accuracy"]) for by in found.values() for res in by.values()), default=0
+    )
     head = ["module", "stream", *[f"c{i + 1}" for i in range(contexts)], "average"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     means = []

@@ -23,9 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             "per-context table and the mean over streams."
         ),
     )
-    p.add_argument("--module", nargs="+", required=True, metavar="LABEL=PATH", help="the modules to run")
+    p.add_argument(
+        "--module",
+        nargs="+",
+        required=True,
+        metavar="LABEL=PATH|NAME",
+        help="the modules to run: a hook module file under a label, or a preset or variant of the space by name",
+    )
     p.add_argument("--benchmark", default="permMNIST", help="default: permMNIST")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1001, 1002], help="stream seeds (default: 1001 1002)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[1001, 1002], help="stream seeds (default: 1001 1002)"
+    )
     p.add_argument("--runs", type=Path, default=Path("results/fidelity/runs"), help="the run cache")
     p.add_argument("--report", type=Path, help="also write the table to this file")
     p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the cache")
@@ -34,12 +42,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_main)
 
 
-def _modules(specs: list[str]) -> dict[str, Path]:
+def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
+    """LABEL=PATH as given; a preset or variant name is generated into `module_dir` (named by its content)."""
+    import space
+    from evaluation.cache import store_module
+
+    named = {**space.PRESETS, **space.VARIANTS}
     modules = {}
     for spec in specs:
         label, sep, path = spec.partition("=")
+        if not sep and spec in named:
+            source = space.generate_source(named[spec], {"preset": spec})
+            modules[spec] = store_module(module_dir, spec, source)[0]
+            continue
         if not sep or not label.isidentifier():
-            raise UserError(f"--module {spec!r}: expected LABEL=PATH with LABEL an identifier")
+            raise UserError(
+                f"--module {spec!r}: expected LABEL=PATH with LABEL an identifier, or a preset or variant "
+                f"({', '.join(sorted(named))})"
+            )
         modules[label] = Path(path)
     return modules
 
@@ -48,7 +68,8 @@ def _main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.report is not None and args.report.parent.exists() and not args.report.parent.is_dir():
         raise UserError(f"--report {args.report}: its folder is not a directory")
-    runs = streams.plan(_modules(args.module), args.benchmark, args.seeds, device=args.device)
+    modules = _modules(args.module, args.runs.parent / "modules" / "validate")
+    runs = streams.plan(modules, args.benchmark, args.seeds, device=args.device)
     if not args.report_only:
         streams.run(runs, args.runs)
     text = streams.table(runs, args.runs)

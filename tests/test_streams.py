@@ -1,0 +1,52 @@
+"""Full-protocol runs on several validation streams (evaluation/streams.py, `python -m search validate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import space
+from evaluation import streams
+from search.cli import main as search_main
+
+
+def _modules(tmp_path: Path) -> dict[str, Path]:
+    out = {}
+    for name in ("ewc", "mas"):
+        path = tmp_path / f"{name}.py"
+        space.write_module(path, space.generate_source(space.PRESETS[name], {"preset": name}))
+        out[name] = path
+    return out
+
+
+def test_runs_each_module_once_per_stream_reuses_the_cache_and_tabulates_the_mean(tmp_path: Path) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def fake(module: str, cfg: object, progress: bool = False, **kw: object) -> dict:
+        name = Path(module).stem
+        seed = cfg.seed  # type: ignore[attr-defined]
+        calls.append((name, seed))
+        acc = {"ewc": 0.90, "mas": 0.95}[name] + (0.01 if seed == 1002 else 0.0)
+        return {"average_accuracy": acc, "per_context_accuracy": [acc, acc], "data_source": "torchvision"}
+
+    runs = streams.plan(_modules(tmp_path), "permMNIST", [1001, 1002], device="cpu")
+    assert [(r.label, r.cfg.seed, r.cfg.eval_split) for r in runs] == [
+        ("ewc", 1001, "val"), ("ewc", 1002, "val"), ("mas", 1001, "val"), ("mas", 1002, "val"),
+    ]  # fmt: skip
+    streams.run(runs, tmp_path / "runs", run_fn=fake, log=lambda line: None)
+    streams.run(runs, tmp_path / "runs", run_fn=fake, log=lambda line: None)  # all cached: nothing runs
+    assert sorted(calls) == [("ewc", 1001), ("ewc", 1002), ("mas", 1001), ("mas", 1002)]
+    text = streams.table(runs, tmp_path / "runs")
+    assert "| `mas` | 1002 | 0.9600 | 0.9600 | 0.9600 |" in text
+    # the means over the two streams, best first
+    assert text.rstrip().endswith("| `mas` | 0.9550 |\n| `ewc` | 0.9050 |".rstrip())
+
+
+def test_validate_refuses_a_bad_module_spec_and_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert search_main(["validate", "--module", "no-equals-sign", "--report-only"]) == 2
+    assert search_main(["validate", "--module", f"x={tmp_path / 'absent.py'}", "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert "expected LABEL=PATH" in err and "does not exist" in err
