@@ -146,7 +146,7 @@ def test_no_checkpoint_after_the_last_context(tmp_path: Path) -> None:
     saved: list[int] = []
 
     def look(k: int, row: list[float]) -> None:
-        saved.append(torch.load(ckpt.path, weights_only=False)["context"])
+        saved.append(torch.load(ckpt.path, weights_only=True)["context"])
 
     with_check = settings(checkpoint=ckpt, on_context_end=look)
     train_sequence(tiny_model(contexts=2), stream, stream, load_hooks(path), with_check)
@@ -204,3 +204,72 @@ def test_a_checkpoint_from_another_configuration_is_not_resumed(tmp_path: Path, 
     assert "resumed" not in other
     same = run(module, cfg, progress=False, checkpoint=ckpt)
     assert same["resumed"]["after_context"] == 1
+
+
+class _Plant:
+    """Pickles as a call of `open(path, "w")`: unpickling it (weights_only=False) would create the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_and_never_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint of the right run whose pickle would call `open(..., "w")` when loaded: nothing of it runs
+    (the file is not created), the run says so in one line and starts from context 1."""
+    path = tmp_path / "hooks.py"
+    space.write_module(path, space.generate_source(PRESETS["ewc"]))
+    stream = tiny_stream()
+    expected = train_sequence(
+        tiny_model(), stream, stream, load_hooks(path), settings(evaluate_each_context=True)
+    )
+    planted = tmp_path / "planted"
+    ckpt = tmp_path / "run.ckpt"
+    identity = {"run": "a"}
+    torch.save({"format": 1, "identity": identity, "context": 1, "hook_attrs": {"_x": _Plant(planted)}}, ckpt)
+    crafted = settings(evaluate_each_context=True, checkpoint=Checkpoint(ckpt, identity))
+    assert train_sequence(tiny_model(), stream, stream, load_hooks(path), crafted) == expected
+    assert not planted.exists()
+    assert crafted.resumed is None
+    err = [line for line in capsys.readouterr().err.splitlines() if str(ckpt) in line]
+    assert len(err) == 1 and "starting from context 1" in err[0], err
+
+
+def test_a_hook_attribute_a_checkpoint_cannot_hold_is_said_once_and_the_run_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A module keeping an object of its own class on the model: no checkpoint is written (its load would
+    refuse it), one line says why, and the run ends as it does without a checkpoint."""
+    body = """
+    class Counter:
+        n = 0
+
+    def _reg(model):
+        return {n.replace('.', '__'): p for n, p in model.named_parameters() if p.requires_grad}
+
+    def estimate_importance(model, dataset, prev_params, device):
+        model._counter = getattr(model, "_counter", None) or Counter()
+        model._counter.n += 1
+        return {n: torch.full_like(p, float(model._counter.n)) for n, p in _reg(model).items()}
+
+    def compute_regularization_loss(model, importance_dict, prev_params_dict):
+        params = _reg(model)
+        terms = [(importance_dict[n] * (params[n] - prev_params_dict[n]) ** 2).sum() for n in importance_dict]
+        return sum(terms, torch.zeros(()))
+    """
+    load(tmp_path, body)
+    stream = tiny_stream(contexts=4)
+    hooks = tmp_path / "hooks.py"
+    expected = train_sequence(
+        tiny_model(contexts=4), stream, stream, load_hooks(hooks), settings(evaluate_each_context=True)
+    )
+    ckpt = tmp_path / "run.ckpt"
+    with_ckpt = settings(evaluate_each_context=True, checkpoint=Checkpoint(ckpt, {"run": "counter"}))
+    assert train_sequence(tiny_model(contexts=4), stream, stream, load_hooks(hooks), with_ckpt) == expected
+    assert not ckpt.exists()
+    err = [line for line in capsys.readouterr().err.splitlines() if str(ckpt) in line]
+    assert len(err) == 1 and "hook_attrs['_counter']" in err[0] and "Counter" in err[0], err

@@ -9,6 +9,11 @@ rows and the time spent. A hook module's module-level variables are not part of 
 there (the contract allows it) resumes without it, which is why only the evaluation cache, whose modules are
 generated and keep their state on the model, asks for checkpoints. A resumed run is bit for bit the run
 without the interruption on the same machine (tests/test_checkpoint.py).
+
+Nothing in a checkpoint runs: it holds only tensors, numbers, strings and containers of them, and is loaded with
+`torch.load(weights_only=True)`, so a crafted file (a pickle that would call something) is refused like a broken
+one and the run starts over. A hook module that keeps anything else on the model (an object of its own class) is
+told so once on stderr and its run is not checkpointed: it runs to its end as it would without a checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +30,39 @@ from clharness.atomic import atomic_file
 
 FORMAT = 1
 
+# What a checkpoint may hold (all of it loads under `weights_only=True`), besides tensors and the containers.
+_PLAIN = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def unstorable(value: Any, where: str = "state") -> str | None:
+    """Where in `value` something other than tensors, numbers, strings and containers of them lies (with its
+    type), or None when all of it is."""
+    if isinstance(value, (torch.Tensor, *_PLAIN)):
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unstorable(key, f"{where} key") or unstorable(item, f"{where}[{key!r}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = unstorable(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return f"{where} is a {type(value).__qualname__}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# The checkpoints already told of an unstorable state (one line per run, not one per context).
+_told: set[Path] = set()
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -38,9 +76,25 @@ class Checkpoint:
     identity: dict[str, Any]
 
     def save(self, state: dict[str, Any]) -> None:
-        """Replace the checkpoint by `state` atomically (a reader sees the old one or the new one)."""
+        """Replace the checkpoint by `state` atomically (a reader sees the old one or the new one).
+
+        A state holding anything `load` would refuse is not written (said once on stderr; any older checkpoint
+        of the run is removed): the run goes on, and an interrupted one starts over.
+        """
+        full = {"format": FORMAT, "identity": self.identity, **state}
+        found = next((f for key, value in full.items() if (f := unstorable(value, key)) is not None), None)
+        if found is not None:
+            if self.path not in _told:
+                print(
+                    f"checkpoint {self.path} not written: {found}, and a checkpoint holds only tensors, numbers,"
+                    " strings and containers of them; this run cannot resume",
+                    file=sys.stderr,
+                )
+                _told.add(self.path)
+            self.path.unlink(missing_ok=True)
+            return
         with atomic_file(self.path) as handle:
-            torch.save({"format": FORMAT, "identity": self.identity, **state}, handle)
+            torch.save(full, handle)
 
     def load(self, device: torch.device) -> dict[str, Any] | None:
         """The saved state (said on stderr), or None: no checkpoint, or one that is unreadable or of another run
@@ -48,10 +102,14 @@ class Checkpoint:
         if not self.path.is_file():
             return None
         try:
-            # Written by `save` above (it holds the hook's own attributes, which may be any picklable value).
-            state = torch.load(self.path, map_location=device, weights_only=False)
-        except Exception as exc:  # a truncated or foreign file: start over, never stop the run
-            print(f"checkpoint {self.path} is unreadable ({exc}); starting from context 1", file=sys.stderr)
+            # Tensors, numbers, strings and containers only: a pickle that would call anything is refused here.
+            state = torch.load(self.path, map_location=device, weights_only=True)
+        except Exception as exc:  # a truncated, foreign or crafted file: start over, never stop the run
+            print(
+                f"checkpoint {self.path} is unreadable or holds more than tensors, numbers and strings"
+                f" ({type(exc).__name__}: {_first_line(exc)}); starting from context 1",
+                file=sys.stderr,
+            )
             return None
         if (
             not isinstance(state, dict)
