@@ -13,7 +13,7 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,18 @@ from typing import Any
 from clharness.atomic import write_atomic
 
 from evaluation import cache
+from evaluation.stats import (
+    ALPHA,
+    CANDIDATE,
+    Comparison,
+    Summary,
+    compare,
+    compare_table,
+    paired_differences,
+    side,
+    summarize,
+    verdict,
+)
 
 BENCHMARK_TITLES: dict[str, str] = {
     "splitMNIST": "Split-MNIST",
@@ -63,24 +75,6 @@ REFERENCES: dict[str, dict[str, list[tuple[str, float]]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Summary:
-    """Mean and standard error of the mean over seeds; `se` is None for one seed."""
-
-    mean: float
-    se: float | None
-    n: int
-
-
-def summarize(values: Sequence[float]) -> Summary:
-    """Mean and standard error (sample standard deviation with ddof=1, divided by sqrt(n))."""
-    if not values:
-        raise ValueError("no values to summarize")
-    mean = statistics.fmean(values)
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
-    return Summary(mean=mean, se=se, n=len(values))
-
-
 def format_summary(summary: Summary) -> str:
     """`0.9812 ± 0.0013`, or `0.9812 (n=1)` where one seed gives no error estimate."""
     if summary.se is None:
@@ -108,91 +102,6 @@ def _valid_matrix(record: Mapping) -> list[list[float]] | None:
     if not matrix or not all(isinstance(row, list) and len(row) == i + 1 for i, row in enumerate(matrix)):
         return None  # joint training, or a run without a matrix: no "as training proceeds" view
     return [[float(v) for v in row] for row in matrix]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Paired differences: the candidate against each baseline, seed by seed
-
-
-CANDIDATE = "candidate"
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Candidate minus one baseline on the seeds both ran: per seed, mean and standard error (None: one seed)."""
-
-    seeds: tuple[int, ...]
-    diffs: tuple[float, ...]
-    mean: float
-    se: float | None
-
-    @property
-    def n(self) -> int:
-        """The number of paired seeds."""
-        return len(self.seeds)
-
-
-def paired_differences(
-    by_method: Mapping[str, Mapping[int, dict]], candidate: str = CANDIDATE
-) -> dict[str, Paired]:
-    """Per baseline (every other method with a seed in common), the candidate's accuracy minus its own."""
-    mine = by_method.get(candidate, {})
-    out: dict[str, Paired] = {}
-    for method, recs in by_method.items():
-        seeds = tuple(sorted(set(mine) & set(recs)))
-        if method == candidate or not seeds:
-            continue
-        diffs = tuple(
-            float(mine[s]["result"]["average_accuracy"]) - float(recs[s]["result"]["average_accuracy"])
-            for s in seeds
-        )
-        summary = summarize(diffs)
-        out[method] = Paired(seeds, diffs, summary.mean, summary.se)
-    return out
-
-
-def side(p: Paired) -> str:
-    """`higher` or `lower` where the mean difference lies beyond 2 standard errors from 0, else `within 2 SE`,
-    `identical` (equal on every seed) or `one seed` (no standard error)."""
-    if p.se is None:
-        return "one seed"
-    if p.se == 0.0 and p.mean == 0.0:
-        return "identical"
-    if abs(p.mean) > 2 * p.se:
-        return "higher" if p.mean > 0 else "lower"
-    return "within 2 SE"
-
-
-def p_value(p: Paired) -> float | None:
-    """Two-sided paired t-test of the mean difference against 0 (n - 1 degrees of freedom); None with one seed or
-    with no difference on any seed."""
-    if p.se is None or (p.se == 0.0 and p.mean == 0.0):
-        return None
-    if p.se == 0.0:
-        return 0.0
-    return p_at(abs(p.mean) / p.se, p.n)
-
-
-def p_at(t: float, n: int) -> float:
-    """The two-sided p of a paired t statistic `t` over `n` seeds."""
-    from scipy import stats
-
-    return float(2 * stats.t.sf(t, n - 1))
-
-
-def _p_text(p: Paired) -> str:
-    pv = p_value(p)
-    return "" if pv is None else f", p {pv:.2g}"
-
-
-def verdict(p: Paired) -> str:
-    """Whether the mean difference lies beyond 2 standard errors from 0, and on which side."""
-    return {
-        "one seed": "one seed: no standard error",
-        "identical": "no: identical on every seed",
-        "higher": "**yes: candidate higher**",
-        "lower": "**yes: candidate lower**",
-    }.get(side(p), "no")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -265,7 +174,9 @@ def _curves(mats: Sequence[Sequence[Sequence[float]]]) -> tuple[Any, Any, Any]:
     return np.arange(1, curves.shape[1] + 1), mean, se
 
 
-def _plot_contexts(title: str, matrices: Mapping[str, list[list[list[float]]]], path: Path) -> None:
+def _plot_contexts(
+    title: str, matrices: Mapping[str, list[list[list[float]]]], path: Path, kind: str = "test"
+) -> None:
     import matplotlib.pyplot as plt
 
     n = len(matrices)
@@ -287,7 +198,7 @@ def _plot_contexts(title: str, matrices: Mapping[str, list[list[list[float]]]], 
         ax.set_xticks(range(1, k + 1))
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel(f"{kind} accuracy")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="lower left")
@@ -301,6 +212,7 @@ def _plot_average(
     by_method: Mapping[str, Mapping[int, dict]],
     matrices: Mapping[str, list[list[list[float]]]],
     path: Path,
+    kind: str = "test",
 ) -> None:
     """Average accuracy over the contexts seen, per method; a zoomed panel where the best methods overlap.
 
@@ -358,7 +270,7 @@ def _plot_average(
             ax.set_ylim(min(ys) - pad, max(ys) + pad)
         ax.set_title(subtitle, fontsize=9)
         ax.set_xlabel("contexts trained")
-        ax.set_ylabel("average test accuracy over the contexts seen")
+        ax.set_ylabel(f"average {kind} accuracy over the contexts seen")
         ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     ncol = min(5, math.ceil(len(labels) / 2))
@@ -368,19 +280,29 @@ def _plot_average(
     plt.close(fig)
 
 
-def _plot_paired(title: str, paired: Mapping[str, Paired], path: Path) -> None:
-    """One row per baseline: the candidate's difference per seed, the mean and mean ± 2 SE, with 0 marked."""
+def _numbers(c: Comparison) -> str:
+    """`p 0.053, Holm p 0.58, 95% CI [-0.0003, +0.0141]`, or nothing where there is no test."""
+    if c.p is None or c.p_holm is None:
+        return ""
+    text = f"p {c.p:.2g}, Holm p {c.p_holm:.2g}"
+    return text if c.ci is None else f"{text}, 95% CI [{c.ci[0]:+.4f}, {c.ci[1]:+.4f}]"
+
+
+def _plot_paired(title: str, tests: Mapping[str, Comparison], path: Path, kind: str = "test") -> None:
+    """One row per baseline: the candidate's difference per seed, the mean and its 95% confidence interval, with
+    0 marked, and the verdict of the Holm-adjusted test beside it."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    n = len(paired)
+    n = len(tests)
     fig, axes = plt.subplots(n, 1, figsize=(8.5, 0.95 * n + 1.3), squeeze=False, layout="constrained")
-    for ax, (method, p) in zip(axes[:, 0], paired.items(), strict=True):
+    for ax, (method, c) in zip(axes[:, 0], tests.items(), strict=True):
+        p = c.paired
         st = method_style(method)
         ax.axvline(0.0, color="black", lw=0.8)
         ax.scatter(p.diffs, [0.25] * p.n, color=st.color, s=22, zorder=3, label="seeds")
-        half = 2 * p.se if p.se is not None else 0.0
-        values = [0.0, *p.diffs, p.mean - half, p.mean + half]
+        lo_ci, hi_ci = c.ci if c.ci is not None else (p.mean, p.mean)
+        values = [0.0, *p.diffs, lo_ci, hi_ci]
         lo, hi = min(values), max(values)
         pad = 0.12 * (hi - lo) if hi > lo else 0.001  # all differences 0: a range of +-0.001
         # seeds whose points nearly coincide share one label
@@ -393,8 +315,8 @@ def _plot_paired(title: str, paired: Mapping[str, Paired], path: Path) -> None:
         for d, seeds in clusters:
             ax.annotate(",".join(seeds), (d, 0.25), xytext=(0, 5), textcoords="offset points", fontsize=6,
                         ha="center", color="dimgray")  # fmt: skip
-        ax.errorbar([p.mean], [-0.25], xerr=[half] if p.se is not None else None, fmt="D", color=st.color,
-                    ms=6, capsize=4, lw=1.6, zorder=3)  # fmt: skip
+        xerr = [[p.mean - lo_ci], [hi_ci - p.mean]] if c.ci is not None else None
+        ax.errorbar([p.mean], [-0.25], xerr=xerr, fmt="D", color=st.color, ms=6, capsize=4, lw=1.6, zorder=3)
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(-0.8, 0.8)
         ax.set_yticks([])
@@ -402,17 +324,16 @@ def _plot_paired(title: str, paired: Mapping[str, Paired], path: Path) -> None:
         ax.tick_params(axis="x", labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
         ax.grid(axis="x", alpha=0.3)
-        said = verdict(p).replace("**", "")
-        text = (
-            f"{p.mean:+.4f} ± {2 * p.se:.4f} (2 SE)\nn={p.n}: {said}" + _p_text(p)
-            if p.se is not None
-            else f"{p.mean:+.4f}\n{said}"
-        )
+        said = verdict(c).replace("**", "")
+        numbers = _numbers(c).replace(", 95% CI", "\n95% CI")
+        text = f"{p.mean:+.4f}, n={p.n}: {said}" + (f"\n{numbers}" if numbers else "")
         ax.text(1.01, 0.5, text, transform=ax.transAxes, fontsize=7.5, va="center")
-    axes[-1, 0].set_xlabel("candidate − baseline, average test accuracy (each row has its own scale)")
+    axes[-1, 0].set_xlabel(f"candidate − baseline, average {kind} accuracy (each row has its own scale)")
+    family = max((c.family for c in tests.values()), default=0)
     fig.suptitle(
         f"{title}: candidate minus each baseline, paired by seed\n"
-        "dots: seeds; diamond and bar: mean ± 2 standard errors; the line: no difference",
+        "dots: seeds; diamond and bar: mean and its 95% confidence interval; the line: no difference"
+        + (f"\nhigher / lower only where the Holm p (over {_tests(family)}) < {ALPHA:g}" if family else ""),
         fontsize=10,
     )
     fig.savefig(path, dpi=110)
@@ -420,10 +341,15 @@ def _plot_paired(title: str, paired: Mapping[str, Paired], path: Path) -> None:
 
 
 def plot_benchmark(
-    experiment: str, by_method: Mapping[str, Mapping[int, dict]], plot_dir: Path
+    experiment: str,
+    by_method: Mapping[str, Mapping[int, dict]],
+    plot_dir: Path,
+    tests: Mapping[str, Comparison] | None = None,
+    kind: str = "test",
 ) -> list[Path]:
     """The benchmark's PNGs: each context's accuracy per method, the average curve, and (with a candidate) the
-    candidate's paired difference against each baseline."""
+    candidate's paired difference against each baseline (`tests`: its family's comparisons; default: this
+    benchmark's alone). `kind`: the split the runs were scored on, `test` or `validation`."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers and CI
@@ -438,16 +364,17 @@ def plot_benchmark(
     plot_dir.mkdir(parents=True, exist_ok=True)
     if matrices:
         path = plot_dir / f"{experiment}_contexts.png"
-        _plot_contexts(title, matrices, path)
+        _plot_contexts(title, matrices, path, kind)
         written.append(path)
     if any(by_method.values()):
         path = plot_dir / f"{experiment}_average.png"
-        _plot_average(title, by_method, matrices, path)
+        _plot_average(title, by_method, matrices, path, kind)
         written.append(path)
-    paired = paired_differences(by_method)
-    if paired:
+    if tests is None:
+        tests = compare(paired_differences(by_method))
+    if tests:
         path = plot_dir / f"{experiment}_paired.png"
-        _plot_paired(title, paired, path)
+        _plot_paired(title, tests, path, kind)
         written.append(path)
     return written
 
@@ -461,28 +388,56 @@ PROVENANCE = (
 )
 
 
-def paired_table(by_method: Mapping[str, Mapping[int, dict]]) -> list[str]:
+def paired_table(
+    by_method: Mapping[str, Mapping[int, dict]],
+    tests: Mapping[str, Comparison] | None = None,
+    kind: str = "test",
+) -> list[str]:
     """The candidate against each baseline, paired by seed: the lines of a markdown table (none without a
-    candidate)."""
-    paired = paired_differences(by_method)
-    if not paired:
+    candidate). `tests`: the comparisons of its family (default: this benchmark's alone)."""
+    if tests is None:
+        tests = compare(paired_differences(by_method))
+    if not tests:
         return []
     lines = [
-        "Candidate minus each baseline, paired by seed (average test accuracy; the standard error is that of "
+        f"Candidate minus each baseline, paired by seed (average {kind} accuracy; the standard error is that of "
         "the mean difference, ddof=1): the figure and the table the verdict rests on.",
         "",
-        "| baseline | seeds | candidate − baseline, per seed | mean ± SE | beyond 2 SE | p, paired t-test |",
-        "|---|---|---|---|---|---|",
+        "| baseline | seeds | candidate − baseline, per seed | mean ± SE | 95% CI | p, paired t-test | Holm p "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for method, p in paired.items():
+    for method, c in tests.items():
+        p = c.paired
         per_seed = ", ".join(f"{seed}: {d:+.4f}" for seed, d in zip(p.seeds, p.diffs, strict=True))
         cell = f"{p.mean:+.4f} ± {p.se:.4f}" if p.se is not None else f"{p.mean:+.4f} (n=1)"
-        pv = p_value(p)
-        lines.append(
-            f"| `{method}` | {p.n} | {per_seed} | {cell} | {verdict(p)} | {'—' if pv is None else f'{pv:.2g}'} |"
-        )
-    note = t_test_note(p.n for p in paired.values())
-    return [*lines, "", *([note.strip(), ""] if note else [])]
+        ci = "—" if c.ci is None or c.p is None else f"[{c.ci[0]:+.4f}, {c.ci[1]:+.4f}]"
+        pv = "—" if c.p is None else f"{c.p:.2g}"
+        ph = "—" if c.p_holm is None else f"{c.p_holm:.2g}"
+        lines.append(f"| `{method}` | {p.n} | {per_seed} | {cell} | {ci} | {pv} | {ph} | {verdict(c)} |")
+    family = max(c.family for c in tests.values())
+    in_table = sum(c.p is not None for c in tests.values())
+    note = stats_note(family, "of this table" if family == in_table else "of this report, every benchmark's")
+    return [*lines, "", *([note, ""] if note else [])]
+
+
+def _split(results: Mapping[str, Mapping[str, Mapping[int, dict]]]) -> tuple[str, str]:
+    """(kind, split) of the runs: `validation` where every run was scored on the validation split, else `test`."""
+    splits = {
+        r["result"].get("eval_split", "test")
+        for by in results.values()
+        for recs in by.values()
+        for r in recs.values()
+    }
+    # Runs scored on the validation split (bench/split_check.py) must not read as test accuracy.
+    if splits == {"val"}:
+        return "validation", "validation split (a tenth of each context's training images, held out)"
+    return "test", "test split"
+
+
+def table_tests(results: Mapping[str, Mapping[str, Mapping[int, dict]]]) -> dict[str, dict[str, Comparison]]:
+    """Per benchmark, the candidate against each baseline: every paired test of the table in one Holm family."""
+    return compare_table({b: paired_differences(by_method) for b, by_method in results.items()})
 
 
 def render_markdown(
@@ -498,18 +453,8 @@ def render_markdown(
 ) -> str:
     """The report text. `results[experiment][method][seed]` is a run record; `methods` is [(name, label)]."""
     with_results = [b for b in benchmarks if any(results.get(b, {}).values())]
-    splits = {
-        r["result"].get("eval_split", "test")
-        for by in results.values()
-        for recs in by.values()
-        for r in recs.values()
-    }
-    # Runs scored on the validation split (bench/split_check.py) must not read as test accuracy.
-    kind, split = (
-        ("validation", "validation split (a tenth of each context's training images, held out)")
-        if splits == {"val"}
-        else ("test", "test split")
-    )
+    kind, split = _split(results)
+    tests = table_tests({b: results[b] for b in with_results})
     lines = [
         "# Final evaluation",
         "",
@@ -560,7 +505,7 @@ def render_markdown(
         lines += [f"## {title} ({BENCHMARK_SETTINGS.get(b, '')})", ""]
         for png in plots.get(b, []):
             lines += [f"![{title}]({png})", ""]
-        lines += paired_table(results.get(b, {}))
+        lines += paired_table(results.get(b, {}), tests[b], kind)
         lines += ["| method | seed | average accuracy | per-context accuracy | device | wall time | file |"]
         lines += ["|---|---|---|---|---|---|---|"]
         for name, _label in methods:
@@ -612,11 +557,13 @@ def write_report(
     provenance: str = PROVENANCE,
 ) -> Path:
     """Write `<out>/README.md`, `<out>/summary.json` and `<out>/plots/*.png`; returns the README's path."""
+    with_results = [b for b in benchmarks if any(results.get(b, {}).values())]
+    tests = table_tests({b: results[b] for b in with_results})
+    kind, _ = _split(results)
     plots: dict[str, list[str]] = {}
-    for b in benchmarks:
-        if any(results.get(b, {}).values()):
-            files = plot_benchmark(b, results[b], out_dir / "plots")
-            plots[b] = [p.relative_to(out_dir).as_posix() for p in files]
+    for b in with_results:
+        files = plot_benchmark(b, results[b], out_dir / "plots", tests[b], kind)
+        plots[b] = [p.relative_to(out_dir).as_posix() for p in files]
     text = render_markdown(
         results,
         methods=methods,
@@ -635,16 +582,20 @@ def write_report(
         "paired": {
             b: {
                 m: {
-                    "seeds": list(p.seeds),
-                    "diffs": list(p.diffs),
-                    "mean": p.mean,
-                    "se": p.se,
-                    "p_paired_t": p_value(p),
+                    "seeds": list(c.paired.seeds),
+                    "diffs": list(c.paired.diffs),
+                    "mean": c.paired.mean,
+                    "se": c.paired.se,
+                    "p_paired_t": c.p,
+                    "p_holm": c.p_holm,
+                    "holm_family": c.family,
+                    "ci95": None if c.ci is None else list(c.ci),
+                    "verdict": side(c),
                 }
-                for m, p in paired_differences(by_method).items()
+                for m, c in by_method.items()
             }
-            for b, by_method in results.items()
-            if paired_differences(by_method)
+            for b, by_method in tests.items()
+            if by_method
         },
     }
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
@@ -663,32 +614,40 @@ def _cell(values: Sequence[float]) -> str:
     return f"{s.mean:.4f} ± {s.se:.4f} ({s.n})" if s.se is not None else f"{s.mean:.4f} (1)"
 
 
-def _paired_cell(p: Paired) -> str:
+def _paired_cell(c: Comparison) -> str:
+    p = c.paired
     cell = f"{p.mean:+.4f} ± {p.se:.4f} ({p.n})" if p.se is not None else f"{p.mean:+.4f} (1)"
-    verdict_word = side(p)
-    cell = f"{cell} **{verdict_word}**" if verdict_word in ("higher", "lower") else f"{cell} {verdict_word}"
-    return cell + _p_text(p)
+    word = side(c)
+    cell = f"{cell} **{word}**" if word in ("higher", "lower") else f"{cell} {word}"
+    numbers = _numbers(c)
+    return f"{cell}, {numbers}" if numbers else cell
 
 
-def t_test_note(ns: Iterable[int]) -> str:
-    """What the 2-SE rule means in p for the seed counts of a table: with few seeds it is lenient."""
-    counts = sorted({n for n in ns if n > 1})
-    if not counts:
+def _tests(n: int) -> str:
+    return f"{n} paired test" + ("" if n == 1 else "s")
+
+
+def stats_note(family: int, scope: str = "of this table") -> str:
+    """How a table's p, Holm p, interval and words are computed; empty without a test."""
+    if family == 0:
         return ""
-    at_two = ", ".join(f"{p_at(2.0, n):.2f} with {n} seeds" for n in counts)
     return (
-        f" p: two-sided paired t-test (n − 1 degrees of freedom); a mean exactly 2 SE from 0 has p {at_two}, "
-        "so with this few seeds read **higher**/**lower** together with p."
+        "p: two-sided paired t-test (n − 1 degrees of freedom); Holm p: p adjusted by Holm's step-down method "
+        f"over the {_tests(family)} {scope} (those with a p); 95% CI: mean ± t(0.975, n − 1) × SE, "
+        "per comparison (not adjusted). "
+        f"**higher** / **lower** only where the Holm p < {ALPHA:g}; otherwise not separated."
     )
 
 
-def verdict_line(title: str, paired: Mapping[str, Paired]) -> str:
-    """One sentence per benchmark: the baselines the candidate lies above or below beyond 2 standard errors,
-    those within 2 SE, and those with one paired seed so far (no verdict yet)."""
+def verdict_line(title: str, tests: Mapping[str, Comparison]) -> str:
+    """One sentence per benchmark from its comparisons: the baselines the candidate lies above or below (Holm p
+    < ALPHA), those it is not separated from, identical to, or has one paired seed against (no test)."""
     groups: dict[str, list[str]] = {}
-    for method, p in paired.items():
-        groups.setdefault(side(p), []).append(f"`{method}`")
-    counts = sorted({p.n for p in paired.values() if p.n > 1})
+    for method, c in tests.items():
+        key = side(c)
+        held = key in ("higher", "lower") and c.p_holm is not None
+        groups.setdefault(key, []).append(f"`{method}` (Holm p {c.p_holm:.2g})" if held else f"`{method}`")
+    counts = sorted({c.paired.n for c in tests.values() if c.paired.n > 1})
     span = "" if not counts else str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     seeds = f" ({span} paired seeds)" if span else ""
     parts = [
@@ -696,9 +655,9 @@ def verdict_line(title: str, paired: Mapping[str, Paired]) -> str:
         for key, label in (
             ("higher", "**higher** than"),
             ("lower", "**lower** than"),
-            ("within 2 SE", "within 2 SE of"),
+            ("not separated", "not separated from"),
             ("identical", "identical to"),
-            ("one seed", "one paired seed so far, no verdict, against"),
+            ("one seed", "one paired seed so far, no test, against"),
         )
         if groups.get(key)
     ]
@@ -712,9 +671,10 @@ def readme_block(
     out: str = "results",
 ) -> str:
     """The README's results: every method's mean ± SE (seeds), the candidate's paired difference against each
-    baseline with its verdict and a link to its figure, and the held-out Permuted-MNIST streams (`heldout`:
-    method -> seed -> record) with their figure and, pooled with the table's Permuted-MNIST seeds, the
-    candidate's paired difference over every test stream. `out` is the results folder relative to the README,
+    baseline with p, Holm p (one family: the table's tests), 95% CI, verdict and a link to its figure, and the
+    held-out Permuted-MNIST streams (`heldout`: method -> seed -> record) with their figure and, pooled with the
+    table's Permuted-MNIST seeds, the candidate's paired difference over every test stream (each list its own
+    Holm family). `out` is the results folder relative to the README,
     whose report (`write_report`, its held-out one under `out/heldout`) holds the figures."""
 
     def accs(recs: Mapping[int, dict]) -> list[float]:
@@ -737,14 +697,14 @@ def readme_block(
         ]
         published = " / ".join(refs) if any(r != "—" for r in refs) else "—"
         lines.append(f"| `{m}` | " + " | ".join(cells) + f" | {published} |")
-    paired = {b: paired_differences(results[b]) for b in benches}
+    paired = table_tests({b: results[b] for b in benches})
     baselines = [m for m in methods if any(m in paired[b] for b in benches)]
     if baselines:
+        family = max(c.family for b in benches for c in paired[b].values())
         lines += [
             "",
-            "Candidate minus each baseline, paired by seed: mean ± standard error of the difference (seeds), "
-            "**higher** or **lower** where it lies beyond 2 standard errors from 0."
-            + t_test_note(p.n for b in benches for p in paired[b].values()),
+            "Candidate minus each baseline, paired by seed: mean ± standard error of the difference (seeds). "
+            + stats_note(family, "of the table"),
             "",
             "| baseline | " + " | ".join(titles) + " |",
             "|---|" + "---|" * len(benches),
@@ -760,23 +720,27 @@ def readme_block(
         lines += ["", "The paired differences per seed, as figures: " + ", ".join(links) + "."]
     if heldout:
         seeds = ", ".join(map(str, sorted({s for recs in heldout.values() for s in recs})))
+        held_paired = compare(paired_differences(heldout))
+        family = max((c.family for c in held_paired.values()), default=0)
         lines += [
             "",
-            f"Held-out Permuted-MNIST streams (permutation seeds {seeds}, used nowhere else), full protocol:",
+            f"Held-out Permuted-MNIST streams (permutation seeds {seeds}, used nowhere else), full protocol"
+            + (f"; Holm p over this list's {_tests(family)}:" if family else ":"),
         ]
         lines += ["", *(f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs)]
-        held_paired = paired_differences(heldout)
-        lines += [f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in held_paired.items()]
+        lines += [f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in held_paired.items()]
         # The table's test streams and the held-out ones together: the most streams each comparison has.
         perm = results.get("permMNIST", {})
-        pooled = paired_differences({m: {**perm.get(m, {}), **recs} for m, recs in heldout.items()})
-        if any(p.n > held_paired[m].n for m, p in pooled.items() if m in held_paired):
-            streams = ", ".join(map(str, sorted({s for p in pooled.values() for s in p.seeds})))
+        pooled = compare(paired_differences({m: {**perm.get(m, {}), **recs} for m, recs in heldout.items()}))
+        if any(c.paired.n > held_paired[m].paired.n for m, c in pooled.items() if m in held_paired):
+            streams = ", ".join(map(str, sorted({s for c in pooled.values() for s in c.paired.seeds})))
+            family = max((c.family for c in pooled.values()), default=0)
             lines += [
                 "",
-                f"Every Permuted-MNIST test stream, the table's and the held-out ones (seeds {streams}), paired:",
+                f"Every Permuted-MNIST test stream, the table's and the held-out ones (seeds {streams}), paired"
+                + (f"; Holm p over this list's {_tests(family)}:" if family else ":"),
             ]
-            lines += ["", *(f"- candidate − `{m}`: {_paired_cell(p)}" for m, p in pooled.items())]
+            lines += ["", *(f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in pooled.items())]
         if held_paired:
             lines += ["", f"![Held-out streams, paired]({out}/heldout/plots/permMNIST_paired.png)"]
     return "\n".join([README_START, "", *lines, "", README_END])

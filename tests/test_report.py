@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import report
+from evaluation import report, stats
 
 
 def _record(acc: float, seed: int, k: int = 3) -> dict:
@@ -16,15 +16,15 @@ def _record(acc: float, seed: int, k: int = 3) -> dict:
 
 
 def test_standard_error_is_sample_std_over_sqrt_n() -> None:
-    s = report.summarize([0.90, 0.92, 0.97])
+    s = stats.summarize([0.90, 0.92, 0.97])
     # by hand: mean 0.93, squared deviations 0.0009 + 0.0001 + 0.0016 = 0.0026, /(n-1) = 0.0013
     assert s.mean == pytest.approx(0.93) and s.n == 3
     assert s.se == pytest.approx(math.sqrt(0.0013) / math.sqrt(3))
     assert report.format_summary(s) == "0.9300 ± 0.0208"
-    one = report.summarize([0.8])
+    one = stats.summarize([0.8])
     assert one.se is None and report.format_summary(one) == "0.8000 (n=1)"
     with pytest.raises(ValueError):
-        report.summarize([])
+        stats.summarize([])
 
 
 def _published_cells(text: str) -> dict[str, str]:
@@ -122,47 +122,67 @@ def test_paired_differences_per_seed_with_mean_se_and_verdict() -> None:
     by_method = {
         "candidate": _runs({42: 0.95, 43: 0.96, 44: 0.97}),
         "ewc": _runs({42: 0.94, 43: 0.96, 44: 0.95}),  # diffs 0.01, 0.00, 0.02
-        "none": _runs({42: 0.80, 43: 0.81, 44: 0.79}),  # diffs 0.15 each: far beyond 2 SE
+        "none": _runs({42: 0.80, 43: 0.81, 44: 0.79}),  # diffs 0.15, 0.15, 0.18: t = 16
         "si": _runs({43: 0.90}),  # one seed in common
         "tuned_ewc": _runs({42: 0.95, 43: 0.96, 44: 0.97}),  # the same accuracies
         "l2": _runs({45: 0.5}),  # no seed in common: no pair
     }
-    paired = report.paired_differences(by_method)
+    paired = stats.paired_differences(by_method)
     assert list(paired) == ["ewc", "none", "si", "tuned_ewc"]
     ewc = paired["ewc"]
     assert ewc.seeds == (42, 43, 44) and ewc.diffs == pytest.approx((0.01, 0.0, 0.02))
     assert ewc.mean == pytest.approx(0.01) and ewc.se == pytest.approx(0.01 / math.sqrt(3))
-    assert report.verdict(ewc) == "no"  # 0.01 < 2 x 0.0058
-    assert report.verdict(paired["none"]) == "**yes: candidate higher**"
-    assert paired["si"].n == 1 and report.verdict(paired["si"]) == "one seed: no standard error"
-    assert report.verdict(paired["tuned_ewc"]) == "no: identical on every seed"
-    lower = report.Paired((42, 43), (-0.02, -0.03), -0.025, 0.005)
-    assert report.verdict(lower) == "**yes: candidate lower**"
+    tests = stats.compare(paired)
+    # two tests in the family (si: one seed, tuned_ewc: identical): none p 0.0039 x 2, ewc p 0.23 x 1
+    assert tests["ewc"].family == 2 and tests["si"].p_holm is None and tests["tuned_ewc"].p_holm is None
+    assert stats.verdict(tests["ewc"]) == "not separated"
+    assert stats.verdict(tests["none"]) == "**candidate higher**"
+    assert paired["si"].n == 1 and stats.verdict(tests["si"]) == "one seed: no test"
+    assert stats.verdict(tests["tuned_ewc"]) == "identical on every seed"
+    lower = stats.compare({"joint": stats.from_diffs((-0.02, -0.021, -0.019))})  # t = -34.6, p 0.0008
+    assert stats.verdict(lower["joint"]) == "**candidate lower**"
+    # t = -5 with 1 degree of freedom: p = 1 - (2 / pi) atan(5) = 0.13, not below 0.05 even alone
+    two = stats.compare({"joint": stats.Paired((42, 43), (-0.02, -0.03), -0.025, 0.005)})["joint"]
+    assert two.p == pytest.approx(1 - 2 / math.pi * math.atan(5.0)) and stats.side(two) == "not separated"
 
     table = "\n".join(report.paired_table(by_method))
-    assert "| `ewc` | 3 | 42: +0.0100, 43: +0.0000, 44: +0.0200 | +0.0100 ± 0.0058 | no |" in table
-    assert "| `si` | 1 | 43: +0.0600 | +0.0600 (n=1) | one seed: no standard error |" in table
+    # ewc: t = sqrt(3), 2 df: p = 1 - sqrt(3/5) = 0.23; CI 0.01 ± 4.302653 x 0.01 / sqrt(3)
+    assert (
+        "| `ewc` | 3 | 42: +0.0100, 43: +0.0000, 44: +0.0200 | +0.0100 ± 0.0058 | [-0.0148, +0.0348] | 0.23 "
+        "| 0.23 | not separated |" in table
+    )
+    assert "| `si` | 1 | 43: +0.0600 | +0.0600 (n=1) | — | — | — | one seed: no test |" in table
+    assert "over the 2 paired tests of this table" in table
     assert report.paired_table({"ewc": by_method["ewc"]}) == []  # no candidate, no table
 
 
-def test_verdict_line_groups_the_baselines_by_side_and_counts_the_seeds() -> None:
-    paired = {
-        "none": report.Paired((42, 43, 44), (0.2, 0.21, 0.19), 0.2, 0.0058),
-        "joint": report.Paired((42, 43, 44), (-0.02, -0.021, -0.019), -0.02, 0.0006),
-        "mas": report.Paired((42, 43), (0.01, -0.01), 0.0, 0.01),
-        "l2": report.Paired((42, 43), (0.0, 0.0), 0.0, 0.0),
-        "si": report.Paired((42,), (0.1,), 0.1, None),
-    }
-    assert report.verdict_line("Permuted-MNIST", paired) == (
-        "Permuted-MNIST (2-3 paired seeds): the candidate is **higher** than `none`; **lower** than `joint`; "
-        "within 2 SE of `mas`; identical to `l2`; one paired seed so far, no verdict, against `si`."
+def test_verdict_line_groups_the_baselines_by_their_holm_adjusted_side() -> None:
+    P = stats.Paired
+    tests = stats.compare(
+        {
+            "none": P((42, 43, 44), (0.2, 0.21, 0.19), 0.2, 0.0058),  # t 34.5, 2 df: p 0.00084
+            "joint": P((42, 43, 44), (-0.02, -0.021, -0.019), -0.02, 0.0006),  # t -33.3: p 0.00090
+            "tuned_mas": P((42, 43, 44), (0.008, 0.012, 0.009), 0.0097, 0.002),  # t 4.85: p 0.040
+            "mas": P((42, 43), (0.01, -0.01), 0.0, 0.01),  # t 0: p 1
+            "l2": P((42, 43), (0.0, 0.0), 0.0, 0.0),  # identical: no test
+            "si": P((42,), (0.1,), 0.1, None),  # one seed: no test
+        }
+    )
+    # Holm over the 4 tests: none 4 x 0.00084 = 0.0034; joint 3 x 0.00090 = 0.0027, raised to 0.0034 (monotone);
+    # tuned_mas 2 x 0.040 = 0.080: raw p below 0.05, adjusted not, so not called higher; mas 1
+    assert tests["tuned_mas"].p is not None and tests["tuned_mas"].p < 0.05
+    assert tests["tuned_mas"].p_holm == pytest.approx(2 * tests["tuned_mas"].p)
+    assert report.verdict_line("Permuted-MNIST", tests) == (
+        "Permuted-MNIST (2-3 paired seeds): the candidate is **higher** than `none` (Holm p 0.0034); **lower** "
+        "than `joint` (Holm p 0.0034); not separated from `tuned_mas`, `mas`; identical to `l2`; one paired "
+        "seed so far, no test, against `si`."
     )
 
 
 def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_path: Path) -> None:
     split = {
         "candidate": _runs({42: 0.95, 43: 0.96, 44: 0.97}),
-        "ewc": _runs({42: 0.94, 43: 0.96, 44: 0.95}),  # diffs 0.01, 0.00, 0.02: within 2 SE (0.0115)
+        "ewc": _runs({42: 0.94, 43: 0.96, 44: 0.95}),  # diffs 0.01, 0.00, 0.02: p 0.23
         "none": _runs({42: 0.80, 43: 0.81, 44: 0.79}),
     }
     perm = {"candidate": _runs({42: 0.90}), "ewc": _runs({42: 0.91}), "tuned_mas": _runs({42: 0.88})}
@@ -178,34 +198,52 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
     # ewc: mean 0.95, sample sd 0.01, SE 0.01 / sqrt(3) = 0.0058; the original harness's 0.958 / 0.838
     assert "| `ewc` | 0.9500 ± 0.0058 (3) | 0.9100 (1) | 0.958 / 0.838 |" in lines
     assert "| `none` | 0.8000 ± 0.0058 (3) | not run | — |" in lines
-    # p of a paired t-test, 2 degrees of freedom: 1 - t / sqrt(2 + t^2); ewc t = sqrt(3): 1 - sqrt(3/5) = 0.23
-    assert "| `ewc` | +0.0100 ± 0.0058 (3) within 2 SE, p 0.23 | -0.0100 (1) one seed |" in lines
-    # none: diffs 0.15, 0.15, 0.18: mean 0.16, sample sd sqrt(0.0006 / 2) = 0.0173, SE 0.0100; t = 16, p 0.0039
-    assert "| `none` | +0.1600 ± 0.0100 (3) **higher**, p 0.0039 | — |" in lines
-    # what 2 SE means with 3 seeds: 1 - 2 / sqrt(6) = 0.18
-    assert any("a mean exactly 2 SE from 0 has p 0.18 with 3 seeds" in line for line in lines)
+    # The table's family: the two tests with a p (the Permuted-MNIST pairs have one seed each).
+    # p of a paired t-test, 2 degrees of freedom: 1 - t / sqrt(2 + t^2); ewc t = sqrt(3): 1 - sqrt(3/5) = 0.23,
+    # Holm 0.23 (the larger of 1 x 0.23 and none's 0.0078); CI 0.01 ± 4.302653 x 0.0058 = [-0.0148, +0.0348]
     assert (
-        "Held-out Permuted-MNIST streams (permutation seeds 100, 101, used nowhere else), full protocol:"
+        "| `ewc` | +0.0100 ± 0.0058 (3) not separated, p 0.23, Holm p 0.23, 95% CI [-0.0148, +0.0348] "
+        "| -0.0100 (1) one seed |" in lines
+    )
+    # none: diffs 0.15, 0.15, 0.18: mean 0.16, sample sd sqrt(0.0006 / 2) = 0.0173, SE 0.0100; t = 16, p 0.0039,
+    # Holm 2 x 0.0039 = 0.0078; CI 0.16 ± 0.0430
+    assert (
+        "| `none` | +0.1600 ± 0.0100 (3) **higher**, p 0.0039, Holm p 0.0078, 95% CI [+0.1170, +0.2030] | — |"
         in lines
+    )
+    assert any("over the 2 paired tests of the table (those with a p)" in line for line in lines)
+    assert (
+        "Held-out Permuted-MNIST streams (permutation seeds 100, 101, used nowhere else), full protocol; "
+        "Holm p over this list's 1 paired test:" in lines
     )
     # candidate 0.955 ± 0.005; tuned_mas 0.93 on both; diffs 0.02, 0.03: mean 0.025, SE 0.005
     assert "- `candidate`: 0.9550 ± 0.0050 (2)" in lines
-    # t = 5 with 1 degree of freedom: p = 1 - (2 / pi) atan(5) = 0.13
-    assert "- candidate − `tuned_mas`: +0.0250 ± 0.0050 (2) **higher**, p 0.13" in lines
+    # t = 5 with 1 degree of freedom: p = 1 - (2 / pi) atan(5) = 0.13: not separated (the old 2-SE rule said
+    # higher); CI 0.025 ± 12.7062 x 0.005
+    assert (
+        "- candidate − `tuned_mas`: +0.0250 ± 0.0050 (2) not separated, p 0.13, Holm p 0.13, "
+        "95% CI [-0.0385, +0.0885]" in lines
+    )
     # pooled with the table's seed 42: diffs 0.02, 0.02, 0.03, mean 0.0233, SE 0.0033; t = 7: p 0.02
     assert (
-        "Every Permuted-MNIST test stream, the table's and the held-out ones (seeds 42, 100, 101), paired:"
-        in lines
+        "Every Permuted-MNIST test stream, the table's and the held-out ones (seeds 42, 100, 101), paired; "
+        "Holm p over this list's 1 paired test:" in lines
     )
-    assert lines.count("- candidate − `tuned_mas`: +0.0233 ± 0.0033 (3) **higher**, p 0.02") == 1
+    assert (
+        lines.count(
+            "- candidate − `tuned_mas`: +0.0233 ± 0.0033 (3) **higher**, p 0.02, Holm p 0.02, "
+            "95% CI [+0.0090, +0.0377]"
+        )
+        == 1
+    )
     assert "![Held-out streams, paired](results/heldout/plots/permMNIST_paired.png)" in lines
-    # the verdict in words, per benchmark
+    # the verdict in words, per benchmark, from the same adjusted numbers
     assert (
-        "- Split-MNIST (3 paired seeds): the candidate is **higher** than `none`; within 2 SE of `ewc`."
-        in lines
+        "- Split-MNIST (3 paired seeds): the candidate is **higher** than `none` (Holm p 0.0078); "
+        "not separated from `ewc`." in lines
     )
     assert (
-        "- Permuted-MNIST: the candidate is one paired seed so far, no verdict, against `ewc`, `tuned_mas`."
+        "- Permuted-MNIST: the candidate is one paired seed so far, no test, against `ewc`, `tuned_mas`."
         in lines
     )
     # the paired figures: one link per benchmark with a pair
@@ -224,17 +262,17 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
 
 
 def test_p_value_is_the_two_sided_paired_t_test() -> None:
-    def paired(*diffs: float) -> report.Paired:
-        s = report.summarize(diffs)
-        return report.Paired(tuple(range(len(diffs))), diffs, s.mean, s.se)
+    def paired(*diffs: float) -> stats.Paired:
+        s = stats.summarize(diffs)
+        return stats.Paired(tuple(range(len(diffs))), diffs, s.mean, s.se)
 
     t = 0.02 / (0.01 / math.sqrt(3))  # diffs 0.01, 0.02, 0.03: t = 2 sqrt(3)
-    assert report.p_value(paired(0.01, 0.02, 0.03)) == pytest.approx(1 - t / math.sqrt(2 + t * t))
-    assert report.p_value(paired(-0.01, -0.02, -0.03)) == pytest.approx(1 - t / math.sqrt(2 + t * t))
-    assert report.p_value(paired(0.01)) is None  # one seed: no test
-    assert report.p_value(paired(0.0, 0.0)) is None  # identical on every seed
-    assert report.p_value(paired(0.01, 0.01)) == 0.0  # the same nonzero difference on every seed
-    assert report.p_at(2.0, 2) == pytest.approx(1 - 2 / math.pi * math.atan(2.0))
+    assert stats.p_value(paired(0.01, 0.02, 0.03)) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    assert stats.p_value(paired(-0.01, -0.02, -0.03)) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    assert stats.p_value(paired(0.01)) is None  # one seed: no test
+    assert stats.p_value(paired(0.0, 0.0)) is None  # identical on every seed
+    assert stats.p_value(paired(0.01, 0.01)) == 0.0  # the same nonzero difference on every seed
+    assert stats.p_at(2.0, 2) == pytest.approx(1 - 2 / math.pi * math.atan(2.0))
 
 
 def test_one_colour_per_method_everywhere() -> None:
@@ -288,7 +326,7 @@ def test_figures_bands_in_their_lines_colour_titles_inside(tmp_path: Path, figur
     text = readme.read_text()
     for name in ("splitMNIST_contexts.png", "splitMNIST_average.png", "splitMNIST_paired.png"):
         assert f"(plots/{name})" in text and (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
-    assert "| `none` | 3 |" in text and "beyond 2 SE" in text
+    assert "| `none` | 3 |" in text and "| Holm p | verdict |" in text
 
     average = figures["splitMNIST_average.png"]
     full, zoom = average.axes  # the six close methods get a zoomed panel
@@ -377,7 +415,7 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     assert (held / "plots" / "permMNIST_paired.png").is_file()
     assert "| `tuned_mas` | 2 | 100: +0.0100, 101: +0.0000 |" in (held / "README.md").read_text()
     block = readme.read_text(encoding="utf-8")
-    assert "- candidate − `tuned_mas`: +0.0050 ± 0.0050 (2) within 2 SE" in block
+    assert "- candidate − `tuned_mas`: +0.0050 ± 0.0050 (2) not separated, p 0.5, Holm p 0.5" in block
     assert "![Held-out streams, paired](../heldout/plots/permMNIST_paired.png)" in block
     assert "[Split-MNIST](../plots/splitMNIST_paired.png)" in block  # candidate against ewc on seed 42
 
