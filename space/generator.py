@@ -15,6 +15,7 @@ import os
 import re
 import textwrap
 from collections.abc import Mapping
+from typing import Any
 
 from clharness.atomic import write_atomic
 
@@ -182,7 +183,7 @@ def _closure(names: list[str]) -> list[str]:
     return seen
 
 
-def _component(name: str) -> object:
+def _component(name: str) -> Any:
     """A building block by name: from `space.components`, else from `space.kfac` (the structured family)."""
     return getattr(components, name) if hasattr(components, name) else getattr(kfac, name)
 
@@ -200,11 +201,11 @@ def generate_source(design: Design, provenance: Mapping[str, str | int | float] 
     regularizes = bool(design.estimator_list)
     needed: list[str] = ["_regularized"]
     constants: list[tuple[str, str, str]] = []  # (name, value, reason)
+    body: str | None
+    penalty: str | None
     if design.kfac:
-        body, penalty = (
-            _kfac_estimate_body(design, needed, constants),
-            _kfac_penalty_body(design, needed, constants),
-        )
+        body = _kfac_estimate_body(design, needed, constants)
+        penalty = _kfac_penalty_body(design, needed, constants)
     else:
         body = _estimate_body(design, needed, constants) if regularizes else None
         penalty = _penalty_body(design, needed, constants) if regularizes else None

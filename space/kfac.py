@@ -1,4 +1,4 @@
-# mypy: disable-error-code="union-attr, index, operator, assignment, arg-type, attr-defined"
+# mypy: disable-error-code="union-attr, index, operator, assignment, arg-type, attr-defined, dict-item, return-value"
 """Kronecker-factored curvature (K-FAC), the structured family of the space: its building blocks.
 
 For an nn.Linear layer with input a (a 1 appended for the bias) and output gradient g, the Fisher block of its
