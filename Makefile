@@ -11,7 +11,7 @@ STORAGE ?=
 STORAGE_ARG = $(if $(STORAGE),--storage $(if $(findstring ://,$(STORAGE)),$(STORAGE),sqlite:///$(abspath $(STORAGE))))
 export CL_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: setup test test-slow lint search campaign reproduce final-eval results-table regenerate dashboard status fidelity panel promote \
+.PHONY: setup test test-slow lint search campaign reproduce final-eval results-table regenerate dashboard status fidelity panel promote gonogo \
         bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
@@ -98,6 +98,14 @@ panel: $(STAMP)
 # Re-runs the study's TOP best trials at the full protocol (validation split) and stores the scores on it.
 promote: $(STAMP)
 	$(PY) -m search promote --study $(STUDY) --top $(TOP) $(STORAGE_ARG) $(if $(THREADS),--threads $(THREADS))
+
+# The structured family's go/no-go (docs/fidelity.md): the shipped design (campaign trial 105), its warm start
+# mas_calibrated, the reference code's K-FAC EWC and the structured variant the probe study picked, at the full
+# protocol on validation streams 1001 and 1002; two single-thread processes share the runs.
+GONOGO := trial_105=results/fidelity/modules/campaign/trial_105-3faca402d092.py \
+	mas_calibrated=results/fidelity/modules/campaign/trial_3-9b20a027e4f8.py kfac_merged_r32 kfac_ewc
+gonogo: $(STAMP)
+	$(call twice,$(PY) -m search validate --threads 1 --module $(GONOGO) --report results/fidelity/gonogo.md)
 
 pretrain-trunk: $(STAMP)
 	$(PY) continual-learning/pretrain_trunk.py --device $(DEVICE)
