@@ -13,8 +13,8 @@ Written through public APIs of Optuna and optuna-dashboard, into the study's sto
 - each trial's note: its design in one sentence (`space.describe`), written while the trial runs;
 - each trial's module as an artifact (`ARTIFACT_NAME`, opened as text, downloaded as a `.py` file) in a
   `FileSystemArtifactStore` beside the storage (`studies/local/NAME.artifacts/` for `studies/local/NAME.db`),
-  which `python -m search dashboard` serves. The module also stays in the `module_source` attribute, which
-  `search export` reads.
+  which `python -m search dashboard` serves. The module also stays in the `module_source` attribute, against
+  which `search export` and promote check the module they generate again from the design.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 `rank_trials` is the one ordering of trials in the project (status, progress lines, export, the tuned baselines
 and candidate of the final evaluation, the top designs of the fidelity measurement all use it).
+
+`trial_module` is the one way to a trial's module (export, promote, final-eval's tuned baselines and candidate,
+fidelity and the panel): nothing from a study's storage is run or exported as it is stored; the module is
+generated again from the trial's design and must be the one the trial stored.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from evaluation.cache import sha256_text
 from evaluation.errors import UserError
 from evaluation.fidelity import DesignRun
 from evaluation.final_eval import ModuleSource
 from search import storage
+from search.legacy_modules import LEGACY_MODULES
 
 
 def rank_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -64,6 +70,60 @@ def get_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     return found
 
 
+class ModuleMismatch(UserError):
+    """A trial's stored module is not what its design generates: its storage was edited (never skipped)."""
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def trial_module(trial: FrozenTrial, study_name: str) -> str:
+    """The module trial `trial` of study `study_name` scored, generated again from the trial's design.
+
+    A trial keeps its design (JSON) and its module (`module_source`, or only its sha256 `module_sha256`); the
+    storage may have been edited (a committed `.db`, a shared PostgreSQL study), so its text is never run or
+    written as it is: the module is generated from the design (`space.generate_source` is deterministic, with
+    the provenance the objective gives it: the study and the trial) and its sha256 must be the stored one. A
+    mismatch, or a trial without a design the current space holds, is a UserError in one line. The complete
+    trials of the first studies (`studies/mnist.db`, `studies/ewc.db`), written by an earlier generator, give
+    their stored module when its sha256 is the one the repository records for them (`search.legacy_modules`).
+    """
+    import space
+
+    where = f"trial {trial.number} of study {study_name!r}"
+    stored_source = trial.user_attrs.get("module_source")
+    stored_sha = trial.user_attrs.get("module_sha256")
+    if isinstance(stored_source, str):
+        if isinstance(stored_sha, str) and stored_sha != sha256_text(stored_source):
+            raise ModuleMismatch(
+                f"{where}: refused, its stored module does not have its stored sha256 (the study was edited); "
+                "nothing of it is run or exported"
+            )
+        stored_sha = sha256_text(stored_source)
+    if not isinstance(stored_sha, str):
+        raise UserError(
+            f"{where} stored no module ({trial.state.name.lower()} before its module was generated)"
+        )
+    try:
+        design = space.Design.from_dict(trial.user_attrs.get("design"))  # type: ignore[arg-type]
+        source: str | None = space.generate_source(design, {"study": study_name, "trial": trial.number})
+        why = "its design generates another module"
+    except ValueError as exc:  # space.DesignError: no design, or none the current space holds
+        source, why = None, f"its design cannot be generated again: {_one_line(str(exc))}"
+    if source is not None and sha256_text(source) == stored_sha:
+        return source
+    legacy = LEGACY_MODULES.get(study_name, {}).get(trial.number)
+    if isinstance(stored_source, str) and legacy == stored_sha:  # an earlier generator's, known here
+        return stored_source
+    raise ModuleMismatch(
+        f"{where}: refused, its stored module (sha256 {stored_sha[:12]}) is not the one its design generates "
+        f"({why}); the study was edited or written by another version of the generator, and nothing of it is "
+        "run or exported"
+    )
+
+
 def trial_source(study_name: str, storage_url: str | None = None, trial: int | None = None) -> str:
     """The module source of trial `trial` (default: the best at the highest fidelity) of the study.
 
@@ -75,6 +135,7 @@ def trial_source(study_name: str, storage_url: str | None = None, trial: int | N
 
     study = storage.open_study(study_name, storage_url)
     frozen = get_trial(study, trial)
+    source = trial_module(frozen, study.study_name)  # checked against its design, also when promoted
     entries = [e for e in promoted(study) if e["trial"] == frozen.number]
     if entries and isinstance(frozen.user_attrs.get("design"), dict):
         import space
@@ -83,12 +144,6 @@ def trial_source(study_name: str, storage_url: str | None = None, trial: int | N
         design = space.Design.from_dict(frozen.user_attrs["design"])
         provenance = {"study": study_name, "trial": frozen.number, "fidelity": entry["fidelity"]}
         return space.generate_source(design, provenance)
-    source = frozen.user_attrs.get("module_source")
-    if not isinstance(source, str):
-        raise UserError(
-            f"trial {frozen.number} of study {study_name!r} stored no module source "
-            f"({frozen.state.name.lower()} before its module was generated)"
-        )
     return source
 
 
@@ -99,6 +154,8 @@ def best_source(study_name: str) -> ModuleSource | None:
         return None
     try:
         source = trial_source(study_name)
+    except ModuleMismatch:
+        raise  # an edited study is said, never taken for an absent one
     except UserError:  # no completed trial, no such study in that storage: the method is simply not there
         return None
     return ModuleSource(source, f"best trial of study `{study_name}`")
@@ -106,7 +163,6 @@ def best_source(study_name: str) -> ModuleSource | None:
 
 def top_designs(study: optuna.Study, k: int) -> list[DesignRun]:
     """The `k` best complete trials with a stored design (identical designs counted once), for fidelity."""
-    import space
 
     out: list[DesignRun] = []
     seen: set[str] = set()
@@ -118,9 +174,7 @@ def top_designs(study: optuna.Study, k: int) -> list[DesignRun]:
         if canonical in seen:
             continue
         seen.add(canonical)
-        source = t.user_attrs.get("module_source")
-        if not isinstance(source, str):  # what was scored is preferred; else regenerate it from the design
-            source = space.generate_source(space.Design.from_dict(design))
+        source = trial_module(t, study.study_name)
         out.append(DesignRun(f"trial_{t.number}", "top", t.number, float(t.value or 0.0), source, design))
         if len(out) == k:
             break

@@ -1,6 +1,7 @@
 """Promotion: a study's best trials re-run at a higher fidelity, the final choice made there (DESIGN.md).
 
-`promote` takes the K best distinct designs of a study by proxy value and runs each trial's stored module on every
+`promote` takes the K best distinct designs of a study by proxy value and runs each trial's module (generated again
+from its design and checked against the one it stored, `search.export.trial_module`) on every
 benchmark of the study at the chosen fidelity (default: the full published protocol) on the validation split with
 the study's proxy stream seeds, through the run cache. `none` and joint training run at the same fidelity as the
 anchors, so that a promoted score is on the objective's scale (the weighted share of the none-to-joint gap
@@ -36,7 +37,7 @@ from evaluation.cache import (
 from evaluation.errors import UserError
 from evaluation.fidelity import gap_share
 from search import annotate, optuna_adapter
-from search.export import rank_trials
+from search.export import rank_trials, trial_module
 from search.objective import none_source
 from search.storage import check_writable, open_study
 from search.studies import BenchmarkProxy, StudyDef
@@ -122,6 +123,7 @@ def promote(
         t
         for t in rank_trials(study.get_trials(deepcopy=False))
         if isinstance(t.user_attrs.get("module_source"), str)
+        or isinstance(t.user_attrs.get("module_sha256"), str)
     ]
     chosen: list[FrozenTrial] = []
     seen: set[str] = set()
@@ -132,6 +134,8 @@ def promote(
         if len(chosen) < top or t.user_attrs.get("warm_start"):
             seen.add(key)
             chosen.append(t)
+    # Every module checked before anything is run or written: an edited trial stops the command in one line.
+    sources = {t.number: trial_module(t, study.study_name) for t in chosen}
     # Every run first (the anchors, then each design on each benchmark), shared with any other process promoting
     # the same study; then the scores, read back from the cache.
     none_path, none_sha = store_module(out_dir / "modules" / "anchors", "none", none_source())
@@ -139,9 +143,7 @@ def promote(
     for bench in study_def.benchmarks:
         for cfg in _configs(bench, overrides, device):
             runs += [CachedRun("none", none_path, none_sha, cfg), CachedRun("joint", None, "joint", cfg)]
-    modules = {
-        t.number: store_module(module_dir, f"trial_{t.number}", t.user_attrs["module_source"]) for t in chosen
-    }
+    modules = {t.number: store_module(module_dir, f"trial_{t.number}", sources[t.number]) for t in chosen}
     for trial in chosen:
         path, sha = modules[trial.number]
         runs += [
@@ -299,13 +301,14 @@ def _add_promoted_trial(
             attrs[f"proxy_{bench}"] = proxy[bench]
     # The description goes into the note only: the dashboard shows each attribute on one line.
     description = source.user_attrs.get("description")
+    # The module shown is the one checked against the trial's design (before the trial is added).
+    module = trial_module(source, name) if artifact_folder is not None else None
     companion.enqueue_trial(source.params, user_attrs=attrs)
     trial = companion.ask(fixed_distributions=source.distributions)
     try:
         if isinstance(description, str):
             save_note(trial, annotate.promoted_trial_note(entry, description, name, proxy))
-        module = source.user_attrs.get("module_source")
-        if artifact_folder is not None and isinstance(module, str):
+        if artifact_folder is not None and module is not None:
             annotate.upload_module(trial, artifact_folder, module)
     except BaseException:
         companion.tell(trial, state=TrialState.FAIL)  # not left running; the next call adds it again

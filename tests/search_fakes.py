@@ -24,6 +24,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -93,7 +94,8 @@ def make_fake_objective(
         _meet_the_other_workers()
         trial.set_user_attr("worker_pid", os.getpid())
         _maybe_die()
-        trial.set_user_attr("module_source", f"X = {x!r}\n")
+        for key, value in generated(trial.study.study_name, trial.number, x).items():
+            trial.set_user_attr(key, value)  # the design and the module, as the objective stores them
         value = 0.0
         for step in range(1, steps + 1):
             time.sleep(step_s)
@@ -110,6 +112,17 @@ def make_fake_objective(
 
 
 # ------------------------------------------------------------------------------------------------ test helpers
+
+
+def generated(study: str, number: int, x: float = 0.0, preset: str = "ewc") -> dict[str, Any]:
+    """The user attributes `design` and `module_source` the objective stores for trial `number` of `study`: the
+    preset at strength scale 1 + x, and the module the generator writes for it (what `trial_module` checks)."""
+    import space
+
+    design = space.PRESETS[preset].replace(reg_strength_scale=1.0 + x)
+    source = space.generate_source(design, {"study": study, "trial": number})
+    return {"design": design.to_dict(), "module_source": source}
+
 
 TESTS = Path(__file__).resolve().parent
 FAKE = "search_fakes:make_fake_objective"

@@ -33,6 +33,12 @@ class FakeDesign:
     def to_dict(self) -> dict:
         return {"q": self.q}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> FakeDesign:
+        if not isinstance(data, dict) or set(data) != {"q"}:
+            raise ValueError(f"not a design of the fake space: {data!r}")
+        return cls(data["q"])
+
 
 @pytest.fixture(autouse=True)
 def fake_space(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,6 +49,7 @@ def fake_space(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         space, "generate_source", lambda design, provenance=None: f"Q = {design.q!r}\n", raising=False
     )
+    monkeypatch.setattr(space, "Design", FakeDesign)  # a trial's module is generated again from its design
 
 
 class FakeRunner:

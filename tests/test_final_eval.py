@@ -16,6 +16,7 @@ import pytest
 from clharness.errors import DataError
 from clharness.protocol import PROTOCOLS
 from clharness.runner import RunConfig
+from search_fakes import generated
 
 from evaluation import cache
 from evaluation import final_eval as fe
@@ -439,9 +440,11 @@ def test_tuned_baseline_and_study_candidate_come_from_the_studys_best_trial(
     with pytest.raises(UserError, match="--study si: no storage"):
         cmd_final_eval.study_modules(None, "si")
     study = storage.open_study("si", create=True)
-    best = (HOOKS / "si_handwritten.py").read_text()
-    for value, source in ((0.5, "worse = 1\n"), (0.9, best), (0.9, "a later tie = 1\n")):
-        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"module_source": source}))
+    for number, value in enumerate((0.5, 0.9, 0.9)):  # trial 1 is the best: trial 2 is a later tie
+        study.add_trial(
+            optuna.trial.create_trial(value=value, user_attrs=generated("si", number, preset="si"))
+        )
+    best = generated("si", 1, preset="si")["module_source"]
     candidate, tuned = cmd_final_eval.study_modules(None, "si")
     assert candidate is not None and candidate.source == best and "study `si`" in candidate.label
     assert set(tuned) == {"si"} and tuned["si"] == candidate

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import space
 from evaluation import panel as pnl
 from evaluation.errors import UserError
 
@@ -222,9 +223,15 @@ def test_add_from_study_stores_the_best_distinct_designs(tmp_path: Path) -> None
     panel = _panel(tmp_path)
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="camp", storage=url, direction="maximize")
-    for value, design in [(0.5, "x"), (0.9, "y"), (0.8, "y"), (0.7, "z")]:  # "y" twice: counted once
-        attrs = {"design": {"d": design}, "module_source": f"# module {design}\n"}
+    sources = []
+    for number, (value, design) in enumerate([(0.5, "mas"), (0.9, "si"), (0.8, "si"), (0.7, "l2")]):
+        source = space.generate_source(space.PRESETS[design], {"study": "camp", "trial": number})
+        attrs = {
+            "design": space.PRESETS[design].to_dict(),
+            "module_source": source,
+        }  # "si" twice: counted once
+        sources.append(source)
         study.add_trial(create_trial(value=value, user_attrs=attrs, state=TrialState.COMPLETE))
     assert _add_from_study(panel, "camp", 2, url) == ["camp_trial_1", "camp_trial_3"]
     assert {"camp_trial_1", "camp_trial_3"} <= set(pnl.panel_modules(panel))
-    assert pnl.panel_modules(panel)["camp_trial_1"].read_text() == "# module y\n"
+    assert pnl.panel_modules(panel)["camp_trial_1"].read_text() == sources[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import optuna
 import optuna_dashboard
 import pytest
+from search_fakes import generated
 from test_dashboard import study_detail, wsgi_get
 from test_search_e2e import tiny_study
 
@@ -205,13 +207,8 @@ def test_two_promote_processes_side_by_side_run_each_run_once_and_record_once(tm
     path = tiny_study(tmp_path, "tiny_side", 4, [])
     url = f"sqlite:///{tmp_path / 'side.db'}"
     study = open_study("tiny_side", url, create=True)
-    for i, value in enumerate((0.4, 0.9, 0.7)):
-        design = {"label": f"d{i}"}
-        study.add_trial(
-            optuna.trial.create_trial(
-                value=value, user_attrs={"design": design, "module_source": f"# design {i}\n"}
-            )
-        )
+    for i, value in enumerate((0.4, 0.9, 0.7)):  # three designs (strength scales 1, 1.5, 2)
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=generated("tiny_side", i, i / 2)))
     ctx = multiprocessing.get_context("fork")
     procs = [
         ctx.Process(target=_promote_with_fake_runs, args=(path, url, tmp_path / "out", tmp_path / "calls"))
@@ -290,11 +287,11 @@ def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) ->
         ("l2", 0.60, None),
         ("si", 0.65, None),
     ]
-    for preset, value, warm in trials:
+    for number, (preset, value, warm) in enumerate(trials):
         design = space.PRESETS[preset]
         attrs = {
             "design": design.to_dict(),
-            "module_source": space.generate_source(design, {"preset": preset}),
+            "module_source": space.generate_source(design, {"study": "tiny_ws", "trial": number}),
         }
         study.add_trial(
             optuna.trial.create_trial(
@@ -305,8 +302,10 @@ def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) ->
 
     def fake_run(module: str, cfg: object, progress: bool = False, **kw: object) -> dict:
         text = Path(module).read_text()
-        preset = next(p for p in accuracy if f"Provenance: preset={p}\n" in text)
-        return {"average_accuracy": accuracy[preset]}
+        if "Provenance: preset=none\n" in text:
+            return {"average_accuracy": accuracy["none"]}
+        number = int(re.search(r"^Provenance: study=tiny_ws, trial=(\d+)$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        return {"average_accuracy": accuracy[trials[number][0]]}
 
     def fake_joint(cfg: object, progress: bool = False) -> dict:
         return {"average_accuracy": 1.0}

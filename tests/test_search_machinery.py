@@ -21,6 +21,7 @@ from search_fakes import (
     FAKE,
     FAKE_PROBE,
     fake_env,
+    generated,
     sqlite_url,
     start_fake_run,
     trials_of,
@@ -298,8 +299,9 @@ def test_status_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         text.splitlines().index(next(line for line in text.splitlines() if "splitMNIST" in line)) + 1
     ]
     assert best_line.split()[:3] == [str(best.number), f"{best.value:.4f}", f"{best.value:.4f}"]
-    assert trial_source("fake", url) == f"X = {best.params['x']!r}\n"
-    assert trial_source("fake", url, trial=0) == f"X = {opened.trials[0].params['x']!r}\n"
+    assert trial_source("fake", url) == generated("fake", best.number, best.params["x"])["module_source"]
+    first = opened.trials[0]
+    assert trial_source("fake", url, trial=0) == generated("fake", 0, first.params["x"])["module_source"]
     with pytest.raises(UserError, match="has no trial 99"):
         trial_source("fake", url, trial=99)
     with pytest.raises(UserError, match="no study 'other'"):

@@ -14,7 +14,16 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
-from search_fakes import FAKE, FAKE_PROBE, fake_env, run_argv, sqlite_url, trials_of, write_study
+from search_fakes import (
+    FAKE,
+    FAKE_PROBE,
+    fake_env,
+    generated,
+    run_argv,
+    sqlite_url,
+    trials_of,
+    write_study,
+)
 
 import search.storage as storage
 from evaluation.errors import UserError
@@ -53,13 +62,14 @@ def test_runs_write_your_study_and_never_the_reference(
             value=0.5,
             params={"x": 0.5},
             distributions={"x": FloatDistribution(0, 1)},
-            user_attrs={"module_source": "REFERENCE = 1\n"},
+            user_attrs=generated("fake", 0, 0.5),
         )
     )
+    ref_source = generated("fake", 0, 0.5)["module_source"]
     before = sha256(reference)
     # With no study of your own, reading commands read the committed reference.
     assert storage.default_storage_url("fake") == f"sqlite:///{reference}"
-    assert trial_source("fake") == "REFERENCE = 1\n"
+    assert trial_source("fake") == ref_source
 
     # `run` writes studies/local/fake.db (a fresh study of its own) and leaves the reference as it was.
     argv = ["run", "--study", str(path), "--objective", FAKE, "--data-probe", FAKE_PROBE]
@@ -71,10 +81,10 @@ def test_runs_write_your_study_and_never_the_reference(
 
     # Now reading commands read yours; --reference reads the committed one.
     assert storage.default_storage_url("fake") == f"sqlite:///{local}"
-    assert trial_source("fake") != "REFERENCE = 1\n"
+    assert trial_source("fake") != ref_source
     out = tmp_path / "module.py"
     assert search_main(["export", "--study", "fake", "--reference", "--out", str(out)]) == 0
-    assert out.read_text() == "REFERENCE = 1\n"
+    assert out.read_text() == ref_source
     assert "the committed reference study" in capsys.readouterr().out
     assert search_main(["status", "--study", "fake"]) == 0
     assert "(your local study; --reference reads the committed studies/fake.db)" in capsys.readouterr().out
@@ -88,27 +98,27 @@ def test_runs_write_your_study_and_never_the_reference(
 def test_reading_commands_take_yours_then_the_campaigns_then_the_reference(
     studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def study_at(path: Path, source: str) -> None:
+    def study_at(path: Path, x: float) -> str:
+        """A study at `path` with one trial (strength scale 1 + x); returns its module."""
         path.parent.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(study_name="fake", storage=f"sqlite:///{path}", direction="maximize")
+        attrs = generated("fake", 0, x)
         study.add_trial(
             optuna.create_trial(
-                value=0.5,
-                params={"x": 0.5},
-                distributions={"x": FloatDistribution(0, 1)},
-                user_attrs={"module_source": source},
+                value=0.5, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, user_attrs=attrs
             )
         )
+        return str(attrs["module_source"])
 
-    study_at(studies / "fake.db", "REFERENCE = 1\n")
-    assert trial_source("fake") == "REFERENCE = 1\n"
-    study_at(studies / "campaign" / "fake.db", "CAMPAIGN = 1\n")
+    reference = study_at(studies / "fake.db", 0.1)
+    assert trial_source("fake") == reference
+    campaign = study_at(studies / "campaign" / "fake.db", 0.2)
     assert storage.default_storage_url("fake") == f"sqlite:///{studies / 'campaign' / 'fake.db'}"
-    assert trial_source("fake") == "CAMPAIGN = 1\n"
+    assert trial_source("fake") == campaign
     assert search_main(["status", "--study", "fake"]) == 0
     assert "(the team's campaign study)" in capsys.readouterr().out
-    study_at(studies / "local" / "fake.db", "LOCAL = 1\n")
-    assert trial_source("fake") == "LOCAL = 1\n"
+    local = study_at(studies / "local" / "fake.db", 0.3)
+    assert trial_source("fake") == local
     # --reference reads the committed study, which is the campaign's when the team ran one.
     assert search_main(["status", "--study", "fake"]) == 0
     assert (
@@ -117,7 +127,7 @@ def test_reading_commands_take_yours_then_the_campaigns_then_the_reference(
     )
     out = studies / "module.py"
     assert search_main(["export", "--study", "fake", "--reference", "--out", str(out)]) == 0
-    assert out.read_text() == "CAMPAIGN = 1\n"
+    assert out.read_text() == campaign
 
 
 def test_make_regenerate_from_the_committed_study_is_the_shipped_module(tmp_path: Path) -> None:
@@ -169,18 +179,20 @@ def add_finished_trials(url: str) -> None:
     """Trials 0 complete, 1 pruned, 2 failed, each with a stored module."""
     study = optuna.create_study(study_name="fake", storage=storage.make_storage(url), direction="maximize")
     dist = {"x": FloatDistribution(0, 1)}
-    for x, state, attrs in [
-        (0.1, TrialState.COMPLETE, {}),
-        (0.2, TrialState.PRUNED, {"fail_reason": "pruned after context 2"}),
-        (0.3, TrialState.FAIL, {"fail_reason": "HookError: bad importance", "fail_kind": "design"}),
-    ]:
+    for number, (x, state, attrs) in enumerate(
+        [
+            (0.1, TrialState.COMPLETE, {}),
+            (0.2, TrialState.PRUNED, {"fail_reason": "pruned after context 2"}),
+            (0.3, TrialState.FAIL, {"fail_reason": "HookError: bad importance", "fail_kind": "design"}),
+        ]
+    ):
         study.add_trial(
             optuna.create_trial(
                 state=state,
                 value=x if state != TrialState.FAIL else None,
                 params={"x": x},
                 distributions=dist,
-                user_attrs={"module_source": f"X = {x}\n", **attrs},
+                user_attrs={**generated("fake", number, x), **attrs},
             )
         )
 
@@ -199,7 +211,7 @@ def test_export_of_a_pruned_or_failed_trial_is_refused(tmp_path: Path) -> None:
         [line] = proc.stderr.splitlines()
         assert line.startswith(f"error: {says}"), line
         assert not out.exists()
-    assert trial_source("fake", url, trial=0) == "X = 0.1\n"
+    assert trial_source("fake", url, trial=0) == generated("fake", 0, 0.1)["module_source"]
 
 
 def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
