@@ -24,6 +24,8 @@ import functools
 import hashlib
 import json
 import os
+import re
+import shlex
 import socket
 import threading
 import time
@@ -157,13 +159,55 @@ def result_path(runs_dir: Path, method: str, experiment: str, key: str, seed: in
     return runs_dir / experiment / f"{method}__{key}__seed{seed}.json"
 
 
+class CorruptRecord(UserError):
+    """A cached run record that exists but cannot be trusted: refused, never skipped nor silently redone."""
+
+
+# `result_path`'s file name: <method>__<key>__seed<seed>.json
+_RECORD_NAME = re.compile(r"^(?P<method>.+)__(?P<key>[^_]+)__seed(?P<seed>-?\d+)\.json$")
+
+
+def _corrupt(path: Path, why: str) -> CorruptRecord:
+    flat = " ".join(why.split())
+    return CorruptRecord(
+        f"cached run {path} is corrupted ({flat[:200]}); delete it and rerun the command to redo that run "
+        f"(rm {shlex.quote(str(path))})"
+    )
+
+
 def load_record(path: Path) -> dict | None:
-    """A cached record, or None when absent or unreadable (an unreadable one is redone)."""
+    """The cached record at `path`, or None when there is none (the run is still to do).
+
+    A record that is there but does not parse, is not a run record, or whose key is not the one of its fields
+    (or of its file name) is a `CorruptRecord` naming the file and how to redo it, never None: records are
+    written atomically (`store`), so a broken one was damaged afterwards, and leaving it out would quietly change
+    a report (a seed fewer, other p-values) while redoing it would hide the damage.
+    """
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("result"), dict) else None
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+        raise _corrupt(path, f"unreadable: {exc}") from exc
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise _corrupt(path, f"not JSON: {exc}") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("result"), dict):
+        raise _corrupt(path, "not a run record: no result")
+    key, fields, seed = record.get("key"), record.get("key_fields"), record.get("seed")
+    if not isinstance(fields, dict) or not isinstance(key, str) or _key(fields) != key:
+        raise _corrupt(path, f"its key {key!r} is not the key of its fields")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise _corrupt(path, f"its seed {seed!r} is not a whole number")
+    name = _RECORD_NAME.match(path.name)
+    if name is not None and (name["key"], int(name["seed"]), name["method"]) != (
+        key,
+        seed,
+        record.get("method"),
+    ):
+        raise _corrupt(path, "its method, key or seed is not the one its file name says")
+    return record
 
 
 def cached_records(runs_dir: Path, method: str, experiment: str, key: str) -> dict[int, dict]:
