@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise UserError(f"cannot read design file {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"{path}: not UTF-8 text (offset {exc.start}); save the design file as UTF-8"
+            ) from exc
         try:
             design = space.Design.from_json(text)
         except space.DesignError as exc:

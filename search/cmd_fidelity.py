@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clharness.paths import check_out_dir
 from clharness.protocol import PROTOCOLS
 
 from evaluation import fidelity as fid
@@ -54,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)  # before any work: an unusable --out would otherwise fail after the runs
     set_threads(args.threads)
     overrides = {
         "iters": args.proxy_iters,

@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from clharness.paths import check_out_dir
 from clharness.protocol import PROTOCOLS
 
 from evaluation import final_eval as fe
@@ -105,6 +106,7 @@ def study_modules(
 def _main(args: argparse.Namespace) -> int:
     from search.data_check import check_data_dir
 
+    check_out_dir(args.out)  # before any work: an unusable --out would otherwise fail after the runs
     data_dir = check_data_dir(args.data_dir)
     if data_dir is not None:
         # The harness reads $CL_DATA_DIR when a run names no folder; the run cache's keys leave paths out, so

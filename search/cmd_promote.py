@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clharness.paths import check_out_dir
+
 from evaluation.errors import UserError
 from search import promote as prm
 from search.cli import add_threads_argument, set_threads
@@ -44,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)  # before any work: an unusable --out would otherwise fail after the runs
     set_threads(args.threads)
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")

@@ -176,6 +176,59 @@ class StorageUnreachable(UserError):
     """The database stayed unreachable for the whole retry window: one line, exit code 2."""
 
 
+class StorageWriteRefused(UserError, optuna.exceptions.StorageInternalError):
+    """The database refused a write: a read-only file, folder or connection, or a full disk. One line, exit
+    code 2, instead of Optuna's chain that ends in "invalid data in the commit, e.g. exceeding max length".
+    Still a `StorageInternalError` for Optuna's own handlers."""
+
+
+# Messages of the innermost database error (SQLite, PostgreSQL, the OS) -> what the storage is.
+_WRITE_REFUSED = (
+    ("readonly database", "is read-only"),
+    ("read-only", "is read-only"),
+    ("permission denied", "is read-only"),
+    ("database or disk is full", "is on a full disk"),
+    ("no space left on device", "is on a full disk"),
+    ("disk full", "is on a full disk"),
+)
+
+
+def write_refused(url: str, exc: BaseException) -> StorageWriteRefused | None:
+    """The one-line error of a write the database at `url` refused (`exc` or what it was raised from), or
+    None when `exc` is anything else."""
+    import sqlite3
+
+    from sqlalchemy import exc as sa
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        database = isinstance(cur, sa.SQLAlchemyError | sqlite3.Error | OSError) or type(
+            cur
+        ).__module__.startswith("psycopg")
+        text = str(cur).lower()
+        what = next((w for needle, w in _WRITE_REFUSED if needle in text), None) if database else None
+        if what is not None:
+            from search.storage import display_url  # it imports this module
+
+            advice = (
+                "free some space; the trials already stored are kept"
+                if "full" in what
+                else "make the file and its folder writable, or give another --storage"
+            )
+            return StorageWriteRefused(f"storage {display_url(url)} {what} ({_first(cur)}): {advice}")
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _first(exc: BaseException) -> str:
+    """The first line of `exc`'s message, without sqlalchemy's "(sqlite3.OperationalError)" prefix."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = re.sub(r"^\([\w.]+\)\s*", "", lines[0]) if lines else type(exc).__name__
+    return text[:200]
+
+
 def is_connection_error(exc: BaseException) -> bool:
     """Whether `exc` (or an exception it was raised from) is a lost or refused database connection."""
     from sqlalchemy import exc as sa
@@ -364,7 +417,15 @@ def _wrapped(name: str) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def call(self: SignalSafeRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        return self._call(method, args, kwargs)
+        try:
+            return self._call(method, args, kwargs)
+        except StorageWriteRefused:
+            raise  # a nested call's, already one line
+        except Exception as exc:
+            refused = write_refused(self.url, exc)
+            if refused is None:
+                raise
+            raise refused from exc
 
     return call
 

@@ -80,7 +80,10 @@ def sqlite_path(url: str) -> Path | None:
     """The file of a `sqlite:///` URL (None for other URLs and in-memory databases)."""
     if not url.startswith(SQLITE):
         return None
-    db = url[len(SQLITE) :].split("?", 1)[0]
+    db, _, query = url[len(SQLITE) :].partition("?")
+    # SQLite's URI form, sqlite:///file:PATH?uri=true (mode=ro, ...), names the same file.
+    if db.startswith("file:") and "uri=true" in query.split("&"):
+        db = db[len("file:") :]
     return Path(db) if db and db != ":memory:" else None
 
 
@@ -143,8 +146,31 @@ def is_reference(url: str) -> bool:
         return False
 
 
+def _read_only(url: str, path: Path) -> str | None:
+    """Why the SQLite file at `path` (of `url`) cannot be written, or None."""
+    if "mode=ro" in url.partition("?")[2].split("&"):
+        return "opened with mode=ro"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"no write permission on {path}"
+    folder = path.parent  # a missing one is made by `make_storage`, which says when it cannot be
+    if folder.is_dir() and not os.access(
+        folder, os.W_OK | os.X_OK
+    ):  # SQLite writes its journal beside the file
+        return f"cannot create files in {folder}"
+    return None
+
+
 def check_writable(url: str) -> None:
-    """Refuse to run trials into a reference study (`studies/NAME.db`): it is evidence, never written by runs."""
+    """Refuse to run trials into a reference study (`studies/NAME.db`): it is evidence, never written by runs.
+    A SQLite file that cannot be written (its permissions, its folder's, a read-only mount) is one line too,
+    before any work."""
+    path = sqlite_path(url)
+    why = _read_only(url, path) if path is not None and not is_reference(url) else None
+    if why is not None:
+        raise UserError(
+            f"storage {display_url(url)} is read-only ({why}): runs write their trials into it; make the file and "
+            "its folder writable, or give another --storage"
+        )
     if is_reference(url):
         path = sqlite_path(url)
         assert path is not None
@@ -260,6 +286,15 @@ def _first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def known_studies() -> list[str]:
+    """The names of the study files in `studies/` and of the studies stored there (reference, campaign, local)."""
+    folder = studies_dir()
+    names = {p.stem for p in folder.glob("*.toml")}
+    for sub in (folder, folder / "campaign", local_dir()):
+        names |= {p.stem for p in sub.glob("*.db")}
+    return sorted(names)
+
+
 def open_study(
     name: str,
     storage: str | RDBStorage | None = None,
@@ -273,6 +308,13 @@ def open_study(
     if isinstance(url_or_storage, str):
         path = sqlite_path(url_or_storage)
         if not create and path is not None and not path.is_file():
+            defaults = (local_storage_url(name), campaign_storage_url(name), reference_storage_url(name))
+            known = known_studies()
+            if (storage is None or url_or_storage in defaults) and name not in known:
+                raise UserError(
+                    f"unknown study {name!r}: no study file studies/{name}.toml and no storage of that name "
+                    f"(known studies: {', '.join(known) or 'none'})"
+                )
             where = display_url(url_or_storage)
             if storage is None:
                 where = f"neither {display_url(local_storage_url(name))} nor {display_url(reference_storage_url(name))}"

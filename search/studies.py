@@ -173,7 +173,17 @@ def load_study_def(name_or_path: str | Path) -> StudyDef:
     """Read and validate a study file; an unknown key or a bad value raises `UserError` naming it."""
     path = study_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save the study file as UTF-8"
+        ) from exc
+    except OSError as exc:  # a folder, no permission
+        raise UserError(f"cannot read study file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
     return parse_study_def(data, path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from clharness.atomic import write_atomic
 from clharness.errors import HarnessError
-from clharness.paths import check_out_path
+from clharness.paths import check_data_dir, check_out_path
 from clharness.runner import EXPERIMENTS, RunConfig, run, run_joint
 
 
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=None, help="at most N training images per context")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
-        "--data-dir", default=None, help="torchvision dataset root (default: $CL_DATA_DIR, else ./data)"
+        "--data-dir",
+        default=None,
+        help="torchvision dataset root, an existing folder (default: $CL_DATA_DIR, else ./data)",
     )
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.add_argument("--acc-matrix", action="store_true", help="evaluate every seen context after each context")
@@ -82,12 +84,13 @@ def _error(message: object) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one benchmark; print per-context accuracies and the average; exit 2 on a user error.
 
-    `--out` is checked before the run. Ctrl-C and SIGTERM stop the run with one line and exit 128 + the
+    `--out` and `--data-dir` are checked before the run. Ctrl-C and SIGTERM stop the run with one line and exit 128 + the
     signal's number (130, 143); the result file is then not written (or was already written whole).
     """
     args = build_parser().parse_args(argv)
-    try:
+    try:  # before any work: a finished run must not be lost to its --out, nor a typo train on other data
         out = check_out_path(args.out, None if args.joint else args.hooks) if args.out else None
+        check_data_dir(args.data_dir)
     except HarnessError as exc:
         return _error(exc)
     written: list[Path] = []

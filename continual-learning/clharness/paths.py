@@ -4,6 +4,7 @@ and the check of an `--out` path that the command lines share."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from clharness.errors import HarnessError
@@ -39,11 +40,46 @@ def check_out_path(out: str, hooks: str | None = None, example: str = "result.js
             raise HarnessError(f"--out {out} exists and is not a regular file")
         if hooks is not None and Path(hooks).is_file() and os.path.samefile(path, hooks):
             raise HarnessError(f"--out {out} is the hook module; the result would overwrite it")
-    folder = path.parent
+    _check_can_create(out, path.parent)
+    return path
+
+
+def check_out_dir(out: str | os.PathLike[str]) -> Path:
+    """A results folder given as `--out`, checked before any work starts: a folder, or a path where one can be
+    created (created only when something is written)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise HarnessError(f"--out {out} exists and is not a folder; give the path of a folder")
+    _check_can_create(out, path)
+    return path
+
+
+def _check_can_create(out: str | os.PathLike[str], target: Path) -> None:
+    """That a file can be created in folder `target`, or in the nearest folder above it that exists (where the
+    missing ones would be made): a file is created there and removed. Permission bits are not enough: root
+    passes them, and /proc, /sys or a read-only mount still refuse."""
+    folder = target
     while not folder.exists() and folder != folder.parent:  # the nearest folder that exists
         folder = folder.parent
     if not folder.is_dir():
         raise HarnessError(f"--out {out}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise HarnessError(f"--out {out}: cannot write into {folder}")
-    return path
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+    except OSError as exc:
+        raise HarnessError(f"--out {out}: cannot write into {folder} ({exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_data_dir(flag: str | os.PathLike[str] | None) -> None:
+    """An explicit `--data-dir` must be an existing folder: a typo is an error, never the offline fallback (nor a
+    folder torchvision's download would create)."""
+    if flag is None:
+        return
+    path = Path(flag).expanduser()
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise HarnessError(
+            f"--data-dir {flag} {what}; give the folder that holds MNIST/raw (and cifar-100-python), or leave it "
+            "out for $CL_DATA_DIR, else ./data"
+        )
