@@ -45,7 +45,9 @@ def _prepared(design: space.Design | None, contexts: int, tmp: Path, name: str) 
     p = PROTOCOLS["permMNIST"]
     torch.manual_seed(0)
     n = 4096
-    ctx = ContextData(torch.rand(n, 1024), torch.arange(n), torch.randint(0, 10, (n,)), torch.randperm(1024), None)
+    ctx = ContextData(
+        torch.rand(n, 1024), torch.arange(n), torch.randint(0, 10, (n,)), torch.randperm(1024), None
+    )
     model = ContinualNet(mlp(1024, p.hidden, p.n_classes))
     path = tmp / f"{name}.py"
     if design is None:
@@ -54,15 +56,18 @@ def _prepared(design: space.Design | None, contexts: int, tmp: Path, name: str) 
         space.write_module(path, space.generate_source(design))
     hooks = load_hooks(path)
     model._custom_importance, model._custom_prev_params = {}, {}
-    for k in range(contexts):  # the state after `contexts` finished contexts, anchors moved a little each time
+    for _ in range(
+        contexts
+    ):  # the state after `contexts` finished contexts, anchors moved a little each time
         with torch.no_grad():
             for q in model.parameters():
                 q.add_(1e-3 * torch.randn_like(q))
         returned = hooks.estimate_importance(model, ctx, {}, torch.device("cpu"))
         for key, v in returned.items():
             model._custom_importance[key] = model._custom_importance.get(key, 0) + v
-        model._custom_prev_params = {k2: q.detach().clone() for k2, q in model.named_parameters()}
-        model._custom_prev_params = {k2.replace(".", "__"): v for k2, v in model._custom_prev_params.items()}
+        model._custom_prev_params = {
+            n.replace(".", "__"): q.detach().clone() for n, q in model.named_parameters()
+        }
     opt = torch.optim.Adam(model.parameters(), lr=p.lr)
     return model, ctx, hooks, opt
 
@@ -71,7 +76,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="loop steps per timing")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--contexts", type=int, default=9, help="finished contexts whose factors are kept (9: the last)")
+    ap.add_argument(
+        "--contexts", type=int, default=9, help="finished contexts whose factors are kept (9: the last)"
+    )
     ap.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
     ap.add_argument("--per-context-ranks", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--threads", type=int, default=1)
@@ -92,7 +99,9 @@ def main() -> None:
                 train_context(model, ctx, hooks, opt, settings, context=2, n_contexts=10)
                 times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
     base = statistics.median(times["none"])
-    print(f"Permuted-MNIST network, {args.threads} thread(s), {args.contexts} contexts kept, median of {args.repeats}")
+    print(
+        f"Permuted-MNIST network, {args.threads} thread(s), {args.contexts} contexts kept, median of {args.repeats}"
+    )
     print("| variant | ms per step | penalty as a share of a step |")
     print("|---|---|---|")
     for name, ts in times.items():

@@ -21,6 +21,7 @@ from typing import Any
 from clharness.atomic import write_atomic
 
 from evaluation import cache
+from evaluation.errors import UserError
 from evaluation.stats import (
     ALPHA,
     CANDIDATE,
@@ -780,10 +781,8 @@ def results_as_cached(
     left_out: list[str] = []
     for b in benchmarks:
         for path in sorted((out_dir / "runs" / b).glob("*__*__seed*.json")):
-            record = cache.load_record(path)
-            if record is None or not isinstance(record.get("key_fields"), dict):
-                left_out.append(f"`{path.relative_to(out_dir).as_posix()}` (unreadable)")
-                continue
+            record = cache.load_record(path)  # a broken record raises CorruptRecord: refused, never skipped
+            assert record is not None  # the file exists
             module = str(record["key_fields"].get("module"))
             expected, _ = cache.run_key(
                 module, cache.make_config(b, int(record["seed"]), device="auto"), version
@@ -873,12 +872,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.out / "runs").is_dir():
         print(f"error: no cached runs under {args.out / 'runs'}", file=sys.stderr)
         return 2
-    results, methods = report_as_cached(args.out, args.benchmarks)
-    if args.readme is not None:
+    try:
+        results, methods = report_as_cached(args.out, args.benchmarks)
         heldout_dir = args.out / "heldout"
         heldout = None
-        if (heldout_dir / "runs").is_dir():  # its report too: the README shows its figure
+        if args.readme is not None and (heldout_dir / "runs").is_dir():  # the README shows its figure
             heldout = report_as_cached(heldout_dir, ["permMNIST"])[0]["permMNIST"]
+    except UserError as exc:  # a corrupted record: one line naming it and how to redo it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.readme is not None:
         out = Path(os.path.relpath(args.out, args.readme.parent)).as_posix()
         try:
             write_readme_block(args.readme, readme_block(results, [m for m, _ in methods], heldout, out))

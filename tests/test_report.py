@@ -363,16 +363,16 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     from evaluation import cache
 
     def put(
-        method: str, module: str, seed: int, acc: float, finished: str, key: str | None = None,
+        method: str, module: str, seed: int, acc: float, finished: str, version: str | None = None,
         root: Path = tmp_path, experiment: str = "splitMNIST", k: int = 5,
     ) -> None:  # fmt: skip
-        real, fields = cache.run_key(
-            module, cache.make_config(experiment, seed, device="auto"), cache.code_version()
+        key, fields = cache.run_key(
+            module, cache.make_config(experiment, seed, device="auto"), version or cache.code_version()
         )
-        record = {"method": method, "method_label": f"preset `{method}`", "seed": seed, "key": key or real,
+        record = {"method": method, "method_label": f"preset `{method}`", "seed": seed, "key": key,
                   "key_fields": fields, "finished_at": finished, "wall_s": 1.0,
                   "result": {"average_accuracy": acc, "acc_matrix": [[acc] * (i + 1) for i in range(k)]}}  # fmt: skip
-        path = cache.result_path(root / "runs", method, experiment, key or real, seed)
+        path = cache.result_path(root / "runs", method, experiment, key, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
 
@@ -382,7 +382,8 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     put("ewc", "a" * 64, 43, 0.98, "2026-11-27T10:05:00")
     put("ewc", "b" * 64, 42, 0.50, "2026-11-26T10:00:00")  # an older module of the same method
     put("candidate", "c" * 64, 42, 0.97, "2026-11-27T09:00:00")
-    put("si", "d" * 64, 42, 0.90, "2026-11-27T09:00:00", key="0123456789abcdef")  # not today's key
+    other, _ = cache.run_key("d" * 64, cache.make_config("splitMNIST", 42, device="auto"), "harness-0")
+    put("si", "d" * 64, 42, 0.90, "2026-11-27T09:00:00", version="harness-0")  # another harness version's
     results, methods, notes = report.results_as_cached(tmp_path, ["splitMNIST", "permMNIST"])
     assert [m for m, _ in methods] == ["candidate", "ewc"]  # the table's order, si left out
     assert list(results["splitMNIST"]) == ["candidate", "ewc"] and results["permMNIST"] == {}
@@ -395,7 +396,7 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
         == f"preset `ewc`; module [`modules/ewc-{'a' * 12}.py`](modules/ewc-{'a' * 12}.py)"
     )
     assert any("older configuration" in n and "`ewc`" in n for n in notes)
-    assert any("si__0123456789abcdef__seed42.json" in n and "another harness or protocol" in n for n in notes)
+    assert any(f"si__{other}__seed42.json" in n and "another harness or protocol" in n for n in notes)
 
     assert report.main(["--out", str(tmp_path), "--benchmarks", "splitMNIST", "permMNIST"]) == 0
     text = (tmp_path / "README.md").read_text()

@@ -44,7 +44,7 @@ def estimate_importance(model, dataset, prev_params, device):
                     inputs[key + ":out"].grad = None
                 loss = -torch.log_softmax(out, dim=1)[0, j]
                 loss.backward(retain_graph=True)
-                for key, m in layers:
+                for key, _ in layers:
                     a = torch.cat([inputs[key][0], torch.ones(1, dtype=out.dtype)])
                     g = inputs[key + ":out"].grad[0]
                     sums[key][0] = sums[key][0] + probs[j] * torch.outer(a, a)
