@@ -12,6 +12,7 @@ STORAGE_ARG = $(if $(STORAGE),--storage $(if $(findstring ://,$(STORAGE)),$(STOR
 export CL_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: setup test test-slow lint search campaign reproduce final-eval results-table regenerate dashboard status fidelity panel promote gonogo \
+        sweeps fresh-streams \
         bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
@@ -106,6 +107,21 @@ GONOGO := trial_105=results/fidelity/modules/campaign/trial_105-3faca402d092.py 
 	mas_calibrated=results/fidelity/modules/campaign/trial_3-9b20a027e4f8.py kfac_merged_r32 kfac_ewc
 gonogo: $(STAMP)
 	$(call twice,$(PY) -m search validate --threads 1 --module $(GONOGO) --report results/fidelity/gonogo.md)
+
+# Issue 29's budget rule at full fidelity: strength sweeps, in steps of at most 2x, of the presets whose tuned
+# strength moved more than 3x from the published one (MAS to 22x, SI to 0.06x), on validation streams 1001
+# and 1002; two single-thread processes share the runs.
+SWEEPS := mas@1 mas@2 mas@4 mas@8 mas@16 mas@32 si@0.03 si@0.06 si@0.12 si@0.25 si@0.5 si@1
+sweeps: $(STAMP)
+	$(call twice,$(PY) -m search validate --threads 1 --module $(SWEEPS) --report results/fidelity/sweeps.md)
+
+# Fresh Permuted-MNIST test streams that nothing in the project has touched (permutation seeds 103-107, test
+# split): the shipped module, published MAS and the two strongest tuned baselines.
+FRESH_SEEDS := 103 104 105 106 107
+FRESH_METHODS ?= candidate mas tuned_mas tuned_si
+fresh-streams: $(STAMP)
+	$(call twice,$(PY) -m search final-eval --benchmarks permMNIST --seeds $(FRESH_SEEDS) \
+		--methods $(FRESH_METHODS) --out results/fresh --device $(DEVICE) --threads 1)
 
 pretrain-trunk: $(STAMP)
 	$(PY) continual-learning/pretrain_trunk.py --device $(DEVICE)

@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         required=True,
         metavar="LABEL=PATH|NAME",
-        help="the modules to run: a hook module file under a label, or a preset or variant of the space by name",
+        help=(
+            "the modules to run: a hook module file under a label, or a preset or variant of the space by name, "
+            "NAME@X for it at X times its strength (a sweep: mas@2 mas@4 ...)"
+        ),
     )
     p.add_argument("--benchmark", default="permMNIST", help="default: permMNIST")
     p.add_argument(
@@ -43,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
-    """LABEL=PATH as given; a preset or variant name is generated into `module_dir` (named by its content)."""
+    """LABEL=PATH as given; a preset or variant name (NAME@X: at X times its strength, labelled NAME_xX) is
+    generated into `module_dir` (named by its content)."""
     import space
     from evaluation.cache import store_module
 
@@ -51,9 +55,15 @@ def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
     modules = {}
     for spec in specs:
         label, sep, path = spec.partition("=")
-        if not sep and spec in named:
-            source = space.generate_source(named[spec], {"preset": spec})
-            modules[spec] = store_module(module_dir, spec, source)[0]
+        name, at, times = spec.partition("@")
+        if not sep and name in named:
+            design, label, provenance = named[name], name, {"preset": name}
+            if at:
+                scale = _positive(times, spec)
+                design = design.replace(reg_strength_scale=design.reg_strength_scale * scale)
+                label, provenance = f"{name}_x{scale:g}".replace(".", "p"), {}
+            source = space.generate_source(design, provenance)
+            modules[label] = store_module(module_dir, label, source)[0]
             continue
         if not sep or not label.isidentifier():
             raise UserError(
@@ -62,6 +72,16 @@ def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
             )
         modules[label] = Path(path)
     return modules
+
+
+def _positive(text: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise UserError(f"--module {spec!r}: the strength multiple after @ must be a positive number")
+    return value
 
 
 def _main(args: argparse.Namespace) -> int:

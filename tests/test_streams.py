@@ -50,3 +50,16 @@ def test_validate_refuses_a_bad_module_spec_and_a_missing_file(
     assert search_main(["validate", "--module", f"x={tmp_path / 'absent.py'}", "--report-only"]) == 2
     err = capsys.readouterr().err
     assert "expected LABEL=PATH" in err and "does not exist" in err
+
+
+def test_a_preset_at_a_multiple_of_its_strength_is_a_sweep_point(tmp_path: Path) -> None:
+    from search.cmd_validate import _modules
+
+    modules = _modules(["mas@4", "ewc@0.5", "kfac_ewc"], tmp_path)
+    assert list(modules) == ["mas_x4", "ewc_x0p5", "kfac_ewc"]
+    text = modules["mas_x4"].read_text()
+    assert (
+        f'CONFIG_OVERRIDES = {{"reg_strength_scale": {4 * space.PRESETS["mas"].reg_strength_scale!r}}}'
+        in text
+    )
+    assert search_main(["validate", "--module", "mas@-1", "--report-only"]) == 2
