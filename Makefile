@@ -98,7 +98,8 @@ panel: $(STAMP)
 
 # Re-runs the study's TOP best trials at the full protocol (validation split) and stores the scores on it.
 promote: $(STAMP)
-	$(PY) -m search promote --study $(STUDY) --top $(TOP) $(STORAGE_ARG) $(if $(THREADS),--threads $(THREADS))
+	$(PY) -m search promote --study $(STUDY) --top $(TOP) $(STORAGE_ARG) $(if $(THREADS),--threads $(THREADS)) \
+		$(if $(STREAMS),--streams $(STREAMS))
 
 # The structured family's go/no-go (docs/fidelity.md): the shipped design (campaign trial 105), its warm start
 # mas_calibrated, the reference code's K-FAC EWC and the structured variant the probe study picked, at the full

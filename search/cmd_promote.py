@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, help="iterations per context (default: the published protocol's)")
     p.add_argument("--contexts", type=int, help="contexts (default: all)")
     p.add_argument("--train-subset", type=int, help="training images per context (default: all)")
+    p.add_argument(
+        "--streams",
+        nargs="+",
+        metavar="EXPERIMENT=SEED,SEED",
+        help="validation streams per benchmark instead of the study's proxy streams (e.g. permMNIST=1001,1002 "
+        "splitMNIST=1000,1003): each design is scored by the mean over them",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument(
         "--out", type=Path, default=prm.DEFAULT_OUT, help="run cache and modules (default: results/fidelity)"
@@ -59,12 +66,14 @@ def _main(args: argparse.Namespace) -> int:
     check_writable(url)  # promotion results are written onto the study: never onto a committed reference
     study = open_study(study_def.name, url)
     overrides = {"iters": args.iters, "contexts": args.contexts, "train_subset": args.train_subset}
+    streams = _streams(args.streams or [])
     results = prm.promote(
         study,
         study_def,
         storage=make_storage(url),
         top=args.top,
         overrides=overrides,
+        streams=streams,
         device=args.device,
         out_dir=args.out,
     )
@@ -73,10 +82,25 @@ def _main(args: argparse.Namespace) -> int:
     best = prm.best_promoted(study)
     assert best is not None
     print(
-        f"promoted {len(results)} trials at fidelity {prm.fidelity_name(overrides)}; best at the highest fidelity: "
+        f"promoted {len(results)} trials; best at the highest fidelity: "
         f"trial {best['trial']} ({best['fidelity']}, value {best['value']:.4f}); "
         f"write it with: python -m search export --study {study_def.name}"
         f"{f' --storage {args.storage}' if args.storage else ''} --out custom_regularization.py; "
         f"the dashboard shows each promoted trial in study {prm.promoted_study_name(study_def.name)}"
     )
     return 0
+
+
+def _streams(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    """EXPERIMENT=SEED,SEED,... -> {experiment: seeds}; a one-line UserError for anything else."""
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        experiment, sep, seeds = spec.partition("=")
+        try:
+            values = tuple(int(s) for s in seeds.split(","))
+        except ValueError:
+            values = ()
+        if not sep or not values or len(set(values)) != len(values):
+            raise UserError(f"--streams {spec!r}: expected EXPERIMENT=SEED,SEED with distinct integer seeds")
+        out[experiment] = values
+    return out

@@ -15,6 +15,7 @@ dashboard sorts and plots like the proxy's. It is derived from the study's attri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -100,6 +101,7 @@ def promote(
     storage: BaseStorage,
     top: int,
     overrides: Mapping[str, int | None] | None = None,
+    streams: Mapping[str, tuple[int, ...]] | None = None,
     device: str = "auto",
     out_dir: Path = DEFAULT_OUT,
     run_fn: RunFn | None = None,
@@ -112,11 +114,26 @@ def promote(
 
     The warm starts compete at full fidelity because the proxy can misjudge a strength: a tuned baseline is then
     never worse than its published setting on the validation stream, and a searched design must beat the designs
-    it started from there too.
+    it started from there too. `streams` (experiment -> validation stream seeds) replaces the study's proxy streams,
+    for promotion on several streams: a design's score is the mean over them, and the fidelity's name says how
+    many (`full-2streams`), so that such results rank above one stream's.
     """
 
     overrides = dict(overrides or {})
     name = fidelity_name(overrides)
+    if streams:
+        unknown = sorted(set(streams) - set(study_def.experiments))
+        if unknown:
+            raise UserError(f"--streams names {unknown[0]!r}, not a benchmark of study {study_def.name!r}")
+        study_def = dataclasses.replace(
+            study_def,
+            benchmarks=tuple(
+                dataclasses.replace(b, seeds=tuple(streams.get(b.experiment, b.seeds)))
+                for b in study_def.benchmarks
+            ),
+        )
+        counts = sorted({len(b.seeds) for b in study_def.benchmarks})
+        name += f"-{'+'.join(map(str, counts))}streams"
     runs_dir = out_dir / "runs"
     module_dir = out_dir / "modules" / study_def.name
     ranked = [
@@ -191,6 +208,7 @@ def promote(
                 "scores": scores,
                 "gaps": gaps,
                 "anchors": anchors,
+                "streams": {b.label: list(b.seeds) for b in study_def.benchmarks},
                 "module_sha256": sha,
             }
             study.set_user_attr(f"{PREFIX}{name}:{trial.number}", entry)

@@ -343,6 +343,34 @@ def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) ->
     # proxy ranks 1, 3, 2 against full ranks 3, 2, 1: rho = 1 - 6 * (4 + 1 + 1) / (3 * (9 - 1)) = -0.5
     assert lines[at + 5].endswith("over these 3: Spearman rho -0.50")
 
+    # Promoted again on two validation streams: each design scores the mean over them, the result is filed as
+    # its own fidelity, and it ranks above the one-stream results (twice the iterations).
+    seen: list[int] = []
+
+    def two_streams(module: str, cfg: object, progress: bool = False, **kw: object) -> dict:
+        seen.append(cfg.seed)  # type: ignore[attr-defined]
+        shift = 0.1 if cfg.seed == 1003 and "trial=3" in Path(module).read_text() else 0.0  # type: ignore[attr-defined]
+        return {"average_accuracy": fake_run(module, cfg)["average_accuracy"] + shift}
+
+    again = promote(
+        opened,
+        study_def,
+        storage=make_storage(url),
+        top=2,
+        streams={"splitMNIST": (1000, 1003)},
+        out_dir=tmp_path / "fid",
+        run_fn=two_streams,
+        joint_fn=fake_joint,
+        log=lambda line: None,
+    )
+    assert set(seen) == {1003}  # stream 1000 is already cached: only the second stream runs
+    assert again[3]["fidelity"] == "full-2streams" and again[3]["streams"] == {"splitMNIST": [1000, 1003]}
+    assert again[3]["scores"]["splitMNIST"] == pytest.approx(0.65)  # (0.6 + 0.7) / 2
+    best = best_promoted(open_study("tiny_ws", url))
+    assert best is not None and best["fidelity"] == "full-2streams" and best["trial"] == 0
+    with pytest.raises(UserError, match="not a benchmark"):
+        promote(opened, study_def, storage=make_storage(url), top=1, streams={"permMNIST": (1001, 1002)})
+
 
 def test_proxies_that_are_one_run_at_full_fidelity_share_a_status_column() -> None:
     """The campaign's two Permuted-MNIST proxies (short; learning-rate-matched) become the same full run, so
