@@ -202,7 +202,7 @@ def _identity(cfg: RunConfig, prep: _Prepared, hooks_sha256: str) -> dict[str, A
         "config": fields,
         "device_type": prep.device.type,
         "data_source": prep.bench.source,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: TorchVersion is not loadable with weights_only
     }
 
 
