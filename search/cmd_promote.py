@@ -82,7 +82,8 @@ def _main(args: argparse.Namespace) -> int:
     best = prm.best_promoted(study)
     assert best is not None
     print(
-        f"promoted {len(results)} trials; best at the highest fidelity: "
+        f"promoted {len(results)} trials at fidelity {next(iter(results.values()))['fidelity']}; best at the "
+        "highest fidelity: "
         f"trial {best['trial']} ({best['fidelity']}, value {best['value']:.4f}); "
         f"write it with: python -m search export --study {study_def.name}"
         f"{f' --storage {args.storage}' if args.storage else ''} --out custom_regularization.py; "
