@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = " ".join(f"{scores[b.label]:15.4f}" if b.label in scores else f"{'-':>15s}" for b in benches)
         mean = sum(scores.values()) / len(scores) if len(scores) == len(benches) else float("nan")
         print(f"{label:28s} {cells} {mean:9.4f}")
-    (OUT / f"{'ranks' if args.ranks else 'strength'}_{args.study}.json").write_text(
-        json.dumps(rows, indent=1, sort_keys=True) + "\n"
-    )
+    out = OUT / f"{'ranks' if args.ranks else 'strength'}_{args.study}.json"
+    kept = json.loads(out.read_text()) if out.is_file() else {}  # earlier sweeps' designs stay
+    out.write_text(json.dumps({**kept, **rows}, indent=1, sort_keys=True) + "\n")
     return 0
 
 
