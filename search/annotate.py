@@ -13,8 +13,10 @@ Written through public APIs of Optuna and optuna-dashboard, into the study's sto
 - each trial's note: its design in one sentence (`space.describe`), written while the trial runs;
 - each trial's module as an artifact (`ARTIFACT_NAME`, opened as text, downloaded as a `.py` file) in a
   `FileSystemArtifactStore` beside the storage (`studies/local/NAME.artifacts/` for `studies/local/NAME.db`),
-  which `python -m search dashboard` serves. The module also stays in the `module_source` attribute, against
-  which `search export` and promote check the module they generate again from the design.
+  which `python -m search dashboard` serves. The module is an artifact and nothing else: the trial's user
+  attributes keep only its sha256 (`module_sha256`; trials of older studies keep its text, `module_source`,
+  which the dashboard shows as its sha256), against which `search export` and promote check the module they
+  generate again from the design.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def artifact_dir(storage_url: str, study_name: str) -> Path:
     """The artifact folder of a study: `<db without .db>.artifacts/` beside a SQLite file.
 
     Other storages (PostgreSQL, shared by several machines) get `studies/local/<name>.artifacts/` on each
-    machine: every machine keeps the modules of the trials it ran, and `module_source` has all of them.
+    machine: every machine keeps the modules of the trials it ran, and any trial's module is generated again
+    from its design (`search export`).
     """
     db = sqlite_path(storage_url)
     if db is not None:
@@ -173,9 +176,10 @@ def study_note(study: optuna.Study, description: str) -> str:
     lines += [
         "",
         f"A trial's note says what its design computes, and its artifact `{ARTIFACT_NAME}` is the exact "
-        "module it scored (open or download it). Trials run before notes and module files were stored have "
-        "neither; every trial keeps its module in the user attribute `module_source` (`python -m search "
-        f"export --study {study.study_name} --trial N --out FILE` writes it).",
+        "module it scored (open or download it); its user attribute `module_sha256` is the module's sha256. "
+        "Trials run before notes and module files were stored have neither; `python -m search export --study "
+        f"{study.study_name} --trial N --out FILE` writes any trial's module, generated again from its design "
+        "and checked against that sha256.",
         "",
     ]
     entries = promoted(study)
@@ -257,9 +261,9 @@ def promoted_trial_note(
             for b, acc in entry["scores"].items()
         ),
         "",
-        f"**Module:** the artifact `{ARTIFACT_NAME}`, the module the promotion ran (trial {entry['trial']}'s "
-        f"`module_source`); `python -m search export --study {source} --trial {entry['trial']} --out FILE` "
-        "writes the same code with the fidelity that chose it in its header.",
+        f"**Module:** the artifact `{ARTIFACT_NAME}`, the module the promotion ran (generated again from trial "
+        f"{entry['trial']}'s design); `python -m search export --study {source} --trial {entry['trial']} --out "
+        "FILE` writes the same code with the fidelity that chose it in its header.",
     ]
     return "\n".join(lines)
 
@@ -280,8 +284,8 @@ def trial_note(
             "",
         ]
     lines.append(
-        f"**Module:** the artifact `{ARTIFACT_NAME}` (open or download it), the same text as the user attribute "
-        f"`module_source`; `python -m search export --study {trial.study.study_name} --trial {trial.number} "
+        f"**Module:** the artifact `{ARTIFACT_NAME}` (open or download it), whose sha256 is the user attribute "
+        f"`module_sha256`; `python -m search export --study {trial.study.study_name} --trial {trial.number} "
         "--out FILE` writes it."
     )
     return "\n".join(lines)

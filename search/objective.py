@@ -1,8 +1,10 @@
 """The proxy objective: one trial = one generated hook module scored on the study's benchmarks.
 
 The design sampled from the trial is turned into module source by `space.generate_source`; that exact source
-is written to a temporary file, run by the harness on every benchmark of the study (validation split, proxy
-seeds) and stored on the trial, so what was scored is what `search export` writes.
+is written to a temporary file and run by the harness on every benchmark of the study (validation split, proxy
+seeds). The trial keeps its design and the module's sha256 (`module_sha256`), and the module itself as its
+dashboard artifact: `search export` generates the module again from the design and checks the sha256, so what
+was scored is what it writes.
 
 Scale: a benchmark's score is the share of the gap between no regularization (`none`) and joint training that
 the design closes, both measured once per study at the same proxy settings (the study's `anchors`): 0 is
@@ -27,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from evaluation.cache import sha256_text
 from evaluation.fidelity import gap_share
 from search import interrupts
 from search.studies import BenchmarkProxy, StudyDef
@@ -189,7 +192,9 @@ def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: 
         description = space.describe(design)
         trial.set_user_attr("design", design.to_dict())
         trial.set_user_attr("description", description)
-        trial.set_user_attr("module_source", source)
+        # The module's sha256, not its text: `search.export.trial_module` generates it again from the design and
+        # checks it; its text is the trial's artifact (a long attribute made the dashboard's trial page unreadable).
+        trial.set_user_attr("module_sha256", sha256_text(source))
         # For optuna-dashboard: the description as the trial's note, the module as a file to open or download.
         annotate_trial(trial, description=description, source=source)
         scores: dict[str, float] = {}

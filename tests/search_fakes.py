@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from evaluation.cache import sha256_text
 from evaluation.errors import UserError
 from search.data_check import make_record
 from search.objective import DESIGN, DesignFailed
@@ -94,8 +95,9 @@ def make_fake_objective(
         _meet_the_other_workers()
         trial.set_user_attr("worker_pid", os.getpid())
         _maybe_die()
-        for key, value in generated(trial.study.study_name, trial.number, x).items():
-            trial.set_user_attr(key, value)  # the design and the module, as the objective stores them
+        made = generated(trial.study.study_name, trial.number, x)
+        trial.set_user_attr("design", made["design"])  # the design and the module's sha256, as the objective
+        trial.set_user_attr("module_sha256", sha256_text(made["module_source"]))  # stores them
         value = 0.0
         for step in range(1, steps + 1):
             time.sleep(step_s)
@@ -115,8 +117,9 @@ def make_fake_objective(
 
 
 def generated(study: str, number: int, x: float = 0.0, preset: str = "ewc") -> dict[str, Any]:
-    """The user attributes `design` and `module_source` the objective stores for trial `number` of `study`: the
-    preset at strength scale 1 + x, and the module the generator writes for it (what `trial_module` checks)."""
+    """The user attributes `design` and `module_source` the objective stored (before it kept only the module's
+    sha256) for trial `number` of `study`: the preset at strength scale 1 + x, and the module the generator
+    writes for it (what `trial_module` checks)."""
     import space
 
     design = space.PRESETS[preset].replace(reg_strength_scale=1.0 + x)

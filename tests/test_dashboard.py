@@ -25,8 +25,10 @@ import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
+from evaluation.cache import sha256_text
 from search import annotate
 from search.cmd_dashboard import free_port, in_memory_copy
+from search.export import trial_module
 from search.objective import METRIC
 from search.storage import open_study
 from search.studies import load_study_def
@@ -115,7 +117,8 @@ def test_dashboard_shows_scores_note_and_module(tmp_path: Path, mnist_root: Path
             app, f"/artifacts/{detail['study_id']}/{served['trial_id']}/{artifact['artifact_id']}"
         )
         assert status.startswith("200") and headers["Content-Type"].startswith("text/plain")
-        assert body.decode() == stored.user_attrs["module_source"]
+        assert body.decode() == trial_module(stored, "dash")
+        assert "module_source" not in attrs and attrs["module_sha256"] == sha256_text(body.decode())
 
     # `python -m search dashboard` serves the same study with its artifact store: the module opens over HTTP.
     port = free_port()
@@ -149,7 +152,7 @@ def test_dashboard_shows_scores_note_and_module(tmp_path: Path, mnist_root: Path
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 time.sleep(0.3)
         stored = next(t for t in trials if t.number == served_trial["number"])
-        assert body == stored.user_attrs["module_source"]
+        assert body == trial_module(stored, "dash")
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=20)

@@ -19,11 +19,12 @@ from test_dashboard import study_detail, wsgi_get
 from test_search_e2e import tiny_study
 
 import space
+from evaluation.cache import sha256_text
 from evaluation.errors import UserError
 from search import annotate, storage
 from search.cli import main as search_main
 from search.cmd_dashboard import prepare
-from search.export import rank_trials, trial_source
+from search.export import rank_trials, trial_module, trial_source
 from search.promote import PREFIX, best_promoted, promoted, promoted_study_name, record_promoted
 from search.storage import make_storage, open_study
 from search.studies import load_study_def
@@ -42,7 +43,8 @@ def test_promote_the_tiny_study_and_export_the_best_at_the_higher_fidelity(
     ranked = rank_trials(study.get_trials())
     assert best_promoted(study) is None
     before = trial_source("tiny_promote", url)
-    assert before == ranked[0].user_attrs["module_source"]  # only the proxy ran: the exact bytes scored
+    # only the proxy ran: the bytes it scored
+    assert sha256_text(before) == ranked[0].user_attrs["module_sha256"]
 
     out = tmp_path / "fidelity"
     args = [
@@ -127,7 +129,7 @@ def promoted_study_trials(url: str, study: optuna.Study, entries: list[dict], ar
         _, _, body = wsgi_get(
             app, f"/artifacts/{detail['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}"
         )
-        assert body.decode() == source.user_attrs["module_source"]
+        assert body.decode() == trial_module(source, "tiny_promote")
     return len(detail["trials"])
 
 

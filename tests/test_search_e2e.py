@@ -17,7 +17,8 @@ from clharness.runner import RunConfig, run
 from optuna.trial import TrialState
 
 import space
-from search.export import trial_source
+from evaluation.cache import sha256_text
+from search.export import trial_module, trial_source
 from search.objective import counts_toward_budget
 from search.storage import open_study
 from search.studies import load_study_def
@@ -120,7 +121,8 @@ def test_tiny_study_end_to_end(tmp_path: Path, mnist_root: Path) -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert out.read_text() == best.user_attrs["module_source"] == trial_source("tiny_e2e", url)
+    assert out.read_text() == trial_source("tiny_e2e", url)
+    assert sha256_text(out.read_text()) == best.user_attrs["module_sha256"]  # the module it scored
     result = run(
         out, RunConfig("splitMNIST", device="cpu", data_dir=str(mnist_root), **PROXY), progress=False
     )
@@ -167,7 +169,7 @@ def test_diverging_and_broken_modules_are_recorded_and_the_study_goes_on(
     (anchor,) = [v for k, v in open_study("tiny_diverge", url).user_attrs.items() if k.startswith("anchors:")]
     chance = (0.5 - anchor["none"]) / (anchor["joint"] - anchor["none"])
     assert diverged.intermediate_values[max(diverged.intermediate_values)] == pytest.approx(chance)
-    assert "1e38" in diverged.user_attrs["module_source"]
+    assert "1e38" in trial_module(diverged, "tiny_diverge")
 
     broken = trials[1]
     assert broken.state == TrialState.FAIL
@@ -210,7 +212,7 @@ def test_two_proxies_of_one_benchmark_score_apart_and_weigh_in(tmp_path: Path, m
         experiment="splitMNIST", data_dir=str(mnist_root), device="cpu", **{**PROXY, "iters": 20, "lr": 0.003}
     )
     module = tmp_path / "m.py"
-    module.write_text(trial.user_attrs["module_source"])
+    module.write_text(trial_module(trial, "two"))
     assert run(module, with_lr, progress=False)["average_accuracy"] == pytest.approx(scores["split_lr"])
 
 

@@ -403,7 +403,8 @@ def test_dashboard_serves_the_study_and_trial_attributes(
         for served, trial in zip(sorted(detail["trials"], key=lambda t: t["number"]), stored, strict=True):
             attrs = {a["key"]: a["value"] for a in served["user_attrs"]}
             assert json.loads(attrs["scores"]) == trial.user_attrs["scores"]
-            assert attrs["module_source"] == trial.user_attrs["module_source"]
+            assert "module_source" not in attrs  # the module's sha256, never its text (issue 32, item 7)
+            assert attrs["module_sha256"] == trial.user_attrs["module_sha256"]
             assert {"per_context", "wall_time_s"} <= set(attrs)
         assert {a["key"] for a in entry["user_attrs"]} >= {"study_file", "benchmarks"}
     finally:
