@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.errors import UserError
@@ -233,6 +233,74 @@ def check_scoring(study_def: StudyDef, recorded: Any, where: str) -> None:
     )
 
 
+# A guard's marker study older than this (seconds) was left by a process that died holding it: it is removed.
+GUARD_STALE_S = 120.0
+GUARD_POLL_S = 0.1
+
+
+def guard_name(study_name: str, what: str) -> str:
+    """The marker study of `storage_guard` (a study file's name has no colon: never a study of its own)."""
+    return f"{study_name}:{what}-guard"
+
+
+@contextlib.contextmanager
+def storage_guard(
+    storage: BaseStorage, name: str, *, stale_s: float = GUARD_STALE_S, poll_s: float = GUARD_POLL_S
+) -> Iterator[None]:
+    """Hold a guard named `name` in the storage itself for a block: of the processes asking at once, on this
+    machine or any other sharing the storage, one holds it at a time.
+
+    The guard is a marker study: creating a study is an insert under the storage's unique constraint on study
+    names (SQLite, PostgreSQL, MySQL alike), so exactly one process creates it; the others wait until it is
+    deleted. A marker that stays longer than `stale_s` belonged to a process that died holding it, and is
+    removed.
+    """
+    from optuna.study import StudyDirection
+
+    seen: tuple[int, float] | None = None  # (marker id, when this process first saw it)
+    while True:
+        try:
+            marker = storage.create_new_study([StudyDirection.MAXIMIZE], name)
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            try:
+                held = storage.get_study_id_from_name(name)
+            except KeyError:  # released meanwhile
+                continue
+            if seen is None or seen[0] != held:
+                seen = (held, time.monotonic())
+            elif time.monotonic() - seen[1] > stale_s:
+                with contextlib.suppress(KeyError):
+                    storage.delete_study(held)
+                seen = None
+                continue
+            time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        with signals_ignored():
+            storage.delete_study(marker)
+
+
+def enqueue_warm_starts(study: optuna.Study, study_def: StudyDef, storage: BaseStorage) -> None:
+    """Enqueue the study file's warm starts once, whatever the number of processes starting together.
+
+    The check (the study's `warm_start` attribute) and the inserts happen under `storage_guard`, so two
+    commands starting at the same instant on one new storage cannot both find none and both enqueue (seen: 2
+    of 9 pairs ran a warm start twice, each spending a budget slot). The mark is set after the inserts: a
+    process that dies between them leaves no mark, and the next one enqueues what is missing (`skip_if_exists`).
+    """
+    import space
+
+    with storage_guard(storage, guard_name(study.study_name, "warm-start")), interrupts.deferred():
+        if "warm_start" in study.user_attrs:
+            return  # another process enqueued them while this one waited
+        for name in study_def.warm_start:
+            params = space.trial_params({**space.PRESETS, **space.VARIANTS}[name], study_def.fixed)
+            study.enqueue_trial(params, user_attrs={"warm_start": name}, skip_if_exists=True)
+        study.set_user_attr("warm_start", list(study_def.warm_start))
+
+
 def prepare_study(study_def: StudyDef, storage_url: str) -> optuna.Study:
     """Create or load the study; record its definition; enqueue the warm-start presets the first time only."""
     storage = make_storage(storage_url)
@@ -249,14 +317,7 @@ def prepare_study(study_def: StudyDef, storage_url: str) -> optuna.Study:
         study.set_user_attr("benchmarks", list(study_def.labels))
     importlib.import_module("search.annotate").annotate_study(study, study_def.description, storage_url)
     if study_def.warm_start and "warm_start" not in attrs:
-        import space
-
-        # Mark first, then enqueue: a second command starting at the same moment sees the mark; the
-        # skip_if_exists check covers the remaining window.
-        study.set_user_attr("warm_start", list(study_def.warm_start))
-        for name in study_def.warm_start:
-            params = space.trial_params({**space.PRESETS, **space.VARIANTS}[name], study_def.fixed)
-            study.enqueue_trial(params, user_attrs={"warm_start": name}, skip_if_exists=True)
+        enqueue_warm_starts(study, study_def, storage)
     return study
 
 
