@@ -35,8 +35,10 @@ lint: $(STAMP)
 	$(PY) -m mypy continual-learning/clharness space search evaluation
 
 # Runs write your own study, studies/local/$(STUDY).db; the committed studies/*.db references are read-only.
+# Without full MNIST it runs on the 5,000-image offline subset as a study of its own, studies/local/NAME_offline.db.
+# N_TRIALS: the study's total budget (default: its file's), e.g. N_TRIALS=2 for a first look.
 search: $(STAMP)
-	$(PY) -m search run --study $(STUDY) --auto-fallback $(STORAGE_ARG)
+	$(PY) -m search run --study $(STUDY) --auto-fallback $(STORAGE_ARG) $(if $(N_TRIALS),--n-trials $(N_TRIALS))
 
 # The campaign (docs/search.md): two single-thread workers on the committed, resumable campaign storage.
 campaign: $(STAMP)
@@ -71,8 +73,8 @@ reproduce: $(STAMP)
 	$(call twice,$(PY) -m search final-eval --benchmarks splitMNIST permMNIST --device $(DEVICE) --threads 1)
 	$(MAKE) results-table
 
-# Both read studies/local/$(STUDY).db when you have one, else the committed study (studies/campaign/, else
-# studies/); REFERENCE=1 forces the committed one.
+# These read studies/local/$(STUDY).db when you have one, else the committed study (studies/campaign/, else
+# studies/), and say which; REFERENCE=1 forces the committed one.
 status: $(STAMP)
 	$(PY) -m search status --study $(STUDY) $(if $(REFERENCE),--reference) $(STORAGE_ARG)
 
@@ -80,7 +82,7 @@ regenerate: $(STAMP)
 	$(PY) -m search export --study $(STUDY) $(if $(REFERENCE),--reference) $(STORAGE_ARG) --out custom_regularization.py
 
 dashboard: $(STAMP)
-	$(PY) -m search dashboard --study $(STUDY) $(STORAGE_ARG)
+	$(PY) -m search dashboard --study $(STUDY) $(if $(REFERENCE),--reference) $(STORAGE_ARG)
 
 final-eval: $(STAMP)
 	$(PY) -m search final-eval --device $(DEVICE) $(if $(THREADS),--threads $(THREADS))

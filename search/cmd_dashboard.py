@@ -4,7 +4,9 @@ Before serving, the study is annotated (`search.annotate`: the objective's name,
 description and promoted trials), its promoted study (`NAME:promoted`) gets the promotion results it lacks
 (`search.promote.record_promoted`), and the dashboard gets the study's artifact store, so that every trial's
 module opens and downloads as a file. A committed reference study (`studies/NAME.db`) is evidence and is not
-written: the dashboard serves an in-memory copy of it, annotated, and says so.
+written: the dashboard serves an in-memory copy of it, annotated, and says so. Like `status` and `export` it
+reads your local study when you have one (`--reference`, `make dashboard REFERENCE=1`: the committed one) and
+says which it reads.
 
 Every storage is served through `ReadableStorage`: trials show the module's sha256, never its text (studies
 written before the objective stored only the sha256 keep the text in `module_source`, one attribute on one line
@@ -30,7 +32,14 @@ from evaluation.errors import UserError
 from search import annotate, optuna_adapter
 from search.cmd_status import study_name
 from search.promote import record_promoted
-from search.storage import default_storage_url, display_url, is_reference, make_storage, open_study
+from search.storage import (
+    display_url,
+    is_reference,
+    make_storage,
+    open_study,
+    read_storage_url,
+    storage_note,
+)
 
 # Trial user attributes the dashboard does not show as they are stored: the module's text (its sha256 instead).
 HIDDEN_ATTR = "module_source"
@@ -141,6 +150,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="Optuna storage URL (default: your studies/local/NAME.db, else the committed studies/NAME.db)",
     )
     p.add_argument(
+        "--reference",
+        action="store_true",
+        help="serve the committed study (studies/campaign/NAME.db, else studies/NAME.db) even if you have a local one",
+    )
+    p.add_argument(
         "--port", type=int, default=None, help="port (default: 8080 when free, else any free port)"
     )
     p.set_defaults(func=main)
@@ -177,7 +191,7 @@ def main(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     name = study_name(args.study)
-    url = args.storage or default_storage_url(name)
+    url = read_storage_url(name, args.storage, reference=args.reference)
     open_study(name, url)  # fails with a clear message when the study does not exist
     storage, what = prepare(name, url)
     folder = annotate.artifact_dir(url, name)
@@ -196,8 +210,9 @@ def main(args: argparse.Namespace) -> int:
         f"modules from {annotate.display_path(folder)}" if store else "no module files (none were stored)"
     )
     print(
-        f"optuna-dashboard for study {name} ({display_url(url)}; {what}; {modules}) at "
-        f"http://127.0.0.1:{port}/dashboard/studies/{optuna_adapter.study_id(storage, name)} (Ctrl-C stops it)",
+        f"optuna-dashboard for study {name}: storage {display_url(url)}{storage_note(name, url)}; {what}; "
+        f"{modules}; at http://127.0.0.1:{port}/dashboard/studies/{optuna_adapter.study_id(storage, name)} "
+        "(Ctrl-C stops it)",
         flush=True,
     )
     try:

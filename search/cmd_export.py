@@ -79,8 +79,13 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--trial and --storage go with one --study")
         urls = {name: read_storage_url(name, args.storage, reference=args.reference) for name in args.study}
         name = args.study[0] if len(urls) == 1 else best_promoted_study(urls)
-        source = trial_source(name, urls[name], args.trial)
         where = f" from study {name} in {display_url(urls[name])}{storage_note(name, urls[name])}"
+        try:
+            source = trial_source(name, urls[name], args.trial)
+        except UserError as exc:  # said with the storage it read, and how to read the committed one
+            if "\n" in str(exc) or display_url(urls[name]) in str(exc):
+                raise
+            raise type(exc)(f"{exc} (read{where})") from exc
     space.write_module(args.out, source)
     print(f"wrote {args.out}{where}")
     return 0

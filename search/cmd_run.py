@@ -2,17 +2,24 @@
 
 Your runs write `studies/local/NAME.db` (gitignored) unless `--storage` is given; the committed
 `studies/NAME.db` files are reference studies and never written (search/storage.py).
+
+The data is loaded before anything is created: data that cannot serve is one line and no study. Without full
+MNIST (the 5,000-image offline subset the harness falls back to) the study runs as a study of its own,
+`NAME_offline` in `studies/local/NAME_offline.db`, whose anchors are measured on the same images; the first lines
+say what data it uses and how to get the real benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from evaluation.errors import UserError
+from search import data_check
 from search.data_check import check_data_dir
-from search.storage import local_storage_url
-from search.studies import StudyDef, load_study_def
-from search.workers import DEFAULT_OBJECTIVE, DEFAULT_PROBE, run_study
+from search.storage import display_url, local_storage_url
+from search.studies import StudyDef, as_offline, derived_offline, load_study_def
+from search.workers import DEFAULT_OBJECTIVE, DEFAULT_PROBE, load_ref, run_study
 
 FALLBACK_STUDY = "campaign"
 
@@ -76,19 +83,49 @@ def fallback(study_def: StudyDef, data_dir: str | None) -> tuple[StudyDef, str |
     return load_study_def(FALLBACK_STUDY), line
 
 
+def load_data(probe: str, study_def: StudyDef, data_dir: str | None) -> dict[str, Any]:
+    """The data record of the study's run (`search.data_check.probe`), said before it loads; data that cannot
+    serve (unreadable files, a dataset absent with no fallback) is one line, before anything is created."""
+    from clharness import paths
+    from clharness.errors import HarnessError
+
+    datasets = sorted({data_check.DATASET[e] for e in study_def.experiments})
+    print(
+        f"study {study_def.name}: loading its data ({', '.join(datasets)}) from {paths.data_dir(data_dir)} ...",
+        flush=True,
+    )
+    try:
+        record: dict[str, Any] = load_ref(probe)(study_def.experiments, data_dir)
+    except HarnessError as exc:
+        raise UserError(f"{' '.join(str(exc).split())} (no study was created)") from exc
+    return record
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the study named by `args`."""
     data_dir = check_data_dir(args.data_dir)  # a typo is an error, not the offline fallback
     study_def = load_study_def(args.study)
-    if args.auto_fallback:
-        study_def, line = fallback(study_def, data_dir)
-        if line:
-            print(line, flush=True)
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.auto_fallback:
+        study_def, line = fallback(study_def, data_dir)
+        if line:
+            print(line, flush=True)
+    data = load_data(args.data_probe, study_def, data_dir)
+    offline = data_check.is_offline(data)
+    if offline and args.storage is None:
+        study_def = as_offline(study_def)  # your own study of the offline subset, never the full-MNIST one
+    elif not offline and derived_offline(study_def):
+        base = study_def.path.stem
+        raise UserError(
+            f"study {study_def.name!r} is {base!r} on the offline MNIST subset, and this run's data is "
+            f"{data['source']} from {data.get('root')}: run --study {base} (make search STUDY={base})"
+        )
     storage = args.storage or local_storage_url(study_def.name)
+    if offline:
+        print(data_check.offline_line(data, study_def.name, display_url(storage)), flush=True)
     return run_study(
         study_def,
         storage,
@@ -99,4 +136,5 @@ def main(args: argparse.Namespace) -> int:
         threads=args.threads,
         objective=args.objective,
         probe=args.data_probe,
+        data=data,
     )

@@ -122,6 +122,19 @@ def format_promoted(
     return lines
 
 
+def crash_kind(trial: FrozenTrial) -> str:
+    """What stopped a trial that failed through no fault of its design: `interrupted (Ctrl-C)`, `worker lost`
+    (its heartbeat went stale) or the error's type (`DataError`, `MemoryError`, ...)."""
+    reason = str(trial.user_attrs.get("fail_reason") or "")
+    if not reason:
+        return "no reason recorded"
+    if reason.startswith("interrupted"):
+        return reason
+    if reason.startswith("its worker stopped beating"):
+        return "worker lost"
+    return reason.split(":")[0]
+
+
 def format_status(
     study: optuna.Study, budget: int | None, top: int = 5, study_def: StudyDef | None = None
 ) -> str:
@@ -129,13 +142,19 @@ def format_status(
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
     counted = sum(counts_toward_budget(t) for t in trials)
-    crashed = sum(t.state == TrialState.FAIL and not counts_toward_budget(t) for t in trials)
+    crashed = [t for t in trials if t.state == TrialState.FAIL and not counts_toward_budget(t)]
     budget_txt = f"/{budget}" if budget is not None else ""
     lines = [f"study {study.study_name}: {counted}{budget_txt} trials counted toward the budget"]
     order = ("complete", "pruned", "fail", "running", "waiting")
     lines.append("  " + ", ".join(f"{s} {counts.get(s, 0)}" for s in order))
     if crashed:
-        lines.append(f"  ({crashed} failed by a crash or Ctrl-C and re-queued; they do not count)")
+        reasons = Counter(crash_kind(t) for t in crashed)
+        last = crashed[-1]
+        lines.append(
+            f"  ({len(crashed)} failed by their run, not their design, and re-queued; they do not count: "
+            + ", ".join(f"{n} {why}" for why, n in reasons.most_common())
+            + f"; last, trial {last.number}: {last.user_attrs.get('fail_reason') or 'no reason recorded'})"
+        )
     complete = rank_trials(trials)
     if not complete:
         lines.append("no complete trial yet")

@@ -11,12 +11,15 @@ the design closes, both measured once per study at the same proxy settings (the 
 `none`, 1 is joint. The objective is the weighted mean of those shares, with the study file's benchmark
 weights (docs/search.md says how they were measured). A trial reports after every context, benchmarks in the
 study file's order, with contexts not yet trained counted as 0: the value rises through the trial and equals
-the objective at the last step, the shape the percentile and median pruners compare at equal steps.
+the objective at the last step, the shape the percentile and median pruners compare at equal steps. The anchors
+are measured on the data the trials train on (the offline MNIST subset's: `measure_offline_anchors`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 import tempfile
 import time
 import traceback
@@ -107,6 +110,37 @@ def anchor_cache(study: optuna.Study) -> Path | None:
     return None if folder is None else folder.parent / ANCHOR_RUNS
 
 
+def live_progress() -> bool:
+    """Whether the harness draws its per-iteration bar (a terminal); a log gets one line per run."""
+    return sys.stderr.isatty()
+
+
+class AnchorProgress:
+    """One line when each anchor run starts and one when it ends (`anchor 2/6: joint on permMNIST_lr seed
+    1001: 0.9512 in 41 s`), so that the minutes before a new study's first trial are never silent."""
+
+    def __init__(self, total: int, log: Callable[[str], None]) -> None:
+        self.total, self.log, self.done = total, log, 0
+
+    def run(self, label: str, bench: str, seed: int, measure: Callable[[], float]) -> float:
+        self.done += 1
+        what = f"anchor {self.done}/{self.total}: {label} on {bench} seed {seed}"
+        self.log(f"{what} ...")
+        t0 = time.perf_counter()
+        value = measure()
+        self.log(f"{what}: {value:.4f} in {time.perf_counter() - t0:.0f} s")
+        return value
+
+
+def _say_anchors(benches: Sequence[BenchmarkProxy], log: Callable[[str], None], where: str) -> int:
+    n = 2 * sum(len(b.seeds) for b in benches)
+    log(
+        f"anchors: `none` and joint training at the proxy settings of {', '.join(b.label for b in benches)} "
+        f"({n} runs {where}), the 0 and 1 of the objective's scale; measured once, before the first trial"
+    )
+    return n
+
+
 def measure_anchors(
     benches: Sequence[BenchmarkProxy],
     cache_dir: Path,
@@ -119,24 +153,50 @@ def measure_anchors(
     the benchmark's `anchor_key`.
 
     The runs go through the run cache in `cache_dir`, claimed one at a time: two workers starting together split
-    them instead of both running all, and a later study with the same proxy settings reads them back.
+    them instead of both running all, and a later study with the same proxy settings reads them back. Each run
+    this process makes is said when it starts and ends (`AnchorProgress`).
     """
-    from evaluation.cache import CachedRun, share_work, store_module
+    from evaluation.cache import CachedRun, check_data, share_work, store_module
 
     none_path, none_sha = store_module(cache_dir / "modules", "none", none_source())
     runs_dir = cache_dir / "runs"
-    runs = {
-        anchor_key(bench): [
-            CachedRun(label, path, sha, proxy_config(bench, seed, data_dir=data_dir, device=device))
-            for seed in bench.seeds
-            for label, path, sha in (("none", none_path, none_sha), ("joint", None, "joint"))
-        ]
-        for bench in benches
-    }
+    label_of: dict[int, tuple[str, int]] = {}
+    runs: dict[str, list[CachedRun]] = {}
+    for bench in benches:
+        group = []
+        for seed in bench.seeds:
+            for label, path, sha in (("none", none_path, none_sha), ("joint", None, "joint")):
+                run = CachedRun(label, path, sha, proxy_config(bench, seed, data_dir=data_dir, device=device))
+                label_of[id(run)] = (bench.label, seed)
+                group.append(run)
+        runs[anchor_key(bench)] = group
     every = [run for group in runs.values() for run in group]
+    progress = AnchorProgress(_say_anchors(benches, log, f"cached in {cache_dir}"), log)
+    live = live_progress()
+
+    def hooks_run(path: str, cfg: Any, **kw: Any) -> dict[str, Any]:
+        from clharness.runner import run
+
+        check_data(cfg.experiment, cfg.data_dir)  # what the cache checks when it picks the runner itself
+        return run(path, cfg, **{**kw, "progress": live})
+
+    def joint_run(cfg: Any, **kw: Any) -> dict[str, Any]:
+        from clharness.runner import run_joint
+
+        check_data(cfg.experiment, cfg.data_dir)
+        return run_joint(cfg, **{**kw, "progress": live})
+
     with closing(share_work(every, lambda r: r.record(runs_dir), log=log)) as work:  # closed: claims released
         for run in work:
-            run.execute(runs_dir)
+            bench_label, seed = label_of[id(run)]
+            progress.run(
+                run.label,
+                bench_label,
+                seed,
+                functools.partial(run.execute, runs_dir, run_fn=hooks_run, joint_fn=joint_run),
+            )
+    if progress.done < progress.total:
+        log(f"anchors: {progress.total - progress.done} of {progress.total} runs read from the cache")
     return {
         key: {
             label: fmean(r.execute(runs_dir) for r in group if r.label == label)
@@ -146,12 +206,80 @@ def measure_anchors(
     }
 
 
+def _accuracy(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> float:
+    """The average accuracy of the harness run `fn(*args, **kwargs)`."""
+    return float(fn(*args, **kwargs)["average_accuracy"])
+
+
+def measure_offline_anchors(
+    benches: Sequence[BenchmarkProxy],
+    *,
+    data_dir: str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, float]]:
+    """The anchors of a study on the offline MNIST subset, measured on those same images.
+
+    The run cache files benchmark runs only (it refuses the offline subset, and its keys do not name the data),
+    so these runs are made here and kept only on the study (`study_anchors`)."""
+    from clharness.runner import run, run_joint
+
+    progress = AnchorProgress(_say_anchors(benches, log, "on the offline MNIST subset"), log)
+    live = live_progress()
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="cl-anchor-") as tmp:
+        none_path = Path(tmp) / "none.py"
+        none_path.write_text(none_source(), encoding="utf-8")
+        for bench in benches:
+            values: dict[str, list[float]] = {"none": [], "joint": []}
+            for seed in bench.seeds:
+                cfg = proxy_config(bench, seed, data_dir=data_dir, device=device)
+                values["none"].append(
+                    progress.run(
+                        "none",
+                        bench.label,
+                        seed,
+                        functools.partial(_accuracy, run, none_path, cfg, progress=live),
+                    )
+                )
+                values["joint"].append(
+                    progress.run(
+                        "joint",
+                        bench.label,
+                        seed,
+                        functools.partial(_accuracy, run_joint, cfg, progress=live),
+                    )
+                )
+            out[anchor_key(bench)] = {label: fmean(v) for label, v in values.items()}
+    return out
+
+
 def study_anchors(
     study: optuna.Study, study_def: StudyDef, *, data_dir: str | None = None, device: str = "auto"
 ) -> dict[str, dict[str, float]]:
-    """Every benchmark's anchors, measured once (`measure_anchors`) and kept in the study's user attributes."""
+    """Every benchmark's anchors, measured once (`measure_anchors`) and kept in the study's user attributes.
+
+    On the offline MNIST subset they are measured on it (`measure_offline_anchors`), by one worker at a time
+    (a claim beside the study's artifact folder): the others wait and read them from the study."""
+    from search import data_check
+
     missing = [b for b in study_def.benchmarks if anchor_key(b) not in study.user_attrs]
-    if missing:
+    if missing and data_check.is_offline(data_check.probe(study_def.experiments, data_dir)):
+        from evaluation.cache import exclusive
+        from search.annotate import study_artifact_dir  # it imports this module
+
+        folder = study_artifact_dir(study)
+        with (
+            contextlib.nullcontext()
+            if folder is None
+            else exclusive(folder.with_suffix(".anchors"), poll_s=2.0)
+        ):
+            missing = [b for b in study_def.benchmarks if anchor_key(b) not in study.user_attrs]
+            if missing:
+                measured = measure_offline_anchors(missing, data_dir=data_dir, device=device)
+                for key, values in measured.items():
+                    study.set_user_attr(key, values)
+    elif missing:
         with contextlib.ExitStack() as stack:
             cache_dir = anchor_cache(study) or Path(  # nowhere to share them: this process's own runs
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="cl-anchor-"))

@@ -9,8 +9,11 @@ Studies by name (the layout, docs/search.md "Storage"):
 - `studies/campaign/NAME.db` (committed) is the team's **campaign** study, carried over sessions by `make
   campaign`.
 - Reading commands (status, export and `make regenerate`, dashboard, promote, fidelity, final-eval) open your
-  local study when it exists, else the campaign's, else the committed reference (`default_storage_url`);
-  `--reference` (status, export) reads the reference even so; `--storage URL` is always taken as given.
+  local study when it exists, else the campaign's, else the committed reference (`default_storage_url`); a
+  file that does not hold the study (left by a run that stopped before creating it) is not one.
+  `--reference` (status, export, dashboard; `REFERENCE=1` for make) reads the committed study even so;
+  `--storage URL` is always taken as given. Each names the storage it reads, and says when your local study
+  shadows the committed one and how to read that one (`storage_note`).
 
 The storage is an `optuna.storages.RDBStorage` with a heartbeat, so a trial whose worker died (SIGKILL, power
 loss, lost machine) is failed after `grace_period` seconds and re-queued by `RetryCrashedTrial`.
@@ -23,6 +26,7 @@ worker: every call retries a lost connection for up to `storage_retry_s()` secon
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -32,7 +36,7 @@ from optuna.trial import FrozenTrial
 
 from evaluation.errors import UserError
 from search import optuna_adapter
-from search.studies import repo_root, studies_dir
+from search.studies import offline_name, repo_root, studies_dir
 
 # Seconds a SQLite writer waits for the file lock before giving up (workers write at every context).
 SQLITE_TIMEOUT_S = 120
@@ -87,9 +91,30 @@ def sqlite_path(url: str) -> Path | None:
     return Path(db) if db and db != ":memory:" else None
 
 
+def holds_study(path: Path, name: str) -> bool:
+    """Whether the SQLite file at `path` holds a study named `name` (opened read-only: nothing is created).
+
+    A file that is not an Optuna storage, or holds no study of that name, does not; one that cannot be read
+    this instant (locked by a writer) is taken to hold it."""
+    if not path.is_file():
+        return False
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error:
+        return False
+    try:
+        return con.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+    except sqlite3.OperationalError as exc:
+        return "no such table" not in str(exc)
+    except sqlite3.DatabaseError:  # not a database
+        return False
+    finally:
+        con.close()
+
+
 def default_storage_url(name: str) -> str:
     """What reading commands open for study `name`: your local study when it exists, else the campaign's when
-    it exists, else the reference.
+    it exists, else the reference. A file that does not hold the study is passed over (`holds_study`).
 
     All are resolved from the package location, so a study opens from any working directory; from the
     repository root the same files are `sqlite:///studies/local/<name>.db`, `sqlite:///studies/campaign/<name>.db`
@@ -97,7 +122,7 @@ def default_storage_url(name: str) -> str:
     """
     for url in (local_storage_url(name), campaign_storage_url(name)):
         path = sqlite_path(url)
-        if path is not None and path.is_file():
+        if path is not None and holds_study(path, name):
             return url
     return reference_storage_url(name)
 
@@ -119,20 +144,57 @@ def read_storage_url(name: str, storage: str | None = None, *, reference: bool =
     return committed_storage_url(name) if reference else default_storage_url(name)
 
 
+def _shown(url: str) -> str:
+    path = sqlite_path(url)
+    assert path is not None
+    try:
+        return str(path.relative_to(studies_dir().parent))
+    except ValueError:
+        return str(path)
+
+
 def storage_note(name: str, url: str) -> str:
-    """` (the committed reference study)`, ` (the team's campaign study)` or ` (your local study; ...)`: which one
-    a command reads."""
-    if url == reference_storage_url(name):
-        return " (the committed reference study)"
-    if url == campaign_storage_url(name):
-        return " (the team's campaign study)"
-    if url == local_storage_url(name):
-        committed = sqlite_path(committed_storage_url(name))
-        if committed is not None and committed.is_file():
-            shown = committed.relative_to(studies_dir().parent)
-            return f" (your local study; --reference reads the committed {shown})"
-        return " (your local study)"
-    return ""
+    """Which study a reading command reads, in parentheses: the committed reference, the team's campaign study
+    or your local one; when your local study shadows the committed one, how to read that one (`REFERENCE=1`,
+    `--reference`); when the committed one is read beside a local one, that the local one is not; and your
+    study of the offline MNIST subset (`NAME_offline`), when there is one."""
+    local = sqlite_path(local_storage_url(name))
+    has_local = local is not None and holds_study(local, name)
+    committed = committed_storage_url(name)
+    committed_path = sqlite_path(committed)
+    parts: list[str] = []
+    if url in (reference_storage_url(name), campaign_storage_url(name)):
+        parts.append(
+            "the committed reference study"
+            if url == reference_storage_url(name)
+            else "the team's campaign study"
+        )
+        if has_local:
+            parts.append(
+                f"your local {_shown(local_storage_url(name))} is not read: without REFERENCE=1 (make) or "
+                "--reference it is"
+            )
+    elif url == local_storage_url(name):
+        if committed_path is not None and committed_path.is_file():
+            parts.append(
+                f"your local study, which shadows the committed {_shown(committed)}: REFERENCE=1 (make) or "
+                "--reference reads the committed one"
+            )
+        else:
+            parts.append("your local study")
+    offline = offline_name(name)
+    offline_path = sqlite_path(local_storage_url(offline))
+    if offline != name and offline_path is not None and holds_study(offline_path, offline):
+        parts.append(
+            f"your run on the offline MNIST subset is the study {offline} ({_shown(local_storage_url(offline))}): "
+            f"STUDY={offline} reads it"
+        )
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def local_studies() -> list[str]:
+    """The names of your own studies: the SQLite files in `studies/local/`."""
+    return sorted(p.stem for p in local_dir().glob("*.db"))
 
 
 def is_reference(url: str) -> bool:
@@ -316,10 +378,17 @@ def open_study(
                     f"(known studies: {', '.join(known) or 'none'})"
                 )
             where = display_url(url_or_storage)
-            if storage is None:
-                where = f"neither {display_url(local_storage_url(name))} nor {display_url(reference_storage_url(name))}"
+            if storage is None or url_or_storage in defaults:
+                where = f"neither {', '.join(display_url(url) for url in defaults[:2])} nor {display_url(defaults[2])}"
+            yours = local_studies()
+            mine = (
+                f"; your own studies (studies/local/): {', '.join(yours)}, e.g. make status STUDY={yours[0]}"
+                if yours
+                else ""
+            )
             raise UserError(
                 f"study {name!r} has no storage yet ({where}); run it first: python -m search run --study {name}"
+                f"{mine}"
             )
         url_or_storage = make_storage(url_or_storage)
     if create:

@@ -26,6 +26,9 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "percentile", "none", "successive_halving", "hyperband")
 # Study names reach file names and the generated module's header: keep them plain identifiers.
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+# A study run on the 5,000-image offline MNIST subset is a study of its own, `<name>_offline`, defined by the
+# file of `<name>`: its name says so, and its storage is never the full-MNIST study's.
+OFFLINE_SUFFIX = "_offline"
 
 
 def repo_root() -> Path:
@@ -154,8 +157,24 @@ def available_studies() -> list[str]:
     return sorted(p.stem for p in studies_dir().glob("*.toml"))
 
 
+def offline_name(name: str) -> str:
+    """`<name>_offline`: the study that runs `name`'s definition on the offline MNIST subset."""
+    return name if name.endswith(OFFLINE_SUFFIX) else f"{name}{OFFLINE_SUFFIX}"
+
+
+def as_offline(study_def: StudyDef) -> StudyDef:
+    """`study_def` as the study of its own that runs on the offline MNIST subset (`offline_name`)."""
+    return dataclasses.replace(study_def, name=offline_name(study_def.name))
+
+
+def derived_offline(study_def: StudyDef) -> bool:
+    """Whether `study_def` is `<name>_offline` read from the file of `<name>` (`as_offline`)."""
+    return study_def.name != study_def.path.stem and study_def.name.endswith(OFFLINE_SUFFIX)
+
+
 def study_path(name_or_path: str | Path) -> Path:
-    """The file of a study given by name (`studies/<name>.toml`) or by path."""
+    """The file of a study given by name (`studies/<name>.toml`; `<name>_offline` without a file of its own:
+    `<name>`'s) or by path."""
     text = str(name_or_path)
     if text.endswith(".toml") or "/" in text or "\\" in text:
         path = Path(text)
@@ -163,6 +182,9 @@ def study_path(name_or_path: str | Path) -> Path:
             raise UserError(f"study file {path} does not exist")
         return path
     path = studies_dir() / f"{text}.toml"
+    base = studies_dir() / f"{text.removesuffix(OFFLINE_SUFFIX)}.toml"
+    if not path.is_file() and text.endswith(OFFLINE_SUFFIX) and base.is_file():
+        return base
     if not path.is_file():
         names = ", ".join(available_studies()) or "none"
         raise UserError(f"unknown study {text!r}: no file {path} (studies: {names})")
@@ -186,7 +208,11 @@ def load_study_def(name_or_path: str | Path) -> StudyDef:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_study_def(data, path)
+    study_def = parse_study_def(data, path)
+    name = str(name_or_path)
+    if name != path.stem and name == offline_name(path.stem):  # `<name>_offline`, from `<name>`'s file
+        study_def = as_offline(study_def)
+    return study_def
 
 
 def parse_study_def(data: Mapping[str, Any], path: Path) -> StudyDef:

@@ -57,6 +57,7 @@ from search.storage import (
     display_url,
     local_storage_url,
     make_storage,
+    sqlite_path,
 )
 from search.studies import PrunerDef, SamplerDef, StudyDef, load_study_def
 
@@ -82,6 +83,7 @@ class WorkerSpec:
     started_at: float = 0.0  # epoch seconds when the command began (for the trials-per-hour rate)
     threads: int = 1  # torch CPU threads of this worker
     probe: str = DEFAULT_PROBE  # how the worker fingerprints its data (checked against the study's record)
+    study_name: str = ""  # the study's name when it is not its file's (`NAME_offline`, studies.as_offline)
 
 
 def default_threads(n_workers: int) -> int:
@@ -301,14 +303,33 @@ def enqueue_warm_starts(study: optuna.Study, study_def: StudyDef, storage: BaseS
         study.set_user_attr("warm_start", list(study_def.warm_start))
 
 
-def prepare_study(study_def: StudyDef, storage_url: str) -> optuna.Study:
-    """Create or load the study; record its definition; enqueue the warm-start presets the first time only."""
+def existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
+    """Study `name` of `storage`, or None when the storage holds none of that name (nothing is created)."""
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def prepare_study(study_def: StudyDef, storage_url: str, data: dict[str, Any] | None = None) -> optuna.Study:
+    """Create or load the study; record its definition; enqueue the warm-start presets the first time only.
+
+    An existing study is checked first, before anything is written to it: its scoring and, given this run's
+    `data`, its data record must be this run's.
+    """
     storage = make_storage(storage_url)
+    where = display_url(storage_url)
+    found = existing_study(storage, study_def.name)
+    if found is not None:
+        check_scoring(study_def, found.user_attrs.get("scoring"), where)
+        if data is not None:
+            data_check.check_same(found.user_attrs.get(data_check.STUDY_ATTR), data, study_def.name, where)
     study = optuna.create_study(
         study_name=study_def.name, storage=storage, direction="maximize", load_if_exists=True
     )
     attrs = study.user_attrs
-    check_scoring(study_def, attrs.get("scoring"), display_url(storage_url))
+    check_scoring(study_def, attrs.get("scoring"), where)
     if "scoring" not in attrs:
         study.set_user_attr("scoring", study_def.scoring)
     text = study_def.path.read_text(encoding="utf-8")
@@ -510,6 +531,8 @@ def _check_worker_data(study: optuna.Study, spec: WorkerSpec, study_def: StudyDe
 
 def _worker_loop(spec: WorkerSpec) -> int:
     study_def = load_study_def(spec.study_file)
+    if spec.study_name:
+        study_def = replace(study_def, name=spec.study_name)
     w = study_def.workers
     storage = make_storage(
         spec.storage_url,
@@ -818,20 +841,26 @@ def run_study(
     objective: str = DEFAULT_OBJECTIVE,
     threads: int | None = None,
     probe: str = DEFAULT_PROBE,
+    data: dict[str, Any] | None = None,
 ) -> int:
     """Create or resume the study and run workers until `n_trials` (default: the study's) are counted.
 
-    Refuses (UserError) a reference storage, and data other than the study's. SIGINT and SIGTERM raise
-    `Interrupted` once the running trials are failed and re-queued.
+    Refuses (UserError) a reference storage, and data other than the study's. The data is loaded (`probe`,
+    unless the command gave its record as `data`) before a new SQLite storage is made or a study created: a
+    study is created only once its first trial can run. SIGINT and SIGTERM raise `Interrupted` once the
+    running trials are failed and re-queued.
     """
     budget = n_trials if n_trials is not None else study_def.n_trials
     if n_workers < 1:
         raise UserError(f"--workers must be at least 1, got {n_workers}")
     check_writable(storage_url)
     with quiet_optuna(), interrupt_signals():
-        make_storage(storage_url)  # a bad URL is one line before the data is loaded
-        data: dict[str, Any] = load_ref(probe)(study_def.experiments, data_dir)
-        study = prepare_study(study_def, storage_url)
+        file = sqlite_path(storage_url)
+        if file is None or file.exists():
+            make_storage(storage_url)  # a bad URL is one line before the data is loaded
+        if data is None:
+            data = load_ref(probe)(study_def.experiments, data_dir)
+        study = prepare_study(study_def, storage_url, data)
         trials = study.get_trials(deepcopy=False)
         where = display_url(storage_url)
         ran = [t.number for t in trials if t.state != TrialState.WAITING]  # enqueued warm starts have not run
@@ -871,6 +900,7 @@ def run_study(
             started_at=time.time(),
             threads=n_threads,
             probe=probe,
+            study_name="" if study_def.name == study_def.path.stem else study_def.name,
         )
         code = run_workers(spec, n_workers)
         _summary(study, budget, data, storage_url)
@@ -888,8 +918,10 @@ def _summary(study: optuna.Study, budget: int, data: dict[str, Any], storage_url
     best = ranked[0]
     name = study.study_name
     where = "" if storage_url == local_storage_url(name) else f" --storage {display_url(storage_url)}"
+    # An offline study's module is a demo: it does not replace the shipped custom_regularization.py.
+    out = f"studies/local/{name}.py" if offline else "custom_regularization.py"
     print(
         f"study {name}: {done}/{budget} trials; best trial {best.number}: {best.value:.4f} "
         f"({format_scores(best)}){offline}; "
-        f"write it with: python -m search export --study {name}{where} --out custom_regularization.py"
+        f"write it with: python -m search export --study {name}{where} --out {out}"
     )

@@ -108,10 +108,15 @@ def test_the_offline_fallback_says_so_on_the_first_and_the_summary_line(tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert "offline MNIST fallback" in lines[0], lines[0]
+    assert lines[0].startswith("study fake: loading its data (MNIST) from ")
+    assert lines[1].startswith(
+        "data: full MNIST is not in fake-root/MNIST/raw, so this run trains on the 5,000"
+    )
+    assert "offline MNIST fallback" in lines[2], lines[2]
     assert lines[-1].startswith("study fake: 2/2 trials; best trial ")
     assert "the 5,000-image offline MNIST fallback" in lines[-1]
     assert "not comparable with full-MNIST studies" in lines[-1]
+    assert lines[-1].endswith("--out studies/local/fake.py")  # a demo's module: not the shipped one
 
 
 def test_the_probe_fingerprints_the_data_the_harness_trains_on(

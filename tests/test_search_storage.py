@@ -87,7 +87,10 @@ def test_runs_write_your_study_and_never_the_reference(
     assert out.read_text() == ref_source
     assert "the committed reference study" in capsys.readouterr().out
     assert search_main(["status", "--study", "fake"]) == 0
-    assert "(your local study; --reference reads the committed studies/fake.db)" in capsys.readouterr().out
+    assert (
+        "(your local study, which shadows the committed studies/fake.db: REFERENCE=1 (make) or --reference reads "
+        "the committed one)" in capsys.readouterr().out
+    )
 
     # A reference is never a run's storage, even when named explicitly.
     with pytest.raises(UserError, match=r"is a committed reference study and read-only; runs write"):
@@ -122,8 +125,8 @@ def test_reading_commands_take_yours_then_the_campaigns_then_the_reference(
     # --reference reads the committed study, which is the campaign's when the team ran one.
     assert search_main(["status", "--study", "fake"]) == 0
     assert (
-        "(your local study; --reference reads the committed studies/campaign/fake.db)"
-        in capsys.readouterr().out
+        "(your local study, which shadows the committed studies/campaign/fake.db: REFERENCE=1 (make) or "
+        "--reference reads the committed one)" in capsys.readouterr().out
     )
     out = studies / "module.py"
     assert search_main(["export", "--study", "fake", "--reference", "--out", str(out)]) == 0
