@@ -665,27 +665,79 @@ def verdict_line(title: str, tests: Mapping[str, Comparison]) -> str:
     return f"{title}{seeds}: the candidate is " + "; ".join(parts) + "."
 
 
+# Test streams that are not clean, and why: the README says so wherever they appear.
+STREAM_MARKS: dict[int, str] = {
+    42: "test-split runs read to design the space",
+    43: "test-split runs read to design the space",
+    100: "also run on the validation split, by the split check",
+}
+
+
+def _accs(recs: Mapping[int, dict]) -> list[float]:
+    return [float(r["result"]["average_accuracy"]) for r in recs.values()]
+
+
+def _marks(seeds: Sequence[int], what: str) -> str:
+    """' WHAT not clean: 42 and 43 (why); 100 (why).' for the marked seeds among `seeds`, grouped by reason."""
+    by_reason: dict[str, list[int]] = {}
+    for seed in sorted(seeds):
+        if seed in STREAM_MARKS:
+            by_reason.setdefault(STREAM_MARKS[seed], []).append(seed)
+    if not by_reason:
+        return ""
+    parts = [" and ".join(map(str, group)) + f" ({reason})" for reason, group in by_reason.items()]
+    return f" {what} not clean: " + "; ".join(parts) + "."
+
+
+def fresh_lines(fresh: Mapping[str, Mapping[int, dict]], out: str = "results") -> list[str]:
+    """The verdict the README leads with: the fresh Permuted-MNIST test streams (`fresh`: method -> seed ->
+    record), each method's mean, the candidate's paired difference against every baseline with Holm p over
+    this list, and the sentence those numbers allow (`verdict_line`)."""
+    seeds = sorted({s for recs in fresh.values() for s in recs})
+    tests = compare(paired_differences(fresh)) if CANDIDATE in fresh else {}
+    family = max((c.family for c in tests.values()), default=0)
+    lines = [
+        f"**Fresh Permuted-MNIST test streams** (permutation seeds {', '.join(map(str, seeds))}, test split, full "
+        "protocol; nothing in the project ran them before): the verdict rests on these."
+        + (f" Holm p over this list's {_tests(family)}." if family else ""),
+        "",
+        *(f"- `{m}`: {_cell(_accs(recs))}" for m, recs in fresh.items() if recs),
+        *(f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in tests.items()),
+        "",
+    ]
+    if tests:
+        lines += [f"**Verdict.** {verdict_line('On the fresh streams', tests)}"]
+        lines += ["", f"![Fresh streams, paired]({out}/fresh/plots/permMNIST_paired.png)"]
+    else:
+        lines += [
+            "**Verdict**: none yet; the candidate has no run on the fresh streams (`make fresh-streams`)."
+        ]
+    return [*lines, ""]
+
+
 def readme_block(
     results: Mapping[str, Mapping[str, Mapping[int, dict]]],
     methods: Sequence[str],
     heldout: Mapping[str, Mapping[int, dict]] | None = None,
     out: str = "results",
+    fresh: Mapping[str, Mapping[int, dict]] | None = None,
 ) -> str:
-    """The README's results: every method's mean ± SE (seeds), the candidate's paired difference against each
-    baseline with p, Holm p (one family: the table's tests), 95% CI, verdict and a link to its figure, and the
-    held-out Permuted-MNIST streams (`heldout`: method -> seed -> record) with their figure and, pooled with the
-    table's Permuted-MNIST seeds, the candidate's paired difference over every test stream (each list its own
-    Holm family). `out` is the results folder relative to the README,
-    whose report (`write_report`, its held-out one under `out/heldout`) holds the figures."""
-
-    def accs(recs: Mapping[int, dict]) -> list[float]:
-        return [float(r["result"]["average_accuracy"]) for r in recs.values()]
-
+    """The README's results: first the verdict on the fresh Permuted-MNIST streams (`fresh`, `fresh_lines`),
+    then every method's mean ± SE (seeds), the candidate's paired difference against each baseline with p, Holm
+    p (one family: the table's tests), 95% CI, verdict and a link to its figure, and the held-out Permuted-MNIST
+    streams (`heldout`: method -> seed -> record) with their figure and, pooled with the table's and the fresh
+    Permuted-MNIST seeds, the candidate's paired difference over every test stream (each list its own Holm
+    family); streams that are not clean are marked (`STREAM_MARKS`). `out` is the results folder relative to
+    the README, whose report (`write_report`, the held-out and fresh ones under `out/heldout`, `out/fresh`)
+    holds the figures."""
+    accs = _accs
     benches = [b for b in results if any(results[b].values())]
     titles = [BENCHMARK_TITLES.get(b, b) for b in benches]
+    perm_seeds = sorted({s for recs in results.get("permMNIST", {}).values() for s in recs})
     lines = [
+        *(fresh_lines(fresh, out) if fresh else []),
         "Average test accuracy over contexts after the last one, mean ± standard error (seeds); full published "
-        "protocol, test split.",
+        "protocol, test split." + _marks(perm_seeds, "Permuted-MNIST seeds"),
         "",
         "| method | " + " | ".join(titles) + " | published (original harness) |",
         "|---|" + "---|" * len(benches) + "---|",
@@ -720,25 +772,32 @@ def readme_block(
         links = [f"[{BENCHMARK_TITLES.get(b, b)}]({out}/plots/{b}_paired.png)" for b in benches if paired[b]]
         lines += ["", "The paired differences per seed, as figures: " + ", ".join(links) + "."]
     if heldout:
-        seeds = ", ".join(map(str, sorted({s for recs in heldout.values() for s in recs})))
+        held_seeds = sorted({s for recs in heldout.values() for s in recs})
         held_paired = compare(paired_differences(heldout))
         family = max((c.family for c in held_paired.values()), default=0)
         lines += [
             "",
-            f"Held-out Permuted-MNIST streams (permutation seeds {seeds}, used nowhere else), full protocol"
-            + (f"; Holm p over this list's {_tests(family)}:" if family else ":"),
+            f"Held-out Permuted-MNIST streams (permutation seeds {', '.join(map(str, held_seeds))}, chose "
+            f"nothing), full protocol, test split.{_marks(held_seeds, 'Streams')}"
+            + (f" Holm p over this list's {_tests(family)}:" if family else ""),
         ]
         lines += ["", *(f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs)]
         lines += [f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in held_paired.items()]
         # The table's test streams and the held-out ones together: the most streams each comparison has.
         perm = results.get("permMNIST", {})
-        pooled = compare(paired_differences({m: {**perm.get(m, {}), **recs} for m, recs in heldout.items()}))
+        every = {m: {**perm.get(m, {}), **recs, **(fresh or {}).get(m, {})} for m, recs in heldout.items()}
+        pooled = compare(paired_differences(every))
         if any(c.paired.n > held_paired[m].paired.n for m, c in pooled.items() if m in held_paired):
             streams = ", ".join(map(str, sorted({s for c in pooled.values() for s in c.paired.seeds})))
             family = max((c.family for c in pooled.values()), default=0)
+            which = (
+                "the table's, the held-out and the fresh ones"
+                if fresh
+                else "the table's and the held-out ones"
+            )
             lines += [
                 "",
-                f"Every Permuted-MNIST test stream, the table's and the held-out ones (seeds {streams}), paired"
+                f"Every Permuted-MNIST test stream, {which} (seeds {streams}), paired"
                 + (f"; Holm p over this list's {_tests(family)}:" if family else ":"),
             ]
             lines += ["", *(f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in pooled.items())]
@@ -849,6 +908,27 @@ def report_as_cached(
     return results, methods
 
 
+STREAM_SETS = (
+    "heldout",
+    "fresh",
+)  # Permuted-MNIST test streams beyond the table's, each its own results folder
+
+
+def stream_sets(out_dir: Path, *, write: bool = False) -> dict[str, dict[str, dict[int, dict]] | None]:
+    """The Permuted-MNIST records of `out_dir/heldout` and `out_dir/fresh` as cached (None where a folder has no
+    runs), method -> seed -> record; `write` rebuilds each folder's report too."""
+    found: dict[str, dict[str, dict[int, dict]] | None] = {}
+    for name in STREAM_SETS:
+        folder = out_dir / name
+        if not (folder / "runs").is_dir():
+            found[name] = None
+        elif write:
+            found[name] = report_as_cached(folder, ["permMNIST"])[0]["permMNIST"]
+        else:
+            found[name] = results_as_cached(folder, ["permMNIST"])[0]["permMNIST"]
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Rebuild `<out>/README.md`, `summary.json` and the plots from the cached runs as they are; run nothing."""
     import argparse
@@ -874,17 +954,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         results, methods = report_as_cached(args.out, args.benchmarks)
-        heldout_dir = args.out / "heldout"
-        heldout = None
-        if args.readme is not None and (heldout_dir / "runs").is_dir():  # the README shows its figure
-            heldout = report_as_cached(heldout_dir, ["permMNIST"])[0]["permMNIST"]
+        # The README shows the held-out and fresh streams' figures: their reports are rebuilt with it.
+        streams = (
+            {name: None for name in STREAM_SETS} if args.readme is None else stream_sets(args.out, write=True)
+        )
     except UserError as exc:  # a corrupted record: one line naming it and how to redo it
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.readme is not None:
         out = Path(os.path.relpath(args.out, args.readme.parent)).as_posix()
         try:
-            write_readme_block(args.readme, readme_block(results, [m for m, _ in methods], heldout, out))
+            write_readme_block(
+                args.readme,
+                readme_block(results, [m for m, _ in methods], streams["heldout"], out, streams["fresh"]),
+            )
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

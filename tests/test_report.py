@@ -213,8 +213,9 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
     )
     assert any("over the 2 paired tests of the table (those with a p)" in line for line in lines)
     assert (
-        "Held-out Permuted-MNIST streams (permutation seeds 100, 101, used nowhere else), full protocol; "
-        "Holm p over this list's 1 paired test:" in lines
+        "Held-out Permuted-MNIST streams (permutation seeds 100, 101, chose nothing), full protocol, test split. "
+        "Streams not clean: 100 (also run on the validation split, by the split check). Holm p over this "
+        "list's 1 paired test:" in lines
     )
     # candidate 0.955 ± 0.005; tuned_mas 0.93 on both; diffs 0.02, 0.03: mean 0.025, SE 0.005
     assert "- `candidate`: 0.9550 ± 0.0050 (2)" in lines
@@ -237,6 +238,8 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
         == 1
     )
     assert "![Held-out streams, paired](results/heldout/plots/permMNIST_paired.png)" in lines
+    # seed 42 is marked where the table's Permuted-MNIST seeds are named
+    assert lines[2].endswith("Permuted-MNIST seeds not clean: 42 (test-split runs read to design the space).")
     # the verdict in words, per benchmark, from the same adjusted numbers
     assert (
         "- Split-MNIST (3 paired seeds): the candidate is **higher** than `none` (Holm p 0.0078); "
@@ -421,6 +424,58 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     assert "[Split-MNIST](../plots/splitMNIST_paired.png)" in block  # candidate against ewc on seed 42
 
 
+def test_the_readme_leads_with_the_verdict_on_the_fresh_streams() -> None:
+    """The fresh streams come first, with their own Holm family, and the verdict sentence is built from their
+    adjusted p; they join the pooled list of every test stream."""
+    perm = {"candidate": _runs({42: 0.96}), "mas": _runs({42: 0.95})}
+    heldout = {"candidate": _runs({100: 0.96}), "mas": _runs({100: 0.95})}
+    fresh = {
+        # candidate - mas: 0.01, 0.02, 0.01, 0.02, 0.01: mean 0.014, sd 0.005477, SE 0.002449, t 5.715 (4 df)
+        "candidate": _runs({103: 0.96, 104: 0.97, 105: 0.96, 106: 0.97, 107: 0.96}),
+        "mas": _runs({103: 0.95, 104: 0.95, 105: 0.95, 106: 0.95, 107: 0.95}),
+        # candidate - tuned_si: 0.00, +0.01, -0.01, +0.02, -0.02: mean 0, not separated
+        "tuned_si": _runs({103: 0.96, 104: 0.96, 105: 0.97, 106: 0.95, 107: 0.98}),
+    }
+    lines = report.readme_block({"permMNIST": perm}, ["candidate", "mas"], heldout, fresh=fresh).splitlines()
+    assert lines[2] == (
+        "**Fresh Permuted-MNIST test streams** (permutation seeds 103, 104, 105, 106, 107, test split, full "
+        "protocol; nothing in the project ran them before): the verdict rests on these. Holm p over this list's "
+        "2 paired tests."
+    )
+    assert "- `tuned_si`: 0.9640 ± 0.0051 (5)" in lines
+    # p of t 5.715 with 4 df: 0.0047; Holm: twice the smaller p (0.0093) against tuned_si's p 1;
+    # CI 0.014 ± 2.776445 x 0.002449 = [+0.0072, +0.0208]
+    assert (
+        "- candidate − `mas`: +0.0140 ± 0.0024 (5) **higher**, p 0.0046, Holm p 0.0093, 95% CI [+0.0072, +0.0208]"
+        in lines
+    )
+    assert any(
+        line.startswith("- candidate − `tuned_si`: +0.0000 ± 0.0071 (5) not separated, p 1") for line in lines
+    )
+    assert (
+        "**Verdict.** On the fresh streams (5 paired seeds): the candidate is **higher** than `mas` (Holm p "
+        "0.0093); not separated from `tuned_si`." in lines
+    )
+    assert lines.index("| method | Permuted-MNIST | published (original harness) |") > lines.index(
+        "![Fresh streams, paired](results/fresh/plots/permMNIST_paired.png)"
+    )
+    assert any(
+        line.startswith(
+            "Every Permuted-MNIST test stream, the table's, the held-out and the fresh ones "
+            "(seeds 42, 100, 103, 104, 105, 106, 107)"
+        )
+        for line in lines
+    )
+    # Without a fresh run of the candidate there is no verdict, and the block says how to get one.
+    lines = report.readme_block(
+        {"permMNIST": perm}, ["candidate"], None, fresh={"mas": fresh["mas"]}
+    ).splitlines()
+    assert (
+        "**Verdict**: none yet; the candidate has no run on the fresh streams (`make fresh-streams`)."
+        in lines
+    )
+
+
 def test_the_evaluation_modules_import_one_another_without_a_cycle() -> None:
     """Every import between the modules of `evaluation`, lazy ones inside functions included, goes one way."""
     import ast
@@ -452,13 +507,10 @@ def test_the_readme_results_block_is_what_the_committed_cache_gives() -> None:
     results, methods, _notes = report.results_as_cached(
         REPO / "results", ["splitMNIST", "permMNIST", "CIFAR100"]
     )
-    heldout_dir = REPO / "results" / "heldout"
-    heldout = (
-        report.results_as_cached(heldout_dir, ["permMNIST"])[0]["permMNIST"]
-        if (heldout_dir / "runs").is_dir()
-        else None
+    streams = report.stream_sets(REPO / "results")
+    expected = report.readme_block(
+        results, [m for m, _ in methods], streams["heldout"], fresh=streams["fresh"]
     )
-    expected = report.readme_block(results, [m for m, _ in methods], heldout)
     assert block + report.README_END == expected, (
         "the README's results block is stale: run `make results-table`"
     )
