@@ -1,1 +1,1 @@
-"""The frozen continual-learning benchmark harness (see ../../shared/docs/HARNESS.md and docs/harness.md)."""
+"""The frozen continual-learning benchmark harness (see docs/contract.md and docs/harness.md)."""

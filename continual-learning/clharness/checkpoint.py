@@ -2,7 +2,7 @@
 
 A full Permuted-MNIST run is 10 contexts of about 3 minutes each on one CPU thread; without this, a process
 killed in context 9 (a session's end, a machine taken back) loses all of it. With it, it loses at most one
-context. The state is what the frozen loop carries across contexts (HARNESS.md section 3): the parameters, the
+context. The state is what the frozen loop carries across contexts (docs/contract.md section 3): the parameters, the
 one Adam optimizer, the carried importance, the anchor, the attributes the hook module put on the model (its
 own state, such as a reference total or a learnt penalty factor), the random number generators, the accuracy
 rows and the time spent. A hook module's module-level variables are not part of it: a module that keeps state

@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 for the Split-CIFAR100 benchmark (HARNESS.md section 4).
+"""CIFAR-10 / CIFAR-100 for the Split-CIFAR100 benchmark (docs/contract.md section 4).
 
 - Loading: the standard pickle layout (`cifar-100-python/`, `cifar-10-batches-py/`) is read directly with
   `pickle`, so everything after torchvision's MD5 check runs on small files the tests generate. Only when the

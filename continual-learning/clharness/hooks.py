@@ -1,4 +1,4 @@
-"""Loading a hook module by path and checking it against the contract (HARNESS.md section 1)."""
+"""Loading a hook module by path and checking it against the contract (docs/contract.md section 1)."""
 
 from __future__ import annotations
 

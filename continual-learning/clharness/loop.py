@@ -1,4 +1,4 @@
-"""The frozen training loop of HARNESS.md section 3 and the evaluation of section 5."""
+"""The frozen training loop of docs/contract.md section 3 and the evaluation of section 5."""
 
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ def train_sequence(
     hooks: HookModule,
     settings: LoopSettings,
 ) -> list[list[float]]:
-    """Train on every context in turn (HARNESS.md section 3); returns the accuracy matrix rows when asked for.
+    """Train on every context in turn (docs/contract.md section 3); returns the accuracy matrix rows when asked for.
 
     With `settings.checkpoint` the loop's state is saved after each context but the last, and a run that finds a
     checkpoint of itself resumes after the context it saved (`settings.resumed`).

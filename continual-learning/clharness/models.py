@@ -19,7 +19,7 @@ def mlp(in_dim: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
 class ContinualNet(nn.Module):
     """A classifier whose forward returns only the active output units (all of them when none are set).
 
-    Carries the attributes of HARNESS.md section 2 that hook modules read: `param_list`, `_custom_W`,
+    Carries the attributes of docs/contract.md section 2 that hook modules read: `param_list`, `_custom_W`,
     `_custom_p_old`, `_custom_importance`, `_custom_prev_params`, `gamma`, `epsilon`.
     """
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Protocol:
-    """Settings of one benchmark, as HARNESS.md section 4 fixes them."""
+    """Settings of one benchmark, as docs/contract.md section 4 fixes them."""
 
     experiment: str
     scenario: str  # "task": each context has its own output units; "domain": all units always active

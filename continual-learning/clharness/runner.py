@@ -1,4 +1,4 @@
-"""One benchmark run end to end: data, network, loop, evaluation, the result record of HARNESS.md section 5."""
+"""One benchmark run end to end: data, network, loop, evaluation, the result record of docs/contract.md section 5."""
 
 from __future__ import annotations
 
