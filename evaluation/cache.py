@@ -236,7 +236,7 @@ def store_module(module_dir: Path, name: str, source: str) -> tuple[Path, str]:
 # The methods a final evaluation files records under, besides "candidate" and "joint": the presets, and
 # `tuned_<name>` for the baselines that get a search budget of their own (DESIGN.md), the best trial of the study
 # `studies/<name>.toml` (the preset with its strength searched), when its storage has a completed trial.
-PRESET_METHODS: tuple[str, ...] = ("none", "ewc", "online_ewc", "si", "mas", "l2")
+PRESET_METHODS: tuple[str, ...] = ("none", "ewc", "online_ewc", "si", "mas", "l2", "kfac_ewc")
 TUNED_BASELINES: tuple[str, ...] = ("ewc", "online_ewc", "si", "mas", "l2")
 
 
