@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 
 from search.cmd_dashboard import free_port
-from search.promote import promoted_study_name
+from search.records import promoted_study_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = [

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from search.records import quiet_optuna
 from search.storage import open_study
 from search.studies import load_study_def
-from search.workers import quiet_optuna, run_study
+from search.workers import run_study
 
 STUDY = """\
 n_trials = {n_trials}

@@ -23,8 +23,9 @@ import optuna
 import space
 from search.cmd_run import cifar100_present
 from search.objective import make_objective
+from search.records import quiet_optuna
 from search.studies import load_study_def
-from search.workers import default_threads, quiet_optuna, run_study
+from search.workers import default_threads, run_study
 
 
 def one_trial(study_name: str, data_dir: str | None, device: str) -> dict[str, float]:

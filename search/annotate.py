@@ -2,7 +2,7 @@
 
 Written through public APIs of Optuna and optuna-dashboard, into the study's storage and an artifact store:
 
-- the objective's name, `objective.METRIC` (`Study.set_metric_names`), instead of "Objective 0";
+- the objective's name, `records.METRIC` (`Study.set_metric_names`), instead of "Objective 0";
 - the study's note (`optuna_dashboard.save_note`): the study file's `description`, how to read the scores, and
   the promoted trials' scores at higher fidelity. `search.promote` stores those as study user attributes
   (`promoted:<fidelity>:<trial>`), since a finished trial's user attributes cannot be set through Optuna's
@@ -31,14 +31,18 @@ from typing import Any
 import optuna
 
 from search import optuna_adapter
-from search.objective import METRIC
+from search.records import (
+    LEGACY_METRIC,
+    METRIC,
+    PROMOTED_METRIC,
+    best_promoted,
+    metric_name,
+    promoted,
+    promoted_study_name,
+)
 from search.storage import local_dir, sqlite_path
 from search.studies import repo_root
 
-# The name of the objective of studies scored before the gap-share objective (commit a606bce).
-LEGACY_METRIC = "mean proxy accuracy"
-# The objective of a promoted study: the same gap share, at the fidelity each trial was promoted at.
-PROMOTED_METRIC = "gap closed (promoted, weighted)"
 ARTIFACT_NAME = "custom_regularization.py"
 # Served as text, so that the browser opens it; the dashboard's download button keeps the file name.
 ARTIFACT_MIMETYPE = "text/plain; charset=utf-8"
@@ -141,22 +145,8 @@ def promoted_table(entries: Sequence[Mapping[str, Any]], benchmarks: Sequence[st
     return lines
 
 
-def metric_name(study: optuna.Study) -> str:
-    """`METRIC`, or `LEGACY_METRIC` for a study whose trials were scored before the gap-share objective.
-
-    The gap-share objective records its anchors on the study (`anchors:...`) before its first trial ends, so a
-    study with completed trials and no anchors was scored by the earlier objective.
-    """
-    if any(key.startswith("anchors:") for key in study.user_attrs):
-        return METRIC
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return LEGACY_METRIC if done else METRIC
-
-
 def study_note(study: optuna.Study, description: str) -> str:
     """The generated part of the study's note."""
-    from search.promote import best_promoted, promoted, promoted_study_name
-
     benchmarks = [b for b in study.user_attrs.get("benchmarks", []) if isinstance(b, str)]
     lines = [f"**{description}**", ""] if description else []
     if metric_name(study) == METRIC:
@@ -207,7 +197,7 @@ def study_note(study: optuna.Study, description: str) -> str:
 
 def refresh_note(study: optuna.Study, generated: str) -> bool:
     """Rewrite the generated part of the study's note when it changed; returns whether it wrote."""
-    from optuna_dashboard import get_note, save_note
+    from optuna_dashboard import get_note, save_note  # deferred: a 1 s import every command would pay
 
     current = get_note(study)
     note = merge_note(current, generated)
@@ -317,7 +307,7 @@ def _warn(trial: optuna.Trial, exc: Exception) -> None:
 
 def note_scores(trial: optuna.Trial, description: str, scores: Mapping[str, tuple[float, float]]) -> None:
     """Rewrite the trial's note with its proxy scores ({benchmark: (accuracy, gap closed)}). Never raises."""
-    from optuna_dashboard import save_note
+    from optuna_dashboard import save_note  # deferred: a 1 s import every command would pay
 
     try:
         save_note(trial, trial_note(trial, description, scores))
@@ -327,7 +317,7 @@ def note_scores(trial: optuna.Trial, description: str, scores: Mapping[str, tupl
 
 def annotate_trial(trial: optuna.Trial, *, description: str, source: str) -> None:
     """The trial's note and its module as an artifact. Never raises: a failure here must not cost the trial."""
-    from optuna_dashboard import save_note
+    from optuna_dashboard import save_note  # deferred: a 1 s import every command would pay
 
     try:
         save_note(trial, trial_note(trial, description))

@@ -8,6 +8,9 @@ from pathlib import Path
 from clharness.paths import check_out_path
 
 from evaluation.errors import UserError
+from search.export import trial_source
+from search.records import best_promoted_study
+from search.storage import display_url, read_storage_url, storage_note
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,9 +75,6 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{path}: {exc}") from exc
         source = space.generate_source(design)
     else:
-        from search.export import trial_source  # the search part owns study storage
-        from search.storage import display_url, read_storage_url, storage_note
-
         if len(args.study) > 1 and (args.trial is not None or args.storage):
             raise UserError("--trial and --storage go with one --study")
         urls = {name: read_storage_url(name, args.storage, reference=args.reference) for name in args.study}
@@ -89,21 +89,3 @@ def run(args: argparse.Namespace) -> int:
     space.write_module(args.out, source)
     print(f"wrote {args.out}{where}")
     return 0
-
-
-def best_promoted_study(urls: dict[str, str]) -> str:
-    """The study whose best promoted score is highest (on a tie the first named); every one must be promoted."""
-    from search.promote import rank_promoted
-
-    ranked = rank_promoted(urls)
-    missing = [name for name in urls if name not in dict(ranked)]
-    if missing:
-        raise UserError(
-            f"study {', '.join(missing)} has no promoted trial; promote every study compared first "
-            f"(`make promote STUDY={missing[0]} TOP=3`)"
-        )
-    print(
-        "best promoted (full fidelity, validation split): "
-        + ", ".join(f"{name} trial {entry['trial']} {float(entry['value']):.4f}" for name, entry in ranked)
-    )
-    return ranked[0][0]

@@ -13,8 +13,11 @@ from clharness.protocol import PROTOCOLS
 
 from evaluation import final_eval as fe
 from evaluation.errors import UserError
+from search import storage
 from search.cli import add_threads_argument, set_threads
+from search.data_check import check_data_dir
 from search.export import best_source
+from search.records import rank_promoted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,12 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def best_tuned_baseline(log: Callable[[str], None] = print) -> str:
     """`tuned_<b>` for the tuned baseline whose study's best promoted score (full fidelity, validation split) is
     highest: the choice never looks at the test split. A UserError when no tuned study has been promoted."""
-    from search.promote import rank_promoted
-    from search.storage import default_storage_url, sqlite_path
-
-    urls = {b: default_storage_url(b) for b in fe.TUNED_BASELINES}
+    urls = {b: storage.default_storage_url(b) for b in fe.TUNED_BASELINES}
     ranked = rank_promoted(
-        {b: url for b, url in urls.items() if (path := sqlite_path(url)) and path.is_file()}
+        {b: url for b, url in urls.items() if (path := storage.sqlite_path(url)) and path.is_file()}
     )
     if not ranked:
         raise UserError(
@@ -104,8 +104,6 @@ def study_modules(
 
 
 def _main(args: argparse.Namespace) -> int:
-    from search.data_check import check_data_dir
-
     check_out_dir(args.out)  # before any work: an unusable --out would otherwise fail after the runs
     data_dir = check_data_dir(args.data_dir)
     if data_dir is not None:

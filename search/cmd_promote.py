@@ -10,6 +10,7 @@ from clharness.paths import check_out_dir
 from evaluation.errors import UserError
 from search import promote as prm
 from search.cli import add_threads_argument, set_threads
+from search.records import best_promoted, promoted_study_name
 from search.storage import check_writable, make_storage, open_study, read_storage_url
 from search.studies import load_study_def
 
@@ -79,7 +80,7 @@ def _main(args: argparse.Namespace) -> int:
     )
     if not results:
         raise UserError(f"study {study_def.name!r} has no complete trial with a stored module to promote")
-    best = prm.best_promoted(study)
+    best = best_promoted(study)
     assert best is not None
     print(
         f"promoted {len(results)} trials at fidelity {next(iter(results.values()))['fidelity']}; best at the "
@@ -87,7 +88,7 @@ def _main(args: argparse.Namespace) -> int:
         f"trial {best['trial']} ({best['fidelity']}, value {best['value']:.4f}); "
         f"write it with: python -m search export --study {study_def.name}"
         f"{f' --storage {args.storage}' if args.storage else ''} --out custom_regularization.py; "
-        f"the dashboard shows each promoted trial in study {prm.promoted_study_name(study_def.name)}"
+        f"the dashboard shows each promoted trial in study {promoted_study_name(study_def.name)}"
     )
     return 0
 

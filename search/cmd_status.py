@@ -13,8 +13,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.errors import UserError
-from search.export import rank_trials
-from search.objective import CRASH, counts_toward_budget
+from evaluation.fidelity import spearman
+from search.promote import shared_runs
+from search.records import CRASH, counts_toward_budget, promoted, rank_trials
 from search.storage import display_url, open_study, read_storage_url, storage_note
 from search.studies import StudyDef, load_study_def
 
@@ -85,9 +86,6 @@ def format_promoted(
     """Lines for the trials promoted to the highest fidelity run, best first, with their proxy values and ranks
     (`complete`, best first) and Spearman's rho between the two: does the proxy rank its finalists as full runs
     do? With `study_def`, proxies that are one run at that fidelity share a column."""
-    from evaluation.fidelity import spearman
-    from search.promote import promoted, shared_runs
-
     entries = promoted(study)
     if not entries:
         return []

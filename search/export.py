@@ -1,17 +1,15 @@
-"""Reading a study back: its complete trials ranked best first, and the exact module source a trial scored.
-
-`rank_trials` is the one ordering of trials in the project (status, progress lines, export, the tuned baselines
-and candidate of the final evaluation, the top designs of the fidelity measurement all use it).
+"""Reading a study back: the exact module source a trial scored, and the modules final-eval and fidelity take
+from studies.
 
 `trial_module` is the one way to a trial's module (export, promote, final-eval's tuned baselines and candidate,
 fidelity and the panel): nothing from a study's storage is run or exported as it is stored; the module is
-generated again from the trial's design and must be the one the trial stored.
+generated again from the trial's design and must be the one the trial stored. Trials are ranked by
+`search.records.rank_trials`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
@@ -23,30 +21,15 @@ from evaluation.fidelity import DesignRun
 from evaluation.final_eval import ModuleSource
 from search import storage
 from search.legacy_modules import LEGACY_MODULES
+from search.records import best_promoted, best_trial, promoted, rank_trials
 
-
-def rank_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """The complete trials with a value, best first (highest value; the earlier trial on a tie)."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return sorted(complete, key=lambda t: (-float(t.value or 0.0), t.number))
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The best complete trial (UserError when none has completed)."""
-    ranked = rank_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if not ranked:
-        raise UserError(
-            f"study {study.study_name!r} has no complete trial yet; run `python -m search run` first"
-        )
-    return ranked[0]
+# `space` imports torch: it is imported where a module is generated, so that reading a study starts without it.
 
 
 def get_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     """Trial `number` of the study, or when `number` is None its best trial at the highest fidelity run
     (promoted trials first, `search.promote`; else the best proxy value)."""
     if number is None:
-        from search.promote import best_promoted
-
         entry = best_promoted(study)
         if entry is None:
             return best_trial(study)
@@ -131,8 +114,6 @@ def trial_source(study_name: str, storage_url: str | None = None, trial: int | N
     design with the fidelity that chose it in the header (the code is the generator's, the same for the same
     design; the header names the fidelity); both are deterministic, so the export reproduces byte for byte.
     """
-    from search.promote import promoted
-
     study = storage.open_study(study_name, storage_url)
     frozen = get_trial(study, trial)
     source = trial_module(frozen, study.study_name)  # checked against its design, also when promoted

@@ -30,21 +30,29 @@ from statistics import fmean
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from clharness.errors import DataError, DivergenceError, HookError
+from clharness.protocol import PROTOCOLS
 
-from evaluation.cache import sha256_text
+from evaluation.cache import (
+    CachedRun,
+    check_data,
+    exclusive,
+    sha256_text,
+    share_work,
+    store_module,
+    validation_configs,
+)
 from evaluation.fidelity import gap_share
-from search import interrupts
+from search import data_check, interrupts
+from search.annotate import annotate_trial, note_scores, study_artifact_dir
+from search.records import DESIGN
 from search.studies import BenchmarkProxy, StudyDef
+
+# `space` and `clharness.runner` import torch: they are imported where a trial or an anchor runs, so that a
+# command that only reads studies (status, export) starts without it.
 
 Objective = Callable[[optuna.Trial], float]
 
-# fail_kind user attribute: "design" = the design itself failed (it used its budget slot; not retried);
-# "crash" = the worker was interrupted or its environment failed (re-queued; the slot stays open).
-DESIGN = "design"
-CRASH = "crash"
-# The objective's name, shown by optuna-dashboard and `status`.
-METRIC = "gap closed (proxy, weighted)"
 # The folder of the anchors' run cache, beside the studies' artifact folders.
 ANCHOR_RUNS = "anchor-runs"
 
@@ -53,25 +61,14 @@ class DesignFailed(Exception):
     """The design's module failed in the harness (bad hook output, generator refusal): the trial fails."""
 
 
-def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """Whether a trial used one of the study's `n_trials`: complete, pruned, or failed by its own design."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_kind") == DESIGN
-
-
 def chance_accuracy(experiment: str) -> float:
     """Accuracy of a guess among a context's classes."""
-    from clharness.protocol import PROTOCOLS
-
     protocol = PROTOCOLS[experiment]
     return 1.0 / (protocol.classes_per_context or protocol.n_classes)
 
 
 def proxy_config(bench: BenchmarkProxy, seed: int, *, data_dir: str | None, device: str) -> Any:
     """The RunConfig of one proxy stream of a study benchmark (validation split)."""
-    from evaluation.cache import validation_configs
-
     (cfg,) = validation_configs(
         bench.experiment,
         [seed],
@@ -104,8 +101,6 @@ def none_source() -> str:
 def anchor_cache(study: optuna.Study) -> Path | None:
     """The run cache of the anchors: beside the study's artifact folder (`studies/campaign/anchor-runs/` for
     `studies/campaign/NAME.db`), shared by every study there; None when the study records no artifact folder."""
-    from search.annotate import study_artifact_dir  # it imports this module
-
     folder = study_artifact_dir(study)
     return None if folder is None else folder.parent / ANCHOR_RUNS
 
@@ -156,8 +151,6 @@ def measure_anchors(
     them instead of both running all, and a later study with the same proxy settings reads them back. Each run
     this process makes is said when it starts and ends (`AnchorProgress`).
     """
-    from evaluation.cache import CachedRun, check_data, share_work, store_module
-
     none_path, none_sha = store_module(cache_dir / "modules", "none", none_source())
     runs_dir = cache_dir / "runs"
     label_of: dict[int, tuple[str, int]] = {}
@@ -261,13 +254,8 @@ def study_anchors(
 
     On the offline MNIST subset they are measured on it (`measure_offline_anchors`), by one worker at a time
     (a claim beside the study's artifact folder): the others wait and read them from the study."""
-    from search import data_check
-
     missing = [b for b in study_def.benchmarks if anchor_key(b) not in study.user_attrs]
     if missing and data_check.is_offline(data_check.probe(study_def.experiments, data_dir)):
-        from evaluation.cache import exclusive
-        from search.annotate import study_artifact_dir  # it imports this module
-
         folder = study_artifact_dir(study)
         with (
             contextlib.nullcontext()
@@ -294,12 +282,9 @@ def study_anchors(
 
 def make_objective(study_def: StudyDef, *, data_dir: str | None = None, device: str = "auto") -> Objective:
     """The objective of `study_def`'s trials (the harness caches data per process: reuse it for many)."""
-    from clharness.errors import DataError, DivergenceError, HookError
-    from clharness.protocol import PROTOCOLS
     from clharness.runner import run
 
     import space
-    from search.annotate import annotate_trial, note_scores  # it imports this module
 
     total_weight = sum(b.weight for b in study_def.benchmarks)
     total_steps = study_def.n_steps

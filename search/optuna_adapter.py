@@ -19,6 +19,7 @@ import contextlib
 import copy
 import functools
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -193,12 +194,10 @@ _WRITE_REFUSED = (
 )
 
 
-def write_refused(url: str, exc: BaseException) -> StorageWriteRefused | None:
-    """The one-line error of a write the database at `url` refused (`exc` or what it was raised from), or
-    None when `exc` is anything else."""
-    import sqlite3
-
-    from sqlalchemy import exc as sa
+def write_refused(label: str, exc: BaseException) -> StorageWriteRefused | None:
+    """The one-line error of a write the database `label` (its URL as shown) refused (`exc` or what it was
+    raised from), or None when `exc` is anything else."""
+    from sqlalchemy import exc as sa  # deferred: optuna loads sqlalchemy only when a storage is opened
 
     seen: set[int] = set()
     cur: BaseException | None = exc
@@ -210,14 +209,12 @@ def write_refused(url: str, exc: BaseException) -> StorageWriteRefused | None:
         text = str(cur).lower()
         what = next((w for needle, w in _WRITE_REFUSED if needle in text), None) if database else None
         if what is not None:
-            from search.storage import display_url  # it imports this module
-
             advice = (
                 "free some space; the trials already stored are kept"
                 if "full" in what
                 else "make the file and its folder writable, or give another --storage"
             )
-            return StorageWriteRefused(f"storage {display_url(url)} {what} ({_first(cur)}): {advice}")
+            return StorageWriteRefused(f"storage {label} {what} ({_first(cur)}): {advice}")
         cur = cur.__cause__ or cur.__context__
     return None
 
@@ -231,7 +228,7 @@ def _first(exc: BaseException) -> str:
 
 def is_connection_error(exc: BaseException) -> bool:
     """Whether `exc` (or an exception it was raised from) is a lost or refused database connection."""
-    from sqlalchemy import exc as sa
+    from sqlalchemy import exc as sa  # deferred: optuna loads sqlalchemy only when a storage is opened
 
     seen: set[int] = set()
     cur: BaseException | None = exc
@@ -289,7 +286,12 @@ _DATABASE_CALLS = (
 
 class SignalSafeRDBStorage(RDBStorage):
     """An RDBStorage whose database calls a Ctrl-C or SIGTERM cannot cut in half: the signal's `Interrupted`
-    is raised when the call returns (`search.interrupts.deferred`), so no connection is left holding a lock."""
+    is raised when the call returns (`search.interrupts.deferred`), so no connection is left holding a lock.
+    `label` is its URL as errors show it (default: the URL)."""
+
+    def __init__(self, url: str, *, label: str | None = None, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.label = label or url
 
     def _call(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         with interrupts.deferred():
@@ -315,9 +317,8 @@ class RetryingRDBStorage(SignalSafeRDBStorage):
         log: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(url, **kwargs)
+        super().__init__(url, label=label, **kwargs)
         self.retry_s = retry_s
-        self.label = label or url
         self._log = log
         self._init_state()
 
@@ -422,7 +423,7 @@ def _wrapped(name: str) -> Callable[..., Any]:
         except StorageWriteRefused:
             raise  # a nested call's, already one line
         except Exception as exc:
-            refused = write_refused(self.url, exc)
+            refused = write_refused(self.label, exc)
             if refused is None:
                 raise
             raise refused from exc

@@ -6,7 +6,7 @@ benchmark of the study at the chosen fidelity (default: the full published proto
 the study's proxy stream seeds, through the run cache. `none` and joint training run at the same fidelity as the
 anchors, so that a promoted score is on the objective's scale (the weighted share of the none-to-joint gap
 closed). Results live in the study's user attributes, one per trial and fidelity (`promoted:<fidelity>:<n>`),
-written through Optuna's public API; `best_promoted` is what export and `make regenerate` pick first.
+written through Optuna's public API; `search.records.best_promoted` is what export and `make regenerate` pick first.
 
 Optuna does not change a finished trial's user attributes, so for the dashboard each result is also a trial of
 a companion study in the same storage, `NAME:promoted` (`record_promoted`), whose per-benchmark attributes the
@@ -25,6 +25,7 @@ from statistics import fmean
 from typing import Any
 
 import optuna
+from clharness.protocol import PROTOCOLS
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -34,19 +35,24 @@ from evaluation.cache import (
     exclusive,
     share_work,
     store_module,
+    validation_configs,
 )
 from evaluation.errors import UserError
 from evaluation.fidelity import gap_share
 from search import annotate, optuna_adapter
-from search.export import rank_trials, trial_module
+from search.export import trial_module
 from search.objective import none_source
-from search.storage import check_writable, open_study
+from search.records import (
+    PREFIX,
+    PROMOTED_METRIC,
+    promoted,
+    promoted_study_name,
+    quiet_optuna,
+    rank_trials,
+)
+from search.storage import check_writable
 from search.studies import BenchmarkProxy, StudyDef
-from search.workers import quiet_optuna
 
-PREFIX = "promoted:"
-# A study file's name has no colon, so a companion study never has the name of a study of its own.
-PROMOTED_SUFFIX = ":promoted"
 DEFAULT_OUT = Path("results") / "fidelity"
 LogFn = Callable[[str], None]
 
@@ -58,8 +64,6 @@ def fidelity_name(overrides: Mapping[str, int | None]) -> str:
 
 
 def _configs(bench: BenchmarkProxy, overrides: Mapping[str, int | None], device: str) -> list[Any]:
-    from evaluation.cache import validation_configs
-
     return validation_configs(
         bench.experiment,
         bench.seeds,
@@ -83,8 +87,6 @@ def shared_runs(study_def: StudyDef, fidelity: str) -> list[list[str]]:
 
 def _iterations(study_def: StudyDef, overrides: Mapping[str, int | None]) -> int:
     """Training iterations of one design at this fidelity: the higher, the more a score is worth."""
-    from clharness.protocol import PROTOCOLS
-
     total = 0
     for b in study_def.benchmarks:
         p = PROTOCOLS[b.experiment]
@@ -221,40 +223,6 @@ def promote(
     return results
 
 
-def promoted(study: optuna.Study) -> list[dict]:
-    """Every promotion result stored on the study."""
-    return [v for k, v in study.user_attrs.items() if k.startswith(PREFIX) and isinstance(v, dict)]
-
-
-def best_promoted(study: optuna.Study) -> dict | None:
-    """The best result at the highest fidelity run (most training iterations), or None without promotion."""
-    entries = promoted(study)
-    if not entries:
-        return None
-    top = max(e["iterations"] for e in entries)
-    return max((e for e in entries if e["iterations"] == top), key=lambda e: (e["value"], -e["trial"]))
-
-
-def rank_promoted(urls: Mapping[str, str]) -> list[tuple[str, dict]]:
-    """The studies (name -> storage URL) that have promoted trials, each with its `best_promoted` result, best
-    first (on a tie, the earlier in `urls`). A UserError when their best results are at different fidelities:
-    those are not on one scale."""
-    found = [(name, best_promoted(open_study(name, url))) for name, url in urls.items()]
-    ranked = [(name, entry) for name, entry in found if entry is not None]
-    fidelities = sorted({str(entry["fidelity"]) for _, entry in ranked})
-    if len(fidelities) > 1:
-        where = ", ".join(f"{name} at {entry['fidelity']}" for name, entry in ranked)
-        raise UserError(
-            f"the studies' best promotions are at different fidelities ({where}); promote them at one"
-        )
-    return sorted(ranked, key=lambda item: -float(item[1]["value"]))
-
-
-def promoted_study_name(name: str) -> str:
-    """The companion study of study `name` that holds its promoted trials: `NAME:promoted`."""
-    return f"{name}{PROMOTED_SUFFIX}"
-
-
 def record_promoted(study: optuna.Study, storage: BaseStorage, *, artifact_folder: Path | None) -> list[int]:
     """Add each promotion result of `study` that its promoted study lacks as a complete trial there.
 
@@ -279,9 +247,9 @@ def record_promoted(study: optuna.Study, storage: BaseStorage, *, artifact_folde
             direction="maximize",
             load_if_exists=True,
         )
-        if companion.metric_names != [annotate.PROMOTED_METRIC]:
+        if companion.metric_names != [PROMOTED_METRIC]:
             with optuna_adapter.no_experimental_warning():
-                companion.set_metric_names([annotate.PROMOTED_METRIC])
+                companion.set_metric_names([PROMOTED_METRIC])
         annotate.refresh_note(companion, annotate.promoted_study_note(study.study_name, benchmarks))
         done = {
             (t.user_attrs.get("source_trial"), t.user_attrs.get("fidelity"))
@@ -301,7 +269,7 @@ def _add_promoted_trial(
 ) -> int:
     """Enqueue, ask and tell one promoted trial; returns its number. Asked rather than added whole
     (`Study.add_trial`), since an artifact cannot be attached to a finished trial."""
-    from optuna_dashboard import save_note
+    from optuna_dashboard import save_note  # deferred: a 1 s import every command would pay
 
     proxy = source.user_attrs.get("scores")
     proxy = proxy if isinstance(proxy, dict) else {}

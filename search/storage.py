@@ -330,7 +330,12 @@ def make_storage(
                         engine_kwargs=engine_kwargs,
                         **kwargs,  # type: ignore[arg-type]
                     )
-                return optuna_adapter.SignalSafeRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # type: ignore[arg-type]
+                return optuna_adapter.SignalSafeRDBStorage(
+                    url,
+                    label=display_url(url),
+                    engine_kwargs=engine_kwargs,
+                    **kwargs,  # type: ignore[arg-type]
+                )
         except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
             # Two processes creating a fresh storage at once race on its schema tables; the second try finds
             # them made. Anything still failing is reported.

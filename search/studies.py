@@ -20,6 +20,9 @@ from clharness.protocol import PROTOCOLS
 
 from evaluation.errors import UserError
 
+# `space` imports torch: it is imported inside the functions that need it, so that every command can read a
+# study file without it.
+
 # Proxy stream seeds must stay clear of the evaluation seeds (42, 43, 44, ...): every proxy seed is >= this.
 MIN_PROXY_SEED = 1000
 SAMPLERS = ("tpe", "random")
@@ -405,8 +408,6 @@ def _str_list(data: Mapping[str, Any], key: str, path: Path) -> tuple[str, ...]:
 
 
 def _design_fields() -> tuple[str, ...]:
-    import dataclasses
-
     import space
 
     return tuple(f.name for f in dataclasses.fields(space.Design))

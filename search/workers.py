@@ -36,12 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from clharness.errors import HarnessError
+from clharness.protocol import PROTOCOLS
 from optuna.storages import BaseStorage, RDBStorage
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.errors import UserError
 from search import data_check, interrupts, optuna_adapter
-from search.export import rank_trials
+from search.annotate import annotate_study
 from search.interrupts import (
     EXIT_CODES,
     Interrupted,
@@ -50,7 +53,8 @@ from search.interrupts import (
     signals_ignored,
     signame_of,
 )
-from search.objective import CRASH, DesignFailed, Objective, counts_toward_budget
+from search.objective import DesignFailed, Objective
+from search.records import CRASH, counts_toward_budget, quiet_optuna, rank_trials
 from search.storage import (
     RetryCrashedTrial,
     check_writable,
@@ -257,8 +261,6 @@ def storage_guard(
     deleted. A marker that stays longer than `stale_s` belonged to a process that died holding it, and is
     removed.
     """
-    from optuna.study import StudyDirection
-
     seen: tuple[int, float] | None = None  # (marker id, when this process first saw it)
     while True:
         try:
@@ -292,7 +294,7 @@ def enqueue_warm_starts(study: optuna.Study, study_def: StudyDef, storage: BaseS
     of 9 pairs ran a warm start twice, each spending a budget slot). The mark is set after the inserts: a
     process that dies between them leaves no mark, and the next one enqueues what is missing (`skip_if_exists`).
     """
-    import space
+    import space  # deferred: it imports torch, which a command that only reads studies does without
 
     with storage_guard(storage, guard_name(study.study_name, "warm-start")), interrupts.deferred():
         if "warm_start" in study.user_attrs:
@@ -336,7 +338,7 @@ def prepare_study(study_def: StudyDef, storage_url: str, data: dict[str, Any] | 
     if attrs.get("study_file") != text:
         study.set_user_attr("study_file", text)  # what the dashboard shows as the study's definition
         study.set_user_attr("benchmarks", list(study_def.labels))
-    importlib.import_module("search.annotate").annotate_study(study, study_def.description, storage_url)
+    annotate_study(study, study_def.description, storage_url)
     if study_def.warm_start and "warm_start" not in attrs:
         enqueue_warm_starts(study, study_def, storage)
     return study
@@ -425,8 +427,6 @@ def seconds_per_trial(trials: list[FrozenTrial], last: int = 20) -> float | None
 
 def step_positions(study_def: StudyDef) -> list[str]:
     """What step n (1-based, index n - 1) of a trial has reached: `permMNIST seed 1001, context 4/10`."""
-    from clharness.protocol import PROTOCOLS
-
     out: list[str] = []
     for b in study_def.benchmarks:
         n = b.contexts if b.contexts is not None else PROTOCOLS[b.experiment].contexts
@@ -507,7 +507,7 @@ def load_ref(ref: str) -> Callable[..., Any]:
 
 def run_worker(spec: WorkerSpec) -> int:
     """Run trials of the study until its budget is spent; return 0 (KeyboardInterrupt propagates)."""
-    import torch
+    import torch  # deferred: a command that only reads studies starts without it
 
     previous = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
@@ -739,8 +739,6 @@ def _worker_process(spec: WorkerSpec, deaths: Any) -> None:
     (a user error in one line, a bug with its traceback printed here too).
     """
     interrupts.install()
-    from clharness.errors import HarnessError
-
     try:
         code = run_worker(spec)
     except KeyboardInterrupt as exc:
@@ -817,17 +815,6 @@ def run_workers(spec: WorkerSpec, n_workers: int) -> int:
         if bad in codes:
             return bad
     return 1 if dead else 0
-
-
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna's per-trial INFO logs duplicate our progress lines."""
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(previous)
 
 
 def run_study(

@@ -32,7 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 from evaluation.cache import sha256_text
 from evaluation.errors import UserError
 from search.data_check import make_record
-from search.objective import DESIGN, DesignFailed
+from search.objective import DesignFailed
+from search.records import DESIGN
 from search.storage import open_study
 from search.studies import StudyDef
 

@@ -29,7 +29,7 @@ from evaluation.cache import sha256_text
 from search import annotate
 from search.cmd_dashboard import free_port, in_memory_copy
 from search.export import trial_module
-from search.objective import METRIC
+from search.records import LEGACY_METRIC, METRIC
 from search.storage import open_study
 from search.studies import load_study_def
 from search.workers import run_study
@@ -225,5 +225,5 @@ def test_reference_copy_keeps_each_note_on_its_trial(tmp_path: Path) -> None:
     ]
     assert [t["values"] for t in detail["trials"]] == [[0.3], [0.4], [0.5]]
     # trials scored and no anchors recorded: the study predates the gap-share objective
-    assert detail["objective_names"] == [annotate.LEGACY_METRIC]
+    assert detail["objective_names"] == [LEGACY_METRIC]
     assert "**the reference**" in detail["note"]["body"]

@@ -172,7 +172,7 @@ def test_random_designs_bench_takes_a_studys_random_start_and_counts_the_plausib
     diverged design scoring chance; refused when the study's random start is shorter than N."""
     import importlib.util
 
-    from search.objective import CRASH, DESIGN
+    from search.records import CRASH, DESIGN
     from search.storage import make_storage
 
     spec = importlib.util.spec_from_file_location("random_designs", ROOT / "bench" / "random_designs.py")

@@ -24,8 +24,16 @@ from evaluation.errors import UserError
 from search import annotate, storage
 from search.cli import main as search_main
 from search.cmd_dashboard import prepare
-from search.export import rank_trials, trial_module, trial_source
-from search.promote import PREFIX, best_promoted, promoted, promoted_study_name, record_promoted
+from search.export import trial_module, trial_source
+from search.promote import record_promoted
+from search.records import (
+    PREFIX,
+    PROMOTED_METRIC,
+    best_promoted,
+    promoted,
+    promoted_study_name,
+    rank_trials,
+)
 from search.storage import make_storage, open_study
 from search.studies import load_study_def
 from search.workers import run_study
@@ -100,7 +108,7 @@ def promoted_study_trials(url: str, study: optuna.Study, entries: list[dict], ar
     parameters, the promoted value, sortable per-benchmark scores, a note and the module; returns its size."""
     app = optuna_dashboard.wsgi(url, artifact_store=annotate.artifact_store(artifacts))
     detail = study_detail(app, promoted_study_name("tiny_promote"))
-    assert detail["objective_names"] == [annotate.PROMOTED_METRIC]
+    assert detail["objective_names"] == [PROMOTED_METRIC]
     assert "promoted trials of study `tiny_promote`" in detail["note"]["body"]
     sortable = {a["key"]: a["sortable"] for a in detail["union_user_attrs"]}
     for key in ("promoted_splitMNIST", "promoted_gap_splitMNIST", "proxy_splitMNIST", "source_trial"):

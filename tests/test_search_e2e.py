@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 import space
 from evaluation.cache import sha256_text
 from search.export import trial_module, trial_source
-from search.objective import counts_toward_budget
+from search.records import counts_toward_budget
 from search.storage import open_study
 from search.studies import load_study_def
 from search.workers import run_study

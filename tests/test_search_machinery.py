@@ -34,7 +34,7 @@ from evaluation.errors import UserError
 from search.cmd_dashboard import free_port
 from search.cmd_status import format_status, trial_origins
 from search.export import trial_source
-from search.objective import CRASH, DESIGN, counts_toward_budget
+from search.records import CRASH, DESIGN, counts_toward_budget
 from search.storage import (
     default_storage_url,
     local_storage_url,

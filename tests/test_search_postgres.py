@@ -31,7 +31,7 @@ from search_fakes import (
     write_study,
 )
 
-from search.objective import counts_toward_budget
+from search.records import counts_toward_budget
 from search.studies import load_study_def
 from search.workers import run_study
 

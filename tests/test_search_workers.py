@@ -25,7 +25,7 @@ from search_fakes import (
 )
 
 import search.workers as workers
-from search.objective import counts_toward_budget
+from search.records import counts_toward_budget
 from search.studies import load_study_def
 from search.workers import run_study, trial_seed
 

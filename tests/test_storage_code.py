@@ -20,9 +20,10 @@ from evaluation.cache import sha256_text
 from evaluation.errors import UserError
 from search import cmd_final_eval
 from search.cli import main as search_main
-from search.export import ModuleMismatch, get_trial, rank_trials, top_designs, trial_module, trial_source
+from search.export import ModuleMismatch, get_trial, top_designs, trial_module, trial_source
 from search.legacy_modules import LEGACY_MODULES
 from search.promote import promote
+from search.records import rank_trials
 from search.studies import load_study_def, repo_root
 
 ROOT = repo_root()
