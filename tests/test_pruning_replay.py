@@ -61,8 +61,8 @@ def test_a_pruner_that_checks_only_where_a_benchmark_ends() -> None:
 
 
 def test_the_studys_pruner_takes_the_interval() -> None:
+    from search.sampling import make_pruner
     from search.studies import PrunerDef
-    from search.workers import make_pruner
 
     pruner = make_pruner(PrunerDef(name="percentile", n_warmup_steps=10, interval_steps=10), 25)
     study = optuna.create_study(direction="maximize", pruner=pruner)

@@ -18,9 +18,9 @@ from test_dashboard import study_detail
 from evaluation.errors import UserError
 from search.cli import main
 from search.cmd_reorder import reorder_trial
+from search.prepare import prepare_study
 from search.storage import open_study
 from search.studies import load_study_def
-from search.workers import prepare_study
 
 SPLIT = """\
 [[benchmark]]

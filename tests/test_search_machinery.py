@@ -34,6 +34,7 @@ from evaluation.errors import UserError
 from search.cmd_dashboard import free_port
 from search.cmd_status import format_status, trial_origins
 from search.export import trial_source
+from search.prepare import check_scoring
 from search.records import CRASH, DESIGN, counts_toward_budget
 from search.storage import (
     default_storage_url,
@@ -43,7 +44,7 @@ from search.storage import (
     reference_storage_url,
 )
 from search.studies import load_study_def, repo_root
-from search.workers import check_scoring, run_study
+from search.workers import run_study
 
 # ------------------------------------------------------------------------------------------------ study files
 

@@ -24,10 +24,12 @@ from search_fakes import (
     write_study,
 )
 
-import search.workers as workers
+import search.loop as loop
+import search.progress as progress
 from search.records import counts_toward_budget
+from search.sampling import trial_seed
 from search.studies import load_study_def
-from search.workers import run_study, trial_seed
+from search.workers import run_study
 
 
 def xs(url: str) -> list[float]:
@@ -97,7 +99,7 @@ def test_progress_lines_and_the_live_line(
 ) -> None:
     monkeypatch.setenv("FAKE_STEP_S", "0.05")
     monkeypatch.setenv("FAKE_STEPS", "2")
-    monkeypatch.setattr(workers, "live_progress_enabled", lambda: True)
+    monkeypatch.setattr(progress, "live_progress_enabled", lambda: True)
     study = load_study_def(write_study(tmp_path, n_trials=4))
     url = sqlite_url(tmp_path)
     assert run_study(study, url, n_trials=2, objective=FAKE, probe=FAKE_PROBE) == 0
@@ -160,7 +162,7 @@ def test_every_failed_trial_has_a_reason(tmp_path: Path, monkeypatch: pytest.Mon
 
         return objective
 
-    monkeypatch.setattr(workers, "load_objective_factory", lambda ref: factory)
+    monkeypatch.setattr(loop, "load_objective_factory", lambda ref: factory)
     study = load_study_def(write_study(tmp_path, n_trials=1))
     url = sqlite_url(tmp_path)
     assert run_study(study, url, objective=FAKE, probe=FAKE_PROBE) == 0

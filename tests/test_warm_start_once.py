@@ -1,6 +1,6 @@
 """Warm starts are enqueued once, whatever the number of processes starting together on one new storage (issue
 32, item 5): the check for existing warm starts and their inserts are one step under a guard held in the
-storage itself (`search.workers.storage_guard`), on SQLite and PostgreSQL alike.
+storage itself (`search.prepare.storage_guard`), on SQLite and PostgreSQL alike.
 
 Two processes prepare the same new study at the same instant, several times over. Each widens the windows a
 busy machine opens (a slow read of the study's attributes, a slow duplicate check before an insert), so that
@@ -20,8 +20,8 @@ import pytest
 from optuna.trial import TrialState
 from search_fakes import TESTS, write_study
 
+from search.prepare import guard_name, storage_guard
 from search.storage import make_storage
-from search.workers import guard_name, storage_guard
 
 PREPARE = textwrap.dedent(
     """\
@@ -49,7 +49,7 @@ PREPARE = textwrap.dedent(
 
     import search.annotate, space  # imported before the start: the processes meet at the storage
     from search.studies import load_study_def
-    from search.workers import prepare_study
+    from search.prepare import prepare_study
 
     barrier = Path(sys.argv[1])
     for attempt, job in enumerate(sys.argv[2:]):  # one new study after the other, both starting each together
