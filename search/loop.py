@@ -12,7 +12,6 @@ many workers share it. A worker checks that its data is the study's before its f
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib
 import tempfile
@@ -28,6 +27,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from evaluation.claims import exclusive
 from evaluation.errors import UserError
 from search import data_check, interrupts, optuna_adapter
 from search.interrupts import interrupt_reason, signals_ignored
@@ -43,6 +43,8 @@ DEFAULT_OBJECTIVE = "search.objective:make_objective"
 DEFAULT_PROBE = "search.data_check:probe"
 # Failed designs are recorded and the study goes on, but this many failures in a row stop the worker.
 MAX_FAILURES_IN_A_ROW = 5
+# How often a worker waiting to take a trial looks again (taking one holds the lock for milliseconds).
+CLAIM_LOCK_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -304,22 +306,17 @@ def claim_lock(storage_url: str) -> Iterator[None]:
 
     SQLite has no row locks (`SELECT ... FOR UPDATE`), so two workers popping the same WAITING trial (a
     warm-start preset) could both set it RUNNING; measured: two workers started together both ran trial 0.
-    PostgreSQL locks the row, and SQLite files are only shared within one machine, so a file lock suffices.
+    PostgreSQL locks the row, and SQLite files are only shared within one machine, so a file lock suffices: the
+    project's claim (`evaluation.claims.exclusive`), on a file named after the database in the temporary folder
+    (not beside the database: no clutter in the repository). A holder that died is taken over at once.
     """
     if not storage_url.startswith("sqlite:///"):
         yield
         return
     db = Path(storage_url[len("sqlite:///") :]).resolve()
     digest = hashlib.sha1(str(db).encode()).hexdigest()[:16]
-    lock_path = (
-        Path(tempfile.gettempdir()) / f"search-claim-{digest}.lock"
-    )  # not beside the db: no repo clutter
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(Path(tempfile.gettempdir()) / f"search-claim-{digest}", poll_s=CLAIM_LOCK_POLL_S):
+        yield
 
 
 def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:

@@ -36,12 +36,12 @@ from clharness.protocol import PROTOCOLS
 from evaluation.cache import (
     CachedRun,
     check_data,
-    exclusive,
     sha256_text,
     share_work,
     store_module,
     validation_configs,
 )
+from evaluation.claims import exclusive
 from evaluation.fidelity import gap_share
 from search import data_check, interrupts
 from search.annotate import annotate_trial, note_scores, study_artifact_dir

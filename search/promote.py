@@ -32,11 +32,11 @@ from optuna.trial import FrozenTrial, TrialState
 from evaluation.cache import (
     CachedRun,
     RunFn,
-    exclusive,
     share_work,
     store_module,
     validation_configs,
 )
+from evaluation.claims import exclusive
 from evaluation.errors import UserError
 from evaluation.fidelity import gap_share
 from search import annotate, optuna_adapter

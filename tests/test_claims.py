@@ -8,13 +8,14 @@ import multiprocessing
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from evaluation import cache
+from evaluation import cache, claims
 from evaluation import final_eval as fe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def _dead_pid() -> int:
 
 
 def _write_claim(record: Path, *, host: str, pid: int, age_s: float = 0.0) -> Path:
-    path = cache.claim_path(record)
+    path = claims.claim_path(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"host": host, "pid": pid, "token": "theirs", "since": 0}))
     then = time.time() - age_s
@@ -39,25 +40,25 @@ def _write_claim(record: Path, *, host: str, pid: int, age_s: float = 0.0) -> Pa
 
 def test_a_claim_is_exclusive_and_released(tmp_path: Path) -> None:
     record = tmp_path / "runs" / "splitMNIST" / "m__k__seed42.json"
-    first = cache.try_claim(record)
-    assert first is not None and cache.claim_path(record).is_file()
-    assert cache.try_claim(record) is None  # held by a live process: this one
-    assert cache.claim_holder(record) == f"pid {os.getpid()} on {socket.gethostname()}"
+    first = claims.try_claim(record)
+    assert first is not None and claims.claim_path(record).is_file()
+    assert claims.try_claim(record) is None  # held by a live process: this one
+    assert claims.claim_holder(record) == f"pid {os.getpid()} on {socket.gethostname()}"
     first.release()
-    assert not cache.claim_path(record).exists()
-    second = cache.try_claim(record)
+    assert not claims.claim_path(record).exists()
+    second = claims.try_claim(record)
     assert second is not None
     second.release()
 
 
 def test_the_heartbeat_keeps_a_claim_fresh(tmp_path: Path) -> None:
     record = tmp_path / "r.json"
-    claim = cache.try_claim(record, heartbeat_s=0.05)
+    claim = claims.try_claim(record, heartbeat_s=0.05)
     assert claim is not None
     old = time.time() - 1000
-    os.utime(cache.claim_path(record), (old, old))
+    os.utime(claims.claim_path(record), (old, old))
     time.sleep(0.3)
-    assert time.time() - cache.claim_path(record).stat().st_mtime < 5
+    assert time.time() - claims.claim_path(record).stat().st_mtime < 5
     claim.release()
 
 
@@ -66,15 +67,15 @@ def test_dead_and_silent_holders_are_taken_over_live_ones_are_not(tmp_path: Path
     here = socket.gethostname()
     # a process of this host that is gone: taken over at once
     _write_claim(record, host=here, pid=_dead_pid())
-    assert cache.claim_holder(record) is None
-    claim = cache.try_claim(record)
-    assert claim is not None and json.loads(cache.claim_path(record).read_text())["pid"] == os.getpid()
+    assert claims.claim_holder(record) is None
+    claim = claims.try_claim(record)
+    assert claim is not None and json.loads(claims.claim_path(record).read_text())["pid"] == os.getpid()
     claim.release()
     # another host: respected while its heartbeat is fresh, taken over once it is stale
     _write_claim(record, host="gpu-box", pid=1)
-    assert cache.claim_holder(record) == "pid 1 on gpu-box" and cache.try_claim(record) is None
-    _write_claim(record, host="gpu-box", pid=1, age_s=cache.CLAIM_STALE_S + 10)
-    claim = cache.try_claim(record)
+    assert claims.claim_holder(record) == "pid 1 on gpu-box" and claims.try_claim(record) is None
+    _write_claim(record, host="gpu-box", pid=1, age_s=claims.CLAIM_STALE_S + 10)
+    claim = claims.try_claim(record)
     assert claim is not None
     claim.release()
     assert [p.name for p in tmp_path.iterdir()] == []  # the dead claim moved aside was removed
@@ -82,11 +83,11 @@ def test_dead_and_silent_holders_are_taken_over_live_ones_are_not(tmp_path: Path
 
 def test_releasing_a_claim_taken_over_leaves_the_new_holders_file(tmp_path: Path) -> None:
     record = tmp_path / "r.json"
-    claim = cache.try_claim(record)
+    claim = claims.try_claim(record)
     assert claim is not None
     _write_claim(record, host="gpu-box", pid=1)  # someone else's now
     claim.release()
-    assert json.loads(cache.claim_path(record).read_text())["host"] == "gpu-box"
+    assert json.loads(claims.claim_path(record).read_text())["host"] == "gpu-box"
 
 
 class CountingHarness:
@@ -139,7 +140,7 @@ def _evaluate(tmp_path: Path, seconds: float, done: multiprocessing.Queue) -> No
 def test_two_processes_share_one_evaluation_and_run_each_job_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cache, "CLAIM_POLL_S", 0.05)
+    monkeypatch.setattr(claims, "CLAIM_POLL_S", 0.05)
     ctx = multiprocessing.get_context("fork")  # the patched poll interval travels with the fork
     done = ctx.Queue()
     procs = [ctx.Process(target=_evaluate, args=(tmp_path, 0.3, done)) for _ in range(2)]
@@ -162,7 +163,7 @@ def test_two_processes_share_one_evaluation_and_run_each_job_once(
 def test_a_run_held_elsewhere_is_waited_for_not_repeated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cache, "CLAIM_POLL_S", 0.05)
+    monkeypatch.setattr(claims, "CLAIM_POLL_S", 0.05)
     jobs = _jobs(tmp_path)
     held = jobs[0]
     _write_claim(held.path, host="gpu-box", pid=1)
@@ -171,7 +172,7 @@ def test_a_run_held_elsewhere_is_waited_for_not_repeated(
         time.sleep(0.5)
         record = CountingHarness(tmp_path / "theirs.txt", 0).run(str(HOOKS / "no_reg.py"), _cfg(held))
         cache.store(held, _cfg(held), record, 0.5)
-        cache.claim_path(held.path).unlink()
+        claims.claim_path(held.path).unlink()
 
     thread = threading.Thread(target=holder_finishes)
     thread.start()
@@ -197,3 +198,33 @@ def test_an_interrupted_run_releases_its_claim(tmp_path: Path) -> None:
 
 def _cfg(job: cache.Job) -> object:
     return cache.make_config(job.experiment, job.seed, device="cpu", overrides=TINY)
+
+
+# A process that takes the trial lock of one SQLite file, says when it has it, then dies holding it or lets go.
+_TAKE_TRIAL_LOCK = """
+import os, sys, time
+from search.loop import claim_lock
+with claim_lock(sys.argv[1]):
+    print(time.time(), flush=True)
+    if sys.argv[2] == "die":
+        os._exit(0)
+"""
+
+
+def test_workers_take_trials_from_one_sqlite_file_one_at_a_time(tmp_path: Path) -> None:
+    """`search.loop.claim_lock` is a claim (the one file lock): a second process waits while one holds it, and a
+    holder that died holding it is taken over at once."""
+    from search.loop import claim_lock
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    argv = [sys.executable, "-c", _TAKE_TRIAL_LOCK, url]
+    with claim_lock(url):
+        other = subprocess.Popen([*argv, "release"], stdout=subprocess.PIPE, text=True, env=env)
+        time.sleep(1.5)  # long enough for it to start and wait
+        released = time.time()
+    assert float(other.communicate(timeout=60)[0]) >= released
+    subprocess.run([*argv, "die"], check=True, env=env, timeout=60)
+    t0 = time.monotonic()
+    with claim_lock(url):
+        assert time.monotonic() - t0 < 5  # its pid is gone on this host: not the 180 s of a silent holder

@@ -18,7 +18,7 @@ from clharness.protocol import PROTOCOLS
 from clharness.runner import RunConfig
 from search_fakes import generated
 
-from evaluation import cache
+from evaluation import cache, claims
 from evaluation import final_eval as fe
 from evaluation.errors import UserError
 from search import cmd_final_eval
@@ -322,7 +322,7 @@ def test_eta_counts_the_live_processes_holding_claims_on_the_plan(
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         owner = {"host": socket.gethostname(), "pid": other.pid, "token": "theirs", "since": time.time()}
-        cache.claim_path(jobs[3].path).write_text(json.dumps(owner), encoding="utf-8")
+        claims.claim_path(jobs[3].path).write_text(json.dumps(owner), encoding="utf-8")
 
         def run_then_the_other_dies(hooks_path: str, cfg: object, **kw: object) -> dict:
             other.kill()
@@ -342,7 +342,7 @@ def test_eta_counts_the_live_processes_holding_claims_on_the_plan(
         "[2/2] splitMNIST none seed 43: running (0 left after it, ETA 60 s)",
     ]
     assert [(j.method.name, j.seed) for j in outcome.ran] == [("candidate", 43), ("none", 43)]
-    assert not cache.claim_path(jobs[3].path).exists()
+    assert not claims.claim_path(jobs[3].path).exists()
 
 
 def test_missing_dataset_skips_that_benchmark_only(tmp_path: Path, none_preset: None) -> None:

@@ -189,7 +189,7 @@ def test_promote_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def _promote_with_fake_runs(path: Path, url: str, out: Path, calls: Path) -> None:
-    from evaluation import cache
+    from evaluation import claims
     from search import promote as prm
 
     def run(hooks_path: str | None, cfg: object, progress: bool = False, **kw: object) -> dict:
@@ -200,7 +200,7 @@ def _promote_with_fake_runs(path: Path, url: str, out: Path, calls: Path) -> Non
         acc = {"none": 0.5, "joint": 1.0}.get(name, 0.8)
         return {"average_accuracy": acc, "data_source": "torchvision"}
 
-    cache.CLAIM_POLL_S = 0.05
+    claims.CLAIM_POLL_S = 0.05
     prm.promote(
         open_study("tiny_side", url),
         load_study_def(path),
