@@ -32,7 +32,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy continual-learning/clharness space search evaluation
+	$(PY) -m mypy continual-learning/clharness space search evaluation cli
 
 # Runs write your own study, studies/local/$(STUDY).db; the committed studies/*.db references are read-only.
 # Without full MNIST it runs on the 5,000-image offline subset as a study of its own, studies/local/NAME_offline.db.

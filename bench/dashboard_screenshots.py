@@ -26,7 +26,7 @@ from typing import Any
 
 import optuna
 
-from search.cmd_dashboard import free_port
+from search.dashboard import free_port
 from search.records import promoted_study_name
 
 ROOT = Path(__file__).resolve().parents[1]

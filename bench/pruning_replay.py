@@ -11,7 +11,7 @@ the study's proxy iterations).
     python bench/pruning_replay.py --study campaign --storage sqlite:///studies/campaign/campaign.db --top 5 \
         --json results/fidelity/pruning_replay.json [--order permMNIST_n500 permMNIST_lr splitMNIST] [--first N]
 
-`--order` replays the same trials as if their benchmarks had reported in another order (`search.cmd_reorder`,
+`--order` replays the same trials as if their benchmarks had reported in another order (`search.reorder`,
 which can also move a study to that order): what a study run in that order would have pruned, measured before it
 is started.
 """
@@ -88,7 +88,7 @@ def replay(trials: Sequence[FrozenTrial], setting: Setting, costs: Sequence[int]
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
-    from search.cmd_reorder import reorder_trial
+    from search.reorder import reorder_trial
     from search.storage import open_study
     from search.studies import load_study_def
 

@@ -81,8 +81,8 @@ def study_randoms(name: str, storage: str | None, n: int, labels: list[str]) -> 
     be the sampler's random start; a design that failed (diverged) scores chance on every proxy."""
     from optuna.trial import TrialState
 
-    from search.cmd_status import trial_origins
     from search.objective import chance_accuracy
+    from search.status import trial_origins
     from search.storage import default_storage_url, open_study
     from search.studies import load_study_def
 

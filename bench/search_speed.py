@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 
 import space
-from search.cmd_run import cifar100_present
+from search.data_check import cifar100_present
 from search.objective import make_objective
 from search.records import quiet_optuna
 from search.studies import load_study_def

@@ -1,7 +1,7 @@
-"""`python -m search ...` entry point."""
+"""`python -m search ...`: the project's command line, which lives in the `cli` package (`cli.main`)."""
 
 import sys
 
-from search.cli import main
+from cli.main import main
 
 sys.exit(main())

@@ -44,6 +44,11 @@ def check_data_dir(flag: str | None) -> str | None:
     return str(path.resolve())
 
 
+def cifar100_present(data_dir: str | None) -> bool:
+    """Whether the torchvision CIFAR-100 folder is in the data dir (probed, never downloaded)."""
+    return (resolve_data_dir(data_dir) / "cifar-100-python").is_dir()
+
+
 @functools.lru_cache(maxsize=4)
 def _mnist(root: Path) -> tuple[str, str]:
     """(source, sha256) of the MNIST tensors the harness trains on from `root` (its loader, cached)."""

@@ -10,18 +10,19 @@ generated again from the trial's design and must be the one the trial stored. Tr
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evaluation.cache import sha256_text
+from evaluation.cache import TUNED_BASELINES, sha256_text
 from evaluation.errors import UserError
 from evaluation.fidelity import DesignRun
 from evaluation.final_eval import ModuleSource
 from search import storage
 from search.legacy_modules import LEGACY_MODULES
-from search.records import best_promoted, best_trial, promoted, rank_trials
+from search.records import best_promoted, best_trial, promoted, rank_promoted, rank_trials
 
 # `space` imports torch: it is imported where a module is generated, so that reading a study starts without it.
 
@@ -160,3 +161,40 @@ def top_designs(study: optuna.Study, k: int) -> list[DesignRun]:
         if len(out) == k:
             break
     return out
+
+
+def best_tuned_baseline(log: Callable[[str], None] = print) -> str:
+    """`tuned_<b>` for the tuned baseline whose study's best promoted score (full fidelity, validation split) is
+    highest: the choice never looks at the test split. A UserError when no tuned study has been promoted."""
+    urls = {b: storage.default_storage_url(b) for b in TUNED_BASELINES}
+    ranked = rank_promoted(
+        {b: url for b, url in urls.items() if (path := storage.sqlite_path(url)) and path.is_file()}
+    )
+    if not ranked:
+        raise UserError(
+            "tuned_best: no tuned baseline study has promoted trials yet; run `make promote STUDY=<baseline> TOP=3`"
+        )
+    log(
+        "tuned_best: "
+        + ", ".join(f"tuned_{b} {float(entry['value']):.4f}" for b, entry in ranked)
+        + " (promoted, validation split)"
+    )
+    return f"tuned_{ranked[0][0]}"
+
+
+def study_modules(
+    methods: Sequence[str] | None, study: str | None
+) -> tuple[ModuleSource | None, dict[str, ModuleSource]]:
+    """The modules that come from studies: the candidate of `--study` and the tuned baselines asked for (all
+    of them that exist when `methods` is None); a missing `--study` candidate is a UserError."""
+    candidate = None
+    if study is not None:
+        candidate = best_source(study)
+        if candidate is None:
+            raise UserError(f"--study {study}: no storage or no completed trial to take the candidate from")
+    wanted = (
+        TUNED_BASELINES if not methods else [m[len("tuned_") :] for m in methods if m.startswith("tuned_")]
+    )
+    # the study that tunes baseline b is studies/<b>.toml
+    tuned = {b: found for b in wanted if b in TUNED_BASELINES and (found := best_source(b)) is not None}
+    return candidate, tuned

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main as search_main
 from evaluation import cache, report
 from evaluation import final_eval as fe
-from search.cli import main as search_main
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = REPO / "tests" / "hooks"

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from evaluation.cache import sha256_text
 from search import annotate
-from search.cmd_dashboard import free_port, in_memory_copy
+from search.dashboard import free_port, in_memory_copy
 from search.export import trial_module
 from search.records import LEGACY_METRIC, METRIC
 from search.storage import open_study

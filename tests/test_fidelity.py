@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 import space
 from evaluation import fidelity as fid
 from evaluation.errors import UserError
-from search.cmd_fidelity import measure
+from search.fidelity import measure
 from search.storage import open_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,10 +18,11 @@ from clharness.protocol import PROTOCOLS
 from clharness.runner import RunConfig
 from search_fakes import generated
 
+from cli import final_eval as final_eval_cli
 from evaluation import cache, claims
 from evaluation import final_eval as fe
 from evaluation.errors import UserError
-from search import cmd_final_eval
+from search import export
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = REPO / "tests" / "hooks"
@@ -369,7 +370,7 @@ def test_cli_exit_code_2_when_something_could_not_run(
     monkeypatch.setattr(cache, "default_runners", lambda: (fake.run, fake.run_joint))
     monkeypatch.setattr(cache, "check_data", lambda experiment, data_dir=None: None)
     parser = argparse.ArgumentParser()
-    cmd_final_eval.register(parser.add_subparsers())
+    final_eval_cli.register(parser.add_subparsers())
     out = tmp_path / "r"
     argv = ["final-eval", "--hooks", str(HOOKS / "scaffold_ewc.py"), "--methods", "candidate", "joint"]
     argv += ["--benchmarks", "splitMNIST", "permMNIST", "--seeds", "42", "--out", str(out)]
@@ -436,19 +437,19 @@ def test_tuned_baseline_and_study_candidate_come_from_the_studys_best_trial(
     from search import storage
 
     monkeypatch.setattr(storage, "default_storage_url", lambda name: f"sqlite:///{tmp_path / name}.db")
-    assert cmd_final_eval.study_modules(None, None) == (None, {})
+    assert export.study_modules(None, None) == (None, {})
     with pytest.raises(UserError, match="--study si: no storage"):
-        cmd_final_eval.study_modules(None, "si")
+        export.study_modules(None, "si")
     study = storage.open_study("si", create=True)
     for number, value in enumerate((0.5, 0.9, 0.9)):  # trial 1 is the best: trial 2 is a later tie
         study.add_trial(
             optuna.trial.create_trial(value=value, user_attrs=generated("si", number, preset="si"))
         )
     best = generated("si", 1, preset="si")["module_source"]
-    candidate, tuned = cmd_final_eval.study_modules(None, "si")
+    candidate, tuned = export.study_modules(None, "si")
     assert candidate is not None and candidate.source == best and "study `si`" in candidate.label
     assert set(tuned) == {"si"} and tuned["si"] == candidate
-    assert cmd_final_eval.study_modules(["candidate", "ewc"], None) == (None, {})  # only what is asked for
+    assert export.study_modules(["candidate", "ewc"], None) == (None, {})  # only what is asked for
 
     assert fe.resolve_methods(None, tuned=tuned, module_dir=tmp_path / "m", hooks=HOOKS / "no_reg.py")[
         1
@@ -466,7 +467,7 @@ def test_tuned_best_is_the_tuned_baseline_with_the_best_promoted_validation_scor
 
     monkeypatch.setattr(storage, "default_storage_url", lambda name: f"sqlite:///{tmp_path / name}.db")
     with pytest.raises(UserError, match="tuned_best: no tuned baseline study has promoted trials yet"):
-        cmd_final_eval.best_tuned_baseline()
+        export.best_tuned_baseline()
     storage.open_study("l2", create=True)  # a study without promotion takes no part
     for name, promoted in (("ewc", [(0, 0.70), (3, 0.74)]), ("mas", [(1, 0.72)])):
         study = storage.open_study(name, create=True)
@@ -478,7 +479,7 @@ def test_tuned_best_is_the_tuned_baseline_with_the_best_promoted_validation_scor
         "promoted:iters10:1", {"trial": 1, "fidelity": "iters10", "iterations": 10, "value": 0.99}
     )
     lines: list[str] = []
-    assert cmd_final_eval.best_tuned_baseline(lines.append) == "tuned_ewc"
+    assert export.best_tuned_baseline(lines.append) == "tuned_ewc"
     assert lines == ["tuned_best: tuned_ewc 0.7400, tuned_mas 0.7200 (promoted, validation split)"]
 
 

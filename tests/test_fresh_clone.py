@@ -20,8 +20,8 @@ from search_fakes import FAKE, FAKE_PROBE, generated, trials_of, write_study
 
 import search.storage as storage
 import search.studies as studies
+from cli.main import main as search_main
 from evaluation.cache import sha256_text
-from search.cli import main as search_main
 from search.export import trial_module, trial_source
 from search.studies import load_study_def
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import space
-from search.cli import main as search_main
+from cli.main import main as search_main
 from space.presets import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -443,7 +443,7 @@ def test_export_command(
     err = capsys.readouterr().err
     assert "colour" in err and "ewc2" in err and "missing.json" in err
 
-    import search.cmd_export
+    import cli.export
 
     calls = []
 
@@ -451,7 +451,7 @@ def test_export_command(
         calls.append((study, storage, trial))
         return "# exact stored bytes\r\nA = 1\n"
 
-    monkeypatch.setattr(search.cmd_export, "trial_source", fake_trial_source)
+    monkeypatch.setattr(cli.export, "trial_source", fake_trial_source)
     args = ["export", "--study", "s", "--trial", "3", "--storage", "sqlite:///x.db", "--out", str(out)]
     assert search_main(args) == 0
     assert out.read_bytes() == b"# exact stored bytes\r\nA = 1\n" and calls == [("s", "sqlite:///x.db", 3)]
@@ -461,12 +461,12 @@ def test_export_refuses_an_unusable_out_before_any_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """`--out` naming a folder: one line, exit 2, the study never read, and no temporary file left behind."""
-    import search.cmd_export
+    import cli.export
 
     def must_not_run(*args: object, **kwargs: object) -> str:
         raise AssertionError("the study was read although --out is unusable")
 
-    monkeypatch.setattr(search.cmd_export, "trial_source", must_not_run)
+    monkeypatch.setattr(cli.export, "trial_source", must_not_run)
     folder = tmp_path / "modules"
     folder.mkdir()
     for source in (["--preset", "ewc"], ["--study", "s", "--storage", "sqlite:///x.db"]):

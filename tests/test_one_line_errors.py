@@ -14,8 +14,8 @@ import pytest
 from clharness import cli as harness_cli
 from search_fakes import FAKE, FAKE_PROBE, trials_of, write_study
 
+from cli.main import main as search_main
 from search import storage
-from search.cli import main as search_main
 from search.optuna_adapter import StorageWriteRefused, write_refused
 from search.studies import load_study_def
 from search.workers import run_study

@@ -218,7 +218,7 @@ def test_add_from_study_stores_the_best_distinct_designs(tmp_path: Path) -> None
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from search.cmd_panel import _add_from_study
+    from cli.panel import _add_from_study
 
     panel = _panel(tmp_path)
     url = f"sqlite:///{tmp_path / 's.db'}"

@@ -19,11 +19,11 @@ from test_dashboard import study_detail, wsgi_get
 from test_search_e2e import tiny_study
 
 import space
+from cli.main import main as search_main
 from evaluation.cache import sha256_text
 from evaluation.errors import UserError
 from search import annotate, storage
-from search.cli import main as search_main
-from search.cmd_dashboard import prepare
+from search.dashboard import prepare
 from search.export import trial_module, trial_source
 from search.promote import record_promoted
 from search.records import (
@@ -339,7 +339,7 @@ def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) ->
     assert results[0]["value"] == pytest.approx((0.9 - 0.5) / (1.0 - 0.5))
 
     # `status` lists them best first beside their proxy values and ranks, with Spearman's rho between the two
-    from search.cmd_status import format_status
+    from search.status import format_status
 
     opened = open_study("tiny_ws", url)
     lines = format_status(opened, None).splitlines()
@@ -385,8 +385,8 @@ def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) ->
 def test_proxies_that_are_one_run_at_full_fidelity_share_a_status_column() -> None:
     """The campaign's two Permuted-MNIST proxies (short; learning-rate-matched) become the same full run, so
     `status` shows one column for them and says so; at a reduced fidelity they stay apart."""
-    from search.cmd_status import format_promoted
     from search.promote import shared_runs
+    from search.status import format_promoted
 
     study_def = load_study_def("campaign")
     assert shared_runs(study_def, "full") == [["permMNIST_n500", "permMNIST_lr"], ["splitMNIST"]]

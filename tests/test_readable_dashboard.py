@@ -16,10 +16,10 @@ import pytest
 from optuna.distributions import FloatDistribution
 from search_fakes import generated
 
+from cli.main import main as search_main
 from evaluation.cache import sha256_text
 from search import annotate
-from search.cli import main as search_main
-from search.cmd_dashboard import ReadableStorage
+from search.dashboard import ReadableStorage
 from search.export import trial_module, trial_source
 from search.objective import anchor_key, make_objective
 from search.storage import make_storage

@@ -15,10 +15,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from test_dashboard import study_detail
 
+from cli.main import main
 from evaluation.errors import UserError
-from search.cli import main
-from search.cmd_reorder import reorder_trial
 from search.prepare import prepare_study
+from search.reorder import reorder_trial
 from search.storage import open_study
 from search.studies import load_study_def
 

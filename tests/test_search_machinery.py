@@ -31,11 +31,11 @@ from search_fakes import (
 
 import space
 from evaluation.errors import UserError
-from search.cmd_dashboard import free_port
-from search.cmd_status import format_status, trial_origins
+from search.dashboard import free_port
 from search.export import trial_source
 from search.prepare import check_scoring
 from search.records import CRASH, DESIGN, counts_toward_budget
+from search.status import format_status, trial_origins
 from search.storage import (
     default_storage_url,
     local_storage_url,
@@ -440,7 +440,7 @@ def test_two_workers_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_auto_fallback_runs_the_campaign_study_when_cifar100_is_absent(tmp_path: Path) -> None:
-    from search.cmd_run import fallback
+    from cli.run import fallback
 
     default = load_study_def("default")
     study, line = fallback(default, str(tmp_path))

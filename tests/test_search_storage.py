@@ -26,8 +26,8 @@ from search_fakes import (
 )
 
 import search.storage as storage
+from cli.main import main as search_main
 from evaluation.errors import UserError
-from search.cli import main as search_main
 from search.export import trial_source
 from search.studies import load_study_def, repo_root
 from search.workers import run_study

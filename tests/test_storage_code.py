@@ -16,11 +16,10 @@ from optuna.trial import FrozenTrial, TrialState
 from search_fakes import generated
 
 import search.storage as storage
+from cli.main import main as search_main
 from evaluation.cache import sha256_text
 from evaluation.errors import UserError
-from search import cmd_final_eval
-from search.cli import main as search_main
-from search.export import ModuleMismatch, get_trial, top_designs, trial_module, trial_source
+from search.export import ModuleMismatch, get_trial, study_modules, top_designs, trial_module, trial_source
 from search.legacy_modules import LEGACY_MODULES
 from search.promote import promote
 from search.records import rank_trials
@@ -129,13 +128,13 @@ def test_final_eval_and_fidelity_refuse_an_edited_study_and_never_skip_it(
     """final-eval's tuned baseline: an edited study is an error, not a study that is simply not there."""
     url = copy_of(COMMITTED, tmp_path)
     monkeypatch.setattr(storage, "default_storage_url", lambda name: url)
-    _, tuned = cmd_final_eval.study_modules(["tuned_si"], None)
+    _, tuned = study_modules(["tuned_si"], None)
     assert set(tuned) == {"si"}
     study = storage.open_study("si", url)
     best = get_trial(study)
     tamper(url, best, "module_source", str(best.user_attrs["module_source"]).replace("0.", "1.", 1))
     with pytest.raises(ModuleMismatch, match="refused"):
-        cmd_final_eval.study_modules(["tuned_si"], None)
+        study_modules(["tuned_si"], None)
     with pytest.raises(ModuleMismatch, match="refused"):
         top_designs(storage.open_study("si", url), 30)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import space
+from cli.main import main as search_main
 from evaluation import streams
-from search.cli import main as search_main
 
 
 def _modules(tmp_path: Path) -> dict[str, Path]:
@@ -53,7 +53,7 @@ def test_validate_refuses_a_bad_module_spec_and_a_missing_file(
 
 
 def test_a_preset_at_a_multiple_of_its_strength_is_a_sweep_point(tmp_path: Path) -> None:
-    from search.cmd_validate import _modules
+    from cli.validate import _modules
 
     modules = _modules(["mas@4", "ewc@0.5", "kfac_ewc"], tmp_path)
     assert list(modules) == ["mas_x4", "ewc_x0p5", "kfac_ewc"]

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from clharness.atomic import write_atomic
 
+from cli.options import add_device, add_threads, set_threads
 from evaluation import streams
+from evaluation.cache import store_module
 from evaluation.errors import UserError
-from search.cli import add_threads_argument, set_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,16 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=Path, default=Path("results/fidelity/runs"), help="the run cache")
     p.add_argument("--report", type=Path, help="also write the table to this file")
     p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the cache")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    add_threads_argument(p)
+    add_device(p)
+    add_threads(p)
     p.set_defaults(func=_main)
 
 
 def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
     """LABEL=PATH as given; a preset or variant name (NAME@X: at X times its strength, labelled NAME_xX) is
     generated into `module_dir` (named by its content)."""
-    import space
-    from evaluation.cache import store_module
+    import space  # deferred: it imports torch, which the other commands start without
 
     named = {**space.PRESETS, **space.VARIANTS}
     modules = {}

@@ -1,46 +1,19 @@
-"""`python -m search status`: trial counts by state and the best trials with their per-benchmark scores."""
+"""A study's status as text: trial counts by state, the best trials with their per-benchmark scores, the trials
+compared by where their designs came from, and the promoted trials beside their proxy ranks."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evaluation.errors import UserError
 from evaluation.fidelity import spearman
 from search.promote import shared_runs
 from search.records import CRASH, counts_toward_budget, promoted, rank_trials
-from search.storage import display_url, open_study, read_storage_url, storage_note
-from search.studies import StudyDef, load_study_def
-
-
-def study_name(arg: str) -> str:
-    """A study given by name or by the path of its file -> its name."""
-    return Path(arg).stem if arg.endswith(".toml") else arg
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the `status` subcommand."""
-    p = sub.add_parser("status", help="trial counts by state and the best trials of a study")
-    p.add_argument("--study", default="default", help="study name or study file")
-    p.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna storage URL (default: your studies/local/NAME.db, else the committed studies/NAME.db)",
-    )
-    p.add_argument(
-        "--reference",
-        action="store_true",
-        help="read the committed study (studies/campaign/NAME.db, else studies/NAME.db) even if you have a local one",
-    )
-    p.add_argument("--top", type=int, default=5, help="how many of the best trials to list (default 5)")
-    p.set_defaults(func=main)
+from search.studies import StudyDef
 
 
 def trial_origins(trials: Sequence[FrozenTrial], study_def: StudyDef) -> dict[int, str]:
@@ -178,18 +151,3 @@ def format_status(
             f"{failed[-1].user_attrs['fail_reason']}"
         )
     return "\n".join(lines)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Print the status of the study named by `args`."""
-    if args.top < 1:
-        raise UserError(f"--top must be at least 1, got {args.top}")
-    name = study_name(args.study)
-    study_def = None
-    with contextlib.suppress(UserError):  # a study kept only as storage (no file) still has a status
-        study_def = load_study_def(args.study)
-    storage = read_storage_url(name, args.storage, reference=args.reference)
-    study = open_study(name, storage)
-    print(f"storage {display_url(storage)}{storage_note(name, storage)}")
-    print(format_status(study, study_def.n_trials if study_def else None, args.top, study_def))
-    return 0

@@ -14,12 +14,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from clharness import paths
+from clharness.errors import HarnessError
+
+from cli.options import add_data_dir, add_device, add_storage, add_study, add_threads
 from evaluation.errors import UserError
 from search import data_check
-from search.data_check import check_data_dir
+from search.data_check import check_data_dir, cifar100_present
+from search.loop import DEFAULT_OBJECTIVE, DEFAULT_PROBE, load_ref
 from search.storage import display_url, local_storage_url
 from search.studies import StudyDef, as_offline, derived_offline, load_study_def
-from search.workers import DEFAULT_OBJECTIVE, DEFAULT_PROBE, load_ref, run_study
+from search.workers import run_study
 
 FALLBACK_STUDY = "campaign"
 
@@ -27,28 +32,15 @@ FALLBACK_STUDY = "campaign"
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `run` subcommand."""
     p = sub.add_parser("run", help="run (or resume) a study until its trial budget is spent")
-    p.add_argument(
-        "--study", default="default", help="study name (studies/NAME.toml) or path to a study file"
-    )
+    add_study(p)
     p.add_argument(
         "--n-trials", type=int, default=None, help="the study's total budget (default: its file's)"
     )
-    p.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna storage URL (default: sqlite:///studies/local/NAME.db, your own study; the committed "
-        "studies/NAME.db references are never written)",
-    )
+    add_storage(p, writes=True)
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (docs/search.md)")
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="dataset root, an existing folder (default: $CL_DATA_DIR, else <repo>/data)",
-    )
-    p.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)"
-    )
+    add_threads(p, default="half the cores shared out among the workers")
+    add_data_dir(p)
+    add_device(p)
     p.add_argument(
         "--auto-fallback",
         action="store_true",
@@ -60,19 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=main)
 
 
-def cifar100_present(data_dir: str | None) -> bool:
-    """Whether the torchvision CIFAR-100 folder is in the data dir (probed, never downloaded)."""
-    from clharness import paths
-
-    return (paths.data_dir(data_dir) / "cifar-100-python").is_dir()
-
-
 def fallback(study_def: StudyDef, data_dir: str | None) -> tuple[StudyDef, str | None]:
     """The study to run instead when CIFAR-100 is missing, with the line that says so (None: no change)."""
     if "CIFAR100" not in study_def.experiments or cifar100_present(data_dir):
         return study_def, None
-    from clharness import paths
-
     root = paths.data_dir(data_dir)
     line = (
         f"CIFAR-100 is not in {root}: running the '{FALLBACK_STUDY}' study (Permuted-MNIST, Split-MNIST) "
@@ -86,9 +69,6 @@ def fallback(study_def: StudyDef, data_dir: str | None) -> tuple[StudyDef, str |
 def load_data(probe: str, study_def: StudyDef, data_dir: str | None) -> dict[str, Any]:
     """The data record of the study's run (`search.data_check.probe`), said before it loads; data that cannot
     serve (unreadable files, a dataset absent with no fallback) is one line, before anything is created."""
-    from clharness import paths
-    from clharness.errors import HarnessError
-
     datasets = sorted({data_check.DATASET[e] for e in study_def.experiments})
     print(
         f"study {study_def.name}: loading its data ({', '.join(datasets)}) from {paths.data_dir(data_dir)} ...",

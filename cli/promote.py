@@ -7,9 +7,9 @@ from pathlib import Path
 
 from clharness.paths import check_out_dir
 
+from cli.options import add_device, add_storage, add_study, add_threads, set_threads
 from evaluation.errors import UserError
 from search import promote as prm
-from search.cli import add_threads_argument, set_threads
 from search.records import best_promoted, promoted_study_name
 from search.storage import check_writable, make_storage, open_study, read_storage_url
 from search.studies import load_study_def
@@ -30,11 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "the study NAME:promoted in the same storage."
         ),
     )
-    p.add_argument("--study", required=True, help="study name (studies/<name>.toml) or file")
+    add_study(p, required=True)
     p.add_argument(
         "--top", type=int, default=5, help="how many of the best trials, besides the warm starts (default 5)"
     )
-    p.add_argument("--storage", help="storage URL (default: your local study, studies/local/NAME.db)")
+    add_storage(p)
     p.add_argument("--iters", type=int, help="iterations per context (default: the published protocol's)")
     p.add_argument("--contexts", type=int, help="contexts (default: all)")
     p.add_argument("--train-subset", type=int, help="training images per context (default: all)")
@@ -45,11 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="validation streams per benchmark instead of the study's proxy streams (e.g. permMNIST=1001,1002 "
         "splitMNIST=1000,1003): each design is scored by the mean over them",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device(p)
     p.add_argument(
         "--out", type=Path, default=prm.DEFAULT_OUT, help="run cache and modules (default: results/fidelity)"
     )
-    add_threads_argument(p)
+    add_threads(p)
     p.set_defaults(func=_main)
 
 

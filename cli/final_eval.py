@@ -5,19 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clharness.paths import check_out_dir
 from clharness.protocol import PROTOCOLS
 
+from cli.options import add_data_dir, add_device, add_threads, set_threads
 from evaluation import final_eval as fe
-from evaluation.errors import UserError
-from search import storage
-from search.cli import add_threads_argument, set_threads
 from search.data_check import check_data_dir
-from search.export import best_source
-from search.records import rank_promoted
+from search.export import best_tuned_baseline, study_modules
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,55 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the tuned baseline with the best promoted score on the validation split) (default: all, with every "
         "tuned baseline whose study exists)",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="dataset root, an existing folder (default: $CL_DATA_DIR, else <repo>/data), as for `run`",
-    )
+    add_device(p)
+    add_data_dir(p)
     p.add_argument("--out", type=Path, default=fe.DEFAULT_OUT, help="results folder (default: results)")
-    add_threads_argument(p)
+    add_threads(p)
     p.add_argument(
         "--report-only", action="store_true", help="rebuild the report from the cache, run nothing"
     )
     p.set_defaults(func=_main)
-
-
-def best_tuned_baseline(log: Callable[[str], None] = print) -> str:
-    """`tuned_<b>` for the tuned baseline whose study's best promoted score (full fidelity, validation split) is
-    highest: the choice never looks at the test split. A UserError when no tuned study has been promoted."""
-    urls = {b: storage.default_storage_url(b) for b in fe.TUNED_BASELINES}
-    ranked = rank_promoted(
-        {b: url for b, url in urls.items() if (path := storage.sqlite_path(url)) and path.is_file()}
-    )
-    if not ranked:
-        raise UserError(
-            "tuned_best: no tuned baseline study has promoted trials yet; run `make promote STUDY=<baseline> TOP=3`"
-        )
-    log(
-        "tuned_best: "
-        + ", ".join(f"tuned_{b} {float(entry['value']):.4f}" for b, entry in ranked)
-        + " (promoted, validation split)"
-    )
-    return f"tuned_{ranked[0][0]}"
-
-
-def study_modules(
-    methods: Sequence[str] | None, study: str | None
-) -> tuple[fe.ModuleSource | None, dict[str, fe.ModuleSource]]:
-    """The modules that come from studies: the candidate of `--study` and the tuned baselines asked for (all
-    of them that exist when `methods` is None); a missing `--study` candidate is a UserError."""
-    candidate = None
-    if study is not None:
-        candidate = best_source(study)
-        if candidate is None:
-            raise UserError(f"--study {study}: no storage or no completed trial to take the candidate from")
-    wanted = (
-        fe.TUNED_BASELINES if not methods else [m[len("tuned_") :] for m in methods if m.startswith("tuned_")]
-    )
-    # the study that tunes baseline b is studies/<b>.toml
-    tuned = {b: found for b in wanted if b in fe.TUNED_BASELINES and (found := best_source(b)) is not None}
-    return candidate, tuned
 
 
 def _main(args: argparse.Namespace) -> int:

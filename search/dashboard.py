@@ -1,21 +1,17 @@
-"""`python -m search dashboard`: optuna-dashboard on a study's storage, on the loopback interface.
-
-Before serving, the study is annotated (`search.annotate`: the objective's name, the study's note with its
-description and promoted trials), its promoted study (`NAME:promoted`) gets the promotion results it lacks
-(`search.promote.record_promoted`), and the dashboard gets the study's artifact store, so that every trial's
-module opens and downloads as a file. A committed reference study (`studies/NAME.db`) is evidence and is not
-written: the dashboard serves an in-memory copy of it, annotated, and says so. Like `status` and `export` it
-reads your local study when you have one (`--reference`, `make dashboard REFERENCE=1`: the committed one) and
-says which it reads.
+"""What `python -m search dashboard` serves: a study's storage made readable, annotated and, for a committed
+reference, copied into memory.
 
 Every storage is served through `ReadableStorage`: trials show the module's sha256, never its text (studies
 written before the objective stored only the sha256 keep the text in `module_source`, one attribute on one line
-that made the trial page about 111,000 px wide); the module itself is the trial's artifact.
+that made the trial page about 111,000 px wide); the module itself is the trial's artifact. Before serving, the
+study is annotated (`search.annotate`: the objective's name, the study's note with its description and promoted
+trials) and its promoted study (`NAME:promoted`) gets the promotion results it lacks
+(`search.promote.record_promoted`). A committed reference study (`studies/NAME.db`) is evidence and is not
+written: an in-memory copy of it is served instead.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import socket
 from collections.abc import Container, Sequence
@@ -28,18 +24,9 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.cache import sha256_text
-from evaluation.errors import UserError
 from search import annotate, optuna_adapter
-from search.cmd_status import study_name
 from search.promote import record_promoted
-from search.storage import (
-    display_url,
-    is_reference,
-    make_storage,
-    open_study,
-    read_storage_url,
-    storage_note,
-)
+from search.storage import is_reference, make_storage, open_study
 
 # Trial user attributes the dashboard does not show as they are stored: the module's text (its sha256 instead).
 HIDDEN_ATTR = "module_source"
@@ -140,26 +127,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the `dashboard` subcommand."""
-    p = sub.add_parser("dashboard", help="serve optuna-dashboard for a study on 127.0.0.1")
-    p.add_argument("--study", default="default", help="study name or study file")
-    p.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna storage URL (default: your studies/local/NAME.db, else the committed studies/NAME.db)",
-    )
-    p.add_argument(
-        "--reference",
-        action="store_true",
-        help="serve the committed study (studies/campaign/NAME.db, else studies/NAME.db) even if you have a local one",
-    )
-    p.add_argument(
-        "--port", type=int, default=None, help="port (default: 8080 when free, else any free port)"
-    )
-    p.set_defaults(func=main)
-
-
 def in_memory_copy(name: str, url: str) -> tuple[InMemoryStorage, optuna.Study]:
     """Study `name` of `url` copied into memory: trials, attributes and the dashboard's notes and artifacts."""
     src_storage = make_storage(url)
@@ -184,39 +151,3 @@ def prepare(name: str, url: str) -> tuple[BaseStorage, str]:
     folder = None if is_reference(url) else annotate.artifact_dir(url, name)
     record_promoted(study, storage, artifact_folder=folder)
     return storage, what
-
-
-def main(args: argparse.Namespace) -> int:
-    """Serve the dashboard until Ctrl-C."""
-    from optuna_dashboard import run_server
-
-    name = study_name(args.study)
-    url = read_storage_url(name, args.storage, reference=args.reference)
-    open_study(name, url)  # fails with a clear message when the study does not exist
-    storage, what = prepare(name, url)
-    folder = annotate.artifact_dir(url, name)
-    store = annotate.artifact_store(folder) if folder.is_dir() or not is_reference(url) else None
-    port = args.port
-    if port is None:
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 8080))
-            port = 8080
-        except OSError:
-            port = free_port()
-    elif not 0 < port < 65536:
-        raise UserError(f"--port must be in 1..65535, got {port}")
-    modules = (
-        f"modules from {annotate.display_path(folder)}" if store else "no module files (none were stored)"
-    )
-    print(
-        f"optuna-dashboard for study {name}: storage {display_url(url)}{storage_note(name, url)}; {what}; "
-        f"{modules}; at http://127.0.0.1:{port}/dashboard/studies/{optuna_adapter.study_id(storage, name)} "
-        "(Ctrl-C stops it)",
-        flush=True,
-    )
-    try:
-        run_server(ReadableStorage(storage), host="127.0.0.1", port=port, artifact_store=store)
-    except OSError as exc:
-        raise UserError(f"cannot serve on 127.0.0.1:{port}: {exc}") from exc
-    return 0

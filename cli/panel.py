@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cli.options import add_device, add_storage, add_threads, set_threads
 from evaluation import panel as pnl
+from evaluation.cache import store_module
 from evaluation.errors import UserError
-from search.cli import add_threads_argument, set_threads
+from search.export import top_designs
+from search.storage import open_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="first add the best distinct designs of this study to the panel",
     )
     p.add_argument("--top", type=int, default=3, help="how many designs --add-from-study adds (default 3)")
-    p.add_argument("--storage", help="storage URL of --add-from-study (default: the study's own)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    add_threads_argument(p)
+    add_storage(p, of="--add-from-study")
+    add_device(p)
+    add_threads(p)
     p.set_defaults(func=_main)
 
 
@@ -69,10 +72,6 @@ def _main(args: argparse.Namespace) -> int:
 
 def _add_from_study(panel: pnl.PanelDef, study_name: str, top: int, storage_url: str | None) -> list[str]:
     """Store the module sources of the study's `top` best distinct designs in the panel's folder."""
-    from evaluation.cache import store_module
-    from search.export import top_designs
-    from search.storage import open_study
-
     designs = top_designs(open_study(study_name, storage_url), top)
     if not designs:
         raise UserError(f"study {study_name!r} has no complete trial with a design to add to the panel")

@@ -1,8 +1,10 @@
 """Command line of `python -m search`: one subcommand per module, each exposing `register(subparsers)`.
 
-A subcommand module defines `register(sub: argparse._SubParsersAction) -> None`, which adds its parser and sets
-`func=<callable(args) -> int>` as the parser default. Errors a user can cause raise `UserError`
-(`evaluation.errors`) or the harness's `HarnessError`; they are printed as one line and exit with code 2.
+The modules are this package's (`SUBCOMMANDS`). A subcommand module defines
+`register(sub: argparse._SubParsersAction) -> None`, which adds its parser (with the options several commands share
+from `cli.options`) and sets `func=<callable(args) -> int>` as the parser default. Errors a user can cause raise
+`UserError` (`evaluation.errors`) or the harness's `HarnessError`; they are printed as one line and exit with
+code 2.
 """
 
 from __future__ import annotations
@@ -12,41 +14,23 @@ import importlib
 import os
 import sys
 
+from clharness.errors import HarnessError
+
 from evaluation.errors import UserError
 
-# The explicit table of subcommands (module names under search/), in the order `--help` lists them.
+# The explicit table of subcommands (modules of this package), in the order `--help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
-    "search.cmd_export",
-    "search.cmd_run",
-    "search.cmd_status",
-    "search.cmd_dashboard",
-    "search.cmd_final_eval",
-    "search.cmd_fidelity",
-    "search.cmd_panel",
-    "search.cmd_promote",
-    "search.cmd_reorder",
-    "search.cmd_validate",
+    "cli.export",
+    "cli.run",
+    "cli.status",
+    "cli.dashboard",
+    "cli.final_eval",
+    "cli.fidelity",
+    "cli.panel",
+    "cli.promote",
+    "cli.reorder",
+    "cli.validate",
 )
-
-
-def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """The `--threads` option that final-eval and fidelity share (applied by `set_threads`)."""
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: torch's; 1 on a busy machine, docs/final-eval.md)",
-    )
-
-
-def set_threads(threads: int | None) -> None:
-    """Set torch's CPU threads when asked (one per process is far faster on an oversubscribed CPU)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,8 +50,6 @@ EXIT_BROKEN_PIPE = 141
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, run the subcommand, map user errors to exit code 2."""
-    from clharness.errors import HarnessError
-
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args) or 0)

@@ -1,23 +1,15 @@
-"""`python -m search reorder`: copy a study into a new storage with its trials' reports in the study file's
-benchmark order.
+"""Reordering a study: a copy in a new storage with its trials' reports in the study file's benchmark order.
 
-A trial reports after every context, benchmarks in the study file's order, so the report order decides which
-contexts a pruning decision rests on (docs/fidelity.md, section 3). The final value does not depend on it, but
-the intermediate values do, and a pruner compares a running trial with finished ones step by step: a study
-whose file changed its order refuses to resume (`check_scoring`), since old and new reports would mix. This
-command moves such a study to the new order instead of starting it again: each complete trial's reports are
-recomputed exactly (`reorder_trial`), into a new storage; the source is not written.
-
-    python -m search reorder --study campaign --from sqlite:///studies/campaign/old.db \\
-        --to sqlite:///studies/campaign/campaign.db
-
-Failed trials keep their attributes but not their partial reports (which cannot be reordered; pruners read
-complete trials only); waiting trials are copied as they are. A study with pruned or running trials is refused.
+A pruner compares a running trial with finished ones step by step, so a study whose file changed its benchmark
+order refuses to resume (`search.prepare.check_scoring`): old and new reports would mix. `reorder_study` moves such
+a study to the new order instead (`python -m search reorder`): each complete trial's reports are recomputed
+exactly (`reorder_trial`), into a new storage; the source is only read. Failed trials keep their attributes but
+not their partial reports (which cannot be reordered; pruners read complete trials only); waiting trials are
+copied as they are. A study with pruned or running trials is refused.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from collections.abc import Sequence
@@ -28,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from evaluation.errors import UserError
 from search import optuna_adapter
 from search.storage import check_writable, display_url, make_storage, open_study
-from search.studies import StudyDef, load_study_def
+from search.studies import StudyDef
 
 
 def reorder_trial(trial: FrozenTrial, sizes: Sequence[int], order: Sequence[int]) -> FrozenTrial:
@@ -52,10 +44,11 @@ def reorder_trial(trial: FrozenTrial, sizes: Sequence[int], order: Sequence[int]
     for i in order:
         new.update({len(new) + 1 + k: offset + v for k, v in enumerate(own[i])})
         offset += own[i][-1]
-    return _with_reports(trial, new)
+    return with_reports(trial, new)
 
 
-def _with_reports(trial: FrozenTrial, reports: dict[int, float]) -> FrozenTrial:
+def with_reports(trial: FrozenTrial, reports: dict[int, float]) -> FrozenTrial:
+    """A copy of `trial` with `reports` as its intermediate values (and the id the storage gives it)."""
     return FrozenTrial(
         number=trial.number,
         state=trial.state,
@@ -93,25 +86,11 @@ def new_order(study_def: StudyDef, recorded: Any) -> tuple[list[int], list[int],
     return sizes, [old_key.index(k) for k in key], labels
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the `reorder` subcommand."""
-    p = sub.add_parser(
-        "reorder",
-        help="copy a study into a new storage, its trials' reports in the study file's benchmark order",
-        description=__doc__.split("\n\n")[1],
-    )
-    p.add_argument(
-        "--study", required=True, help="study name (studies/<name>.toml) or file, in the new order"
-    )
-    p.add_argument("--from", dest="source", required=True, help="storage URL holding the study (read only)")
-    p.add_argument("--to", dest="target", required=True, help="storage URL to create the reordered study in")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    study_def = load_study_def(args.study)
-    check_writable(args.target)
-    source_storage = make_storage(args.source)
+def reorder_study(study_def: StudyDef, source_url: str, target_url: str) -> str:
+    """Copy study `study_def.name` from `source_url` into `target_url` with its trials' reports in the study file's
+    benchmark order; returns the line that says what was moved. The source is only read."""
+    check_writable(target_url)
+    source_storage = make_storage(source_url)
     source = open_study(study_def.name, source_storage)
     sizes, order, labels = new_order(study_def, source.user_attrs.get("scoring"))
     trials = source.get_trials(deepcopy=False)
@@ -121,13 +100,13 @@ def _main(args: argparse.Namespace) -> int:
     ):
         if numbers := [t.number for t in trials if t.state == state]:
             raise UserError(f"study {study_def.name!r} has {state.name.lower()} trials {numbers}: {why}")
-    target_storage = make_storage(args.target)
+    target_storage = make_storage(target_url)
     if study_def.name in {s.study_name for s in target_storage.get_all_studies()}:
-        raise UserError(f"{display_url(args.target)} already holds a study {study_def.name!r}")
+        raise UserError(f"{display_url(target_url)} already holds a study {study_def.name!r}")
     moved = [
         reorder_trial(t, sizes, order)
         if t.state == TrialState.COMPLETE
-        else _with_reports(t, {} if t.state == TrialState.FAIL else t.intermediate_values)
+        else with_reports(t, {} if t.state == TrialState.FAIL else t.intermediate_values)
         for t in trials
     ]
     target = optuna_adapter.copy_study(source_storage, study_def.name, target_storage, moved)
@@ -135,15 +114,14 @@ def _main(args: argparse.Namespace) -> int:
     target.set_user_attr("study_file", study_def.path.read_text(encoding="utf-8"))
     target.set_user_attr("benchmarks", list(study_def.labels))
     target.set_user_attr(
-        "reordered", {"from": display_url(args.source), "order": labels, "trials": len(trials)}
+        "reordered", {"from": display_url(source_url), "order": labels, "trials": len(trials)}
     )
     counts = {
         s: sum(t.state == s for t in trials)
         for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING)
     }
-    print(
+    return (
         f"study {study_def.name}: {counts[TrialState.COMPLETE]} complete trials reordered from "
         f"{', '.join(labels)} to {', '.join(study_def.labels)}; {counts[TrialState.FAIL]} failed (their partial "
-        f"reports dropped), {counts[TrialState.WAITING]} waiting; written to {display_url(args.target)}"
+        f"reports dropped), {counts[TrialState.WAITING]} waiting; written to {display_url(target_url)}"
     )
-    return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clharness.paths import check_out_path
 
+from cli.options import add_reference, add_storage
 from evaluation.errors import UserError
 from search.export import trial_source
 from search.records import best_promoted_study
@@ -33,22 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--trial", type=int, help="a complete trial's number within one --study (default: the best trial)"
     )
-    parser.add_argument(
-        "--storage",
-        help="storage URL of --study (default: your studies/local/<name>.db, else the committed studies/<name>.db)",
-    )
-    parser.add_argument(
-        "--reference",
-        action="store_true",
-        help="read the committed study (studies/campaign/<name>.db, else studies/<name>.db) even if you have a local one",
-    )
+    add_storage(parser, of="--study")
+    add_reference(parser)
     parser.add_argument("--out", required=True, metavar="FILE", help="the module to write (atomically)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate (or fetch) the source and write it atomically."""
-    import space
+    import space  # deferred: it imports torch, which the other commands start without
 
     if (args.trial is not None or args.storage or args.reference) and not args.study:
         raise UserError("--trial, --storage and --reference go with --study")
