@@ -19,8 +19,9 @@ from typing import Any
 
 from clharness.atomic import write_atomic
 
-from space import components, kfac
+from space import components, generator_kfac, kfac
 from space.design import Design, DesignError
+from space.generator_kfac import Constants
 from space.registry import (
     ACCUMULATIONS,
     CONSTANTS,
@@ -198,17 +199,25 @@ def generate_source(design: Design, provenance: Mapping[str, str | int | float] 
     if not isinstance(design, Design):
         raise DesignError(f"generate_source needs a space.Design, got {type(design).__name__}")
     prov = _provenance(provenance)
-    regularizes = bool(design.estimator_list)
     needed: list[str] = ["_regularized"]
-    constants: list[tuple[str, str, str]] = []  # (name, value, reason)
-    body: str | None
-    penalty: str | None
-    if design.kfac:
-        body = _kfac_estimate_body(design, needed, constants)
-        penalty = _kfac_penalty_body(design, needed, constants)
+    constants: Constants = []
+    if not design.estimator_list:
+        body, penalty = _NONE_ESTIMATE, _NONE_PENALTY
     else:
-        body = _estimate_body(design, needed, constants) if regularizes else None
-        penalty = _penalty_body(design, needed, constants) if regularizes else None
+        head = [
+            _SIGNATURE_ESTIMATE,
+            f'    """{_docline(describe(design))}"""',
+            "    params = dict(_regularized(model))",
+        ]
+        if design.kfac:
+            lines = _reading(design, needed, constants, "factors are")
+            lines += generator_kfac.estimate_lines(design, needed, constants)
+            penalty_lines = generator_kfac.penalty_lines(design, needed)
+        else:
+            lines = _estimate_lines(design, needed, constants)
+            penalty_lines = _penalty_lines(design, needed, constants)
+        body = "\n".join(head + lines)
+        penalty = "\n".join([_SIGNATURE_PENALTY, *penalty_lines])
 
     names = _closure(needed)
     helper_constants = [n for n in CONSTANTS if n in names]
@@ -231,15 +240,10 @@ def generate_source(design: Design, provenance: Mapping[str, str | int | float] 
     out.append("\n\n".join(block) if block else "")
     for name in functions:
         out.append(inspect.getsource(_component(name)).rstrip())
-    if body is None:
-        out.append(_NONE_ESTIMATE)
-        out.append(_NONE_PENALTY)
-    else:
-        out.append(body)
-        out.append(penalty or "")
+    out += [body, penalty]
     # One blank line after the docstring and after the imports, two around definitions (ruff's layout).
-    head = "\n\n".join(out[:3])
-    return "\n\n\n".join(part for part in [head, *out[3:]] if part) + "\n"
+    head_text = "\n\n".join(out[:3])
+    return "\n\n\n".join(part for part in [head_text, *out[3:]] if part) + "\n"
 
 
 def _header(design: Design, prov: Mapping[str, str]) -> str:
@@ -275,11 +279,19 @@ def _literal(value: object) -> str:
     return repr(value)
 
 
+def _design_fields(design: Design) -> dict[str, Any]:
+    """The design's fields less those at a value that changes nothing (an exponent of 1, no clip, no normalization
+    of a single estimator); `Design.from_dict` gives them back as the defaults they are."""
+    neutral: dict[str, Any] = {"power": 1.0, "clip_quantile": 1.0}
+    if len(design.estimator_list) == 1:
+        neutral["norm"] = "none"
+    return {k: v for k, v in design.to_dict().items() if k not in neutral or neutral[k] != v}
+
+
 def _design_block(design: Design) -> str:
-    items = "\n".join(f"    {json.dumps(k)}: {_literal(v)}," for k, v in design.to_dict().items())
+    items = "\n".join(f"    {json.dumps(k)}: {_literal(v)}," for k, v in _design_fields(design).items())
     return (
-        "# The design this file was generated from (space.Design; `python -m search export --design` takes it as\n"
-        "# JSON). The constants below are what the code uses.\n"
+        "# The design (the code reads the constants below; `python -m search export --design` takes it as JSON).\n"
         f"DESIGN = {{\n{items}\n}}\n\n"
         "# Multiplies the benchmark's reg_strength (HARNESS.md section 1).\n"
         f'CONFIG_OVERRIDES = {{"reg_strength_scale": {design.reg_strength_scale!r}}}'
@@ -308,286 +320,137 @@ _NONE_PENALTY = f'''{_SIGNATURE_PENALTY}
     return torch.zeros((), device=next(model.parameters()).device)'''
 
 
-def _estimate_body(design: Design, needed: list[str], constants: list[tuple[str, str, str]]) -> str:
-    """The source of `estimate_importance` for a design that regularizes."""
-    used = design.estimator_list
-    values = design.to_dict()
-    reads_data = "data_examples" in values
-    calibrated = design.reference != "none"
-    # What each variable holds: estimator name -> registry key; the exact Fisher is also the reference scale.
-    keys = {e: (f"fisher_{design.fisher_labels}" if e == "fisher" else e) for e in used}
-    computed = dict(keys)
-    reference_var = "fisher" if keys.get("fisher") == "fisher_exact" else "exact_fisher"
-    if calibrated and reference_var == "exact_fisher":
-        computed["exact_fisher"] = "fisher_exact"
+def _reading(design: Design, needed: list[str], constants: Constants, what: str) -> list[str]:
+    """The lines that stack the examples the design reads in eval mode, inside a `try:` that restores the mode."""
+    needed.append("_examples")
+    lines = [
+        "    was_training = model.training",
+        "    model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)",
+        "    try:",
+    ]
+    if design.data_examples == 0:
+        return [*lines, "        xs, ys = _examples(dataset, range(len(dataset)), device)  # every example"]
+    random = design.data_subset == "random"
+    how = "a seeded random subset" if random else "the first ones, in order"
+    why = f"Examples of the finished context the {what} averaged over ({how})."
+    constants.append(("N_EXAMPLES", repr(design.data_examples), why))
+    if not random:
+        return [*lines, "        xs, ys = _examples(dataset, range(min(N_EXAMPLES, len(dataset))), device)"]
+    constants.append(("SUBSET_SEED", "0", "Seed of the random subset of examples."))
+    return [
+        *lines,
+        "        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(SUBSET_SEED))",
+        "        xs, ys = _examples(dataset, order[:N_EXAMPLES].tolist(), device)",
+    ]
 
-    if reads_data:
-        how = "every one" if design.data_examples == 0 else (
-            "a seeded random subset" if design.data_subset == "random" else "the first ones, in order"
-        )  # fmt: skip
-        constants.append(
-            (
-                "N_EXAMPLES",
-                repr(design.data_examples),
-                f"Examples of the finished context the importance is averaged over ({how}"
-                + ("; 0 means all)." if design.data_examples == 0 else ")."),
-            )
-        )
-        needed.append("_examples")
-    random_subset = reads_data and design.data_examples != 0 and design.data_subset == "random"
-    if random_subset:
-        constants.append(("SUBSET_SEED", "0", "Seed of the random subset of examples."))
+
+def _estimate_lines(design: Design, needed: list[str], constants: Constants) -> list[str]:
+    """The body of `estimate_importance` of a diagonal design, after its docstring and `params`."""
+    used = design.estimator_list
+    # What each variable holds: estimator name -> registry key; the exact Fisher is also the reference scale.
+    computed = {e: (f"fisher_{design.fisher_labels}" if e == "fisher" else e) for e in used}
+    reference_var = "fisher" if computed.get("fisher") == "fisher_exact" else "exact_fisher"
+    if design.reference != "none" and reference_var == "exact_fisher":
+        computed["exact_fisher"] = "fisher_exact"
+    data_vars = [v for v, key in computed.items() if key not in ("si", "uniform")]
+    lines = _reading(design, needed, constants, "importance is") if data_vars else []
     if computed.get("fisher") == "fisher_sampled":
         constants.append(("LABEL_SEED", "0", "Seed of the labels drawn from the model's softmax."))
     if "si" in used:
-        constants.append(
-            (
-                "CLAMP_SI",
-                repr(design.si_clamp),
-                "Clamp SI's Omega at 0 (W < 0 where steps went uphill); published SI does not.",
-            )
-        )
+        why = "Clamp SI's Omega at 0 (W < 0 where steps went uphill); published SI does not."
+        constants.append(("CLAMP_SI", repr(design.si_clamp), why))
     for key in computed.values():
         needed.extend([ESTIMATORS[key].name, *ESTIMATORS[key].requires])
-
-    lines = [
-        _SIGNATURE_ESTIMATE,
-        f'    """{_docline(describe(design))}"""',
-        "    params = dict(_regularized(model))",
-    ]
-    data_vars = [v for v, key in computed.items() if key not in ("si", "uniform")]
+    for var in data_vars:
+        func = ESTIMATORS[computed[var]].name
+        extra = ", torch.Generator().manual_seed(LABEL_SEED)" if computed[var] == "fisher_sampled" else ""
+        lines.append(f"        {var} = {func}(model, params, xs, ys{extra})")
     if data_vars:
-        lines += [
-            "    was_training = model.training",
-            "    model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)",
-            "    try:",
-            f"        xs, ys = _examples(dataset, N_EXAMPLES, {'SUBSET_SEED' if random_subset else 'None'}, device)",
-        ]
-        for var in data_vars:
-            func = ESTIMATORS[computed[var]].name
-            extra = ", torch.Generator().manual_seed(LABEL_SEED)" if computed[var] == "fisher_sampled" else ""
-            lines.append(f"        {var} = {func}(model, params, xs, ys{extra})")
         lines += ["    finally:", "        model.train(was_training)"]
     if "si" in used:
         lines.append("    si = _si(model, params, prev_params, clamp=CLAMP_SI)")
     if "uniform" in used:
         lines.append("    uniform = _uniform(params)")
-
-    if _plain(design):
-        result = used[0]
-    else:
-        result = "new"
-        if len(used) == 2:
-            constants.append(
-                ("MIX", repr(design.mix), f"Share of {used[0]} in the mixture; {used[1]} has the rest.")
-            )
-        if design.norm != "none":
-            norm = NORMALIZATIONS[design.norm]
-            needed.extend([norm.name, *norm.requires])
-        elif len(used) == 2:  # mixed at a unit total each, so that their scales do not decide the mixture
-            needed.extend([SCALES["unit_total"].name, *SCALES["unit_total"].requires])
-            lines += [f"    {v}_unit = _unit_total({v})" for v in used]
-
-        def term(var: str) -> str:
-            if design.norm != "none":
-                return f"{NORMALIZATIONS[design.norm].name}({var}[k])"
-            return f"{var}_unit[k]" if len(used) == 2 else f"{var}[k]"
-
-        lines += ["    new = {}", "    for k in params:"]
-        if len(used) == 2:
-            lines.append(
-                _assign("mixed", [f"MIX * {term(used[0])}", f"(1.0 - MIX) * {term(used[1])}"], "        ")
-            )
-        else:
-            lines.append(f"        mixed = {term(used[0])}")
-        if design.power != 1.0:
-            constants.append(
-                (
-                    "POWER",
-                    repr(design.power),
-                    "Exponent of the importance (SI and MAS scale like the Fisher's root).",
-                )
-            )
-            needed.append(TRANSFORMS["power"].name)
-            lines.append("        mixed = _power(mixed, POWER)")
-        if design.clip_quantile < 1.0:
-            constants.append(
-                (
-                    "CLIP_QUANTILE",
-                    repr(design.clip_quantile),
-                    "Per-tensor quantile every importance is capped at: a few huge entries cannot freeze weights.",
-                )
-            )
-            needed.append(TRANSFORMS["clip_quantile"].name)
-            lines.append("        mixed = _clip_quantile(mixed, CLIP_QUANTILE)")
-        lines.append("        new[k] = mixed")
-        if calibrated:
-            needed.extend([SCALES["reference"].name, *SCALES["reference"].requires])
-            hold = design.reference == "fisher_first"
-            why = "the first context's, held" if hold else "this context's"
-            lines.append(f"    # The exact Fisher's total: {why}.")
-            lines.append(f"    new = _to_reference(model, new, {reference_var}, hold={hold})")
-
+    result = used[0] if _plain(design) else _combine(design, needed, constants, lines)
+    if design.reference == "fisher" and not _plain(design):
+        needed.extend([SCALES["reference"].name, *SCALES["reference"].requires])
+        result = f"_to_reference({result}, {reference_var})"
+    elif design.reference == "fisher_first":
+        needed.extend([SCALES["first_reference"].name, *SCALES["first_reference"].requires])
+        result = f"_to_first_reference(model, {result}, {reference_var})"
     if design.accumulate == "sum":
-        lines.append(f"    return {result}  # the loop adds it to the carried importance: a plain sum")
-    elif design.accumulate == "decay":
-        needed.append(ACCUMULATIONS["decay"].name)
-        lines.append(f"    return _accumulate_decay(model._custom_importance, {result}, DECAY_GAMMA)")
+        why = "# the loop adds it to the carried importance: a plain sum"
+        if len(f"    return {result}  {why}") > LINE:
+            return [*lines, f"    {why}", f"    return {result}"]
+        return [*lines, f"    return {result}  {why}"]
+    if result not in (*used, "new"):
+        lines.append(f"    new = {result}")
+        result = "new"
+    accumulate = ACCUMULATIONS[design.accumulate].name
+    needed.append(accumulate)
+    gamma = ", DECAY_GAMMA" if design.accumulate == "decay" else ""
+    return [*lines, f"    return {accumulate}(model._custom_importance, {result}{gamma})"]
+
+
+def _combine(design: Design, needed: list[str], constants: Constants, lines: list[str]) -> str:
+    """Append the lines that mix, normalize and transform the estimators per tensor; return what holds the result."""
+    used = design.estimator_list
+    if len(used) == 2:
+        constants.append(
+            ("MIX", repr(design.mix), f"Share of {used[0]} in the mixture; {used[1]} has the rest.")
+        )
+    if design.norm != "none":
+        norm = NORMALIZATIONS[design.norm]
+        needed.extend([norm.name, *norm.requires])
+        terms = [f"{norm.name}({v}[k])" for v in used]
+    elif len(used) == 2:  # mixed at a unit total each, so that their scales do not decide the mixture
+        needed.extend([SCALES["unit_total"].name, *SCALES["unit_total"].requires])
+        lines += [f"    {v}_unit = _unit_total({v})" for v in used]
+        terms = [f"{v}_unit[k]" for v in used]
     else:
-        needed.append(ACCUMULATIONS["max"].name)
-        lines.append(f"    return _accumulate_max(model._custom_importance, {result})")
-    return "\n".join(lines)
+        terms = [f"{used[0]}[k]"]
+    if len(terms) == 2:
+        terms = [f"MIX * {terms[0]}", f"(1.0 - MIX) * {terms[1]}"]
+    steps = []  # each one wraps the expression before it
+    if design.power != 1.0:
+        why = "Exponent of the importance (SI and MAS scale like the Fisher's root)."
+        constants.append(("POWER", repr(design.power), why))
+        if "si" in used and not design.si_clamp:  # signed: |x|^p with x's sign
+            needed.append(TRANSFORMS["power"].name)
+            steps.append("_power({}, POWER)")
+        else:  # every estimate is >= 0
+            steps.append("{}.pow(POWER)")
+    if design.clip_quantile < 1.0:
+        why = "Per-tensor quantile every importance is capped at: a few huge entries cannot freeze weights."
+        constants.append(("CLIP_QUANTILE", repr(design.clip_quantile), why))
+        needed.append(TRANSFORMS["clip_quantile"].name)
+        steps.append("_clip_quantile({}, CLIP_QUANTILE)")
+    if terms == [f"{used[0]}[k]"] and not steps:
+        return used[0]
+    expr = " + ".join(terms)
+    for step in steps:
+        expr = step.format(f"({expr})" if step.startswith("{") and " " in expr else expr)
+    if len(line := f"    new = {{k: {expr} for k in params}}") <= LINE:
+        lines.append(line)
+        return "new"
+    lines += ["    new = {}", "    for k in params:", _assign("mixed", terms, "        ")]
+    lines += [f"        mixed = {step.format('mixed')}" for step in steps]
+    lines.append("        new[k] = mixed")
+    return "new"
 
 
-def _penalty_body(design: Design, needed: list[str], constants: list[tuple[str, str, str]]) -> str:
-    """The source of `compute_regularization_loss`."""
+def _penalty_lines(design: Design, needed: list[str], constants: Constants) -> list[str]:
+    """The body of `compute_regularization_loss` of a diagonal design."""
     needed.extend([PENALTY.name, *PENALTY.requires])
-    constants.append(
-        ("PENALTY_COEF", "0.5", "Constant factor of the penalty (EWC's quadratic approximation).")
-    )
-    coef = "PENALTY_COEF"
+    coef = "0.5"
     if design.accumulate == "decay":
-        constants.append(
-            (
-                "DECAY_GAMMA",
-                repr(design.decay_gamma),
-                "Decay of the carried importance per context; online EWC also weighs the penalty by it.",
-            )
-        )
-        coef = "PENALTY_COEF * DECAY_GAMMA"
-    return "\n".join(
-        [
-            _SIGNATURE_PENALTY,
-            f'    """R = {coef} * sum importance (theta - anchor)^2; 0 while nothing is carried."""',
-            f"    return {PENALTY.name}(model, importance_dict, prev_params_dict, {coef})",
-        ]
-    )
-
-
-def _kfac_estimate_body(design: Design, needed: list[str], constants: list[tuple[str, str, str]]) -> str:
-    """The source of `estimate_importance` for the structured family (space/kfac.py)."""
-    random_subset = design.data_examples != 0 and design.data_subset == "random"
-    how = "every one" if design.data_examples == 0 else (
-        "a seeded random subset" if random_subset else "the first ones, in order"
-    )  # fmt: skip
-    constants.append(
-        (
-            "N_EXAMPLES",
-            repr(design.data_examples),
-            f"Examples of the finished context the factors are averaged over ({how}).",
-        )
-    )
-    if random_subset:
-        constants.append(("SUBSET_SEED", "0", "Seed of the random subset of examples."))
-    calibrated = design.reference == "fisher"
-    merged = design.kfac_accumulate == "merged"
-    constants.append(
-        (
-            "MERGE",
-            repr(merged),
-            "One Kronecker pair per layer for every context (the online approximation), not one per context."
-            if merged
-            else "Every context keeps its own Kronecker pair (the penalty sums them exactly), not one merged pair.",
-        )
-    )
-    if design.kfac_damping:
-        constants.append(
-            (
-                "DAMPING",
-                repr(design.kfac_damping),
-                "Damping added to each factor, relative to its mean diagonal.",
-            )
-        )
-    if design.kfac_rank:
-        constants.append(
-            (
-                "RANK",
-                repr(design.kfac_rank),
-                "Eigenvectors of A and of G the penalty keeps per layer (its cost).",
-            )
-        )
-    needed += ["_examples", "_kronecker_factors", "_kfac_carry"]
-    # The diagonal Fisher of the parameters outside nn.Linear layers, on the same labels as the factors.
-    diag_func = "_fisher_exact" if design.fisher_labels == "exact" else "_fisher_empirical"
-    needed += [diag_func, *_diag_requires(diag_func)]
-    label_line = []
-    if design.fisher_labels == "exact":
-        needed.append("_softmax_units")
-        directions, targets = "_softmax_units", "ys"
-    else:
-        needed.append("_label_nll")
-        directions, targets = "_label_nll", "ys"
-        if design.fisher_labels == "sampled":
-            constants.append(("LABEL_SEED", "0", "Seed of the labels drawn from the model's softmax."))
-            needed.append("_sampled_labels")
-            targets = "labels"
-            label_line = [
-                "        labels = _sampled_labels(model, xs, torch.Generator().manual_seed(LABEL_SEED))"
-            ]
-    lines = [
-        _SIGNATURE_ESTIMATE,
-        f'    """{_docline(describe(design))}"""',
-        "    params = dict(_regularized(model))",
-        "    was_training = model.training",
-        "    model.eval()  # per-example gradients: examples independent (no dropout, BatchNorm statistics)",
-        "    try:",
-        f"        xs, ys = _examples(dataset, N_EXAMPLES, {'SUBSET_SEED' if random_subset else 'None'}, device)",
-        *label_line,
-        f"        factors, covered = _kronecker_factors(model, params, xs, {directions}, {targets})",
-        "        rest = {k: p for k, p in params.items() if k not in covered}  # outside nn.Linear: diagonal",
-        f"        diagonal = {diag_func}(model, rest, xs, {targets}) if rest else {{}}",
+        why = "Decay of the carried importance per context; online EWC also weighs the penalty by it."
+        constants.append(("DECAY_GAMMA", repr(design.decay_gamma), why))
+        coef = "0.5 * DECAY_GAMMA"
+    return [
+        f'    """R = {coef} * sum importance (theta - anchor)^2; 0 while nothing is carried."""',
+        f"    return {coef} * {PENALTY.name}(model, importance_dict, prev_params_dict)",
     ]
-    if calibrated:
-        if design.fisher_labels != "exact":
-            needed += ["_fisher_exact", *_diag_requires("_fisher_exact")]
-        lines.append("        exact_fisher = _fisher_exact(model, params, xs, ys)")
-    lines += ["    finally:", "        model.train(was_training)"]
-    if design.kfac_damping:
-        needed.append("_damp")
-        lines.append(
-            '    factors = {k: {"A": _damp(f["A"], DAMPING), "G": _damp(f["G"], DAMPING)} for k, f in factors.items()}'
-        )
-    if calibrated:
-        needed += ["_kfac_total", "_total", "_TINY"]
-        lines += [
-            "    # The trace of the quadratic form, sum tr(A) tr(G) plus the diagonal's total, on the exact Fisher's.",
-            "    ratio = _total(exact_fisher) / _kfac_total(factors, diagonal).clamp_min(_TINY)",
-            '    factors = {k: {"A": f["A"], "G": f["G"] * ratio} for k, f in factors.items()}',
-            "    diagonal = {k: v * ratio for k, v in diagonal.items()}",
-        ]
-    lines.append(f"    _kfac_carry(model, factors, merge=MERGE, keep_trace={calibrated and merged})")
-    if design.kfac_rank:
-        needed.append("_lowrank_carry")
-        lines.append("    _lowrank_carry(model, RANK)  # the penalty's eigenbasis, computed once per context")
-    lines.append("    return diagonal  # the loop adds it to the carried importance: a plain sum")
-    return "\n".join(lines)
-
-
-def _diag_requires(name: str) -> tuple[str, ...]:
-    key = {
-        "_fisher_exact": "fisher_exact",
-        "_fisher_sampled": "fisher_sampled",
-        "_fisher_empirical": "fisher_empirical",
-    }
-    return ESTIMATORS[key[name]].requires
-
-
-def _kfac_penalty_body(design: Design, needed: list[str], constants: list[tuple[str, str, str]]) -> str:
-    """The source of `compute_regularization_loss` for the structured family."""
-    constants.append(
-        ("PENALTY_COEF", "0.5", "Constant factor of the penalty (the quadratic approximation's).")
-    )
-    penalty = "_kfac_lowrank_penalty" if design.kfac_rank else "_kfac_exact_penalty"
-    needed += [penalty, "_diagonal_penalty"]
-    form = "in the kept eigenbasis, diagonal outside it" if design.kfac_rank else "exact"
-    return "\n".join(
-        [
-            _SIGNATURE_PENALTY,
-            f'    """R = PENALTY_COEF * (sum over layers tr(dW^T G dW A) ({form}) + sum F (theta - anchor)^2)."""',
-            f"    structured = {penalty}(model, prev_params_dict)",
-            "    return PENALTY_COEF * (structured + _diagonal_penalty(model, importance_dict, prev_params_dict))",
-        ]
-    )
 
 
 def _docline(text: str) -> str:

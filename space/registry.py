@@ -33,7 +33,7 @@ ESTIMATORS: dict[str, Component] = {
     "fisher_sampled": Component(c._fisher_sampled, ("_per_example_sums", "_label_nll")),
     "fisher_empirical": Component(c._fisher_empirical, ("_per_example_sums", "_label_nll")),
     "si": Component(c._si),
-    "mas": Component(c._mas, ("_per_example_sums", "_output_norm")),
+    "mas": Component(c._mas, ("_per_example_sums",)),
     "uniform": Component(c._uniform),
 }
 
@@ -50,11 +50,12 @@ TRANSFORMS: dict[str, Component] = {
     "clip_quantile": Component(c._clip_quantile),
 }
 
-# Mixing and calibration: estimators mixed at a unit total, and the result put on the exact Fisher's total
-# (design field `reference`).
+# Mixing and calibration: estimators mixed at a unit total, and the result put on the exact Fisher's total,
+# this context's or the first context's (design field `reference`: fisher, fisher_first).
 SCALES: dict[str, Component] = {
     "unit_total": Component(c._unit_total, ("_total", "_TINY")),
     "reference": Component(c._to_reference, ("_total", "_TINY")),
+    "first_reference": Component(c._to_first_reference, ("_total", "_TINY")),
 }
 
 # Accumulation across contexts (design field `accumulate`), given that the loop adds what is returned.
@@ -64,21 +65,21 @@ ACCUMULATIONS: dict[str, Component] = {
     "max": Component(c._accumulate_max),
 }
 
-# The penalty: 0.5 * sum importance (theta - theta*)^2 (times gamma under decayed accumulation).
-PENALTY = Component(c._quadratic_penalty, ("_penalty_pass", "_QuadraticPenalty"))
+# The penalty: sum importance (theta - theta*)^2; the generated module weighs it by 0.5 (times gamma under
+# decayed accumulation).
+PENALTY = Component(c._quadratic_penalty, ("_QuadraticPenalty",))
 
 # Helpers the components call, with what they call in turn.
 HELPERS: dict[str, tuple[str, ...]] = {
     "_regularized": (),
     "_examples": (),
-    "_per_example_sums": ("_GENERIC_CHUNK_FLOATS", "_EXAMPLE_CHUNK"),
+    "_per_example_sums": ("_EXAMPLE_CHUNK",),
     "_label_nll": (),
-    "_output_norm": (),
     "_total": (),
-    "_penalty_pass": ("_PENALTY_BLOCK_FLOATS",),
-    "_QuadraticPenalty": ("_penalty_pass",),
+    "_QuadraticPenalty": ("_PENALTY_BLOCK_FLOATS",),
     "_unit_total": ("_total", "_TINY"),
     "_to_reference": ("_total", "_TINY"),
+    "_to_first_reference": ("_total", "_TINY"),
     "_norm_mean": ("_TINY",),
     "_fisher_sampled": ("_EXAMPLE_CHUNK",),
     # The structured family (space/kfac.py).
@@ -98,16 +99,6 @@ HELPERS: dict[str, tuple[str, ...]] = {
 # Module constants the components use, with the reason the generated file states for each.
 CONSTANTS: dict[str, str] = {
     "_TINY": "Keeps the normalization of an all-zero tensor at zero instead of 0/0.",
-    "_GENERIC_CHUNK_FLOATS": (
-        "Per-example gradients of parameters outside nn.Linear layers are held in chunks of at most this many\n"
-        "# floats (256 MiB in float32), so that memory stays bounded whatever the network."
-    ),
-    "_EXAMPLE_CHUNK": (
-        "The data-based estimators take at most this many examples per batched pass, so that memory stays\n"
-        "# bounded whatever the number of examples (up to a whole context)."
-    ),
-    "_PENALTY_BLOCK_FLOATS": (
-        "On a CPU the penalty runs over blocks of at most this many floats (512 KiB in float32), so that\n"
-        "# theta - theta* of a block stays in the L2 cache between its write and its two reads."
-    ),
+    "_EXAMPLE_CHUNK": "Examples per batched pass of the estimators: memory stays bounded however many are used.",
+    "_PENALTY_BLOCK_FLOATS": "Floats per block of the penalty on a CPU (512 KiB in float32): theta - c stays in the L2 cache.",
 }
