@@ -5,7 +5,8 @@ and a design's score is its validation accuracy averaged over them. Draws N desi
 space (`v3`: the working tree's; `v1`, `v2`: taken from git commits `SPACE_COMMITS` and run in a subprocess, so that
 each version is measured with its own sampler and generator), runs them and the published presets of the same
 version through the run cache, and reports the share of random designs within `--margin` of the best preset, on the
-mean and on each proxy alone (issue 9 asks for at least a quarter within 0.01 on the Permuted-MNIST proxy).
+mean and on each proxy alone (issue 9 asks for at least a quarter within 0.01 on the Permuted-MNIST proxy;
+the counting is `search.plausibility`'s).
 
     OMP_NUM_THREADS=1 python bench/random_designs.py --space v1 --n 40 &   # twice, side by side: they share the runs
     python bench/random_designs.py --space v1 --n 40 --report-only
@@ -20,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE_COMMITS = {"v1": "a0c0e35", "v2": "16e2855"}  # the last commit of each earlier version of the space
@@ -76,71 +75,14 @@ def draw(version: str, n: int, seed: int) -> list[tuple[str, str]]:
     return [(label, source) for label, source in json.loads(proc.stdout)]
 
 
-def study_randoms(name: str, storage: str | None, n: int, labels: list[str]) -> dict[str, dict[str, float]]:
-    """`random_<k>` -> {proxy label: score} of the study's first `n` sampled (not warm-start) trials, checked to
-    be the sampler's random start; a design that failed (diverged) scores chance on every proxy."""
-    from optuna.trial import TrialState
-
-    from search.objective import chance_accuracy
-    from search.status import trial_origins
-    from search.storage import default_storage_url, open_study
-    from search.studies import load_study_def
-
-    study_def = load_study_def(name)
-    benches = {b.label: b for b in study_def.benchmarks}
-    study = open_study(study_def.name, storage or default_storage_url(study_def.name))
-    trials = study.get_trials(deepcopy=False)
-    startup = study_def.sampler.n_startup_trials - len(study_def.warm_start)
-    if study_def.sampler.name == "tpe" and startup < n:
-        raise SystemExit(f"study {name} samples only {startup} trials at random before TPE; asked for {n}")
-    origins = trial_origins(trials, study_def)
-    first = sorted((t for t in trials if origins.get(t.number) == "random start"), key=lambda t: t.number)[:n]
-    if len(first) < n or any(t.state not in (TrialState.COMPLETE, TrialState.FAIL) for t in first):
-        raise SystemExit(f"study {name}: its first {n} sampled trials have not all finished unpruned")
-    return {
-        f"random_{k}": {
-            label: float(t.user_attrs[f"proxy_{label}"])
-            if t.state == TrialState.COMPLETE
-            else chance_accuracy(benches[label].experiment)
-            for label in labels
-        }
-        for k, t in enumerate(first)
-    }
-
-
-def summarize(scores: dict[str, dict[str, float]], labels: list[str], margin: float) -> dict[str, Any]:
-    """Share of random designs within `margin` of the best preset: on the mean over the proxies, and on each."""
-    complete = {k: v for k, v in scores.items() if set(v) == set(labels)}
-    mean = {k: statistics.fmean(v[label] for label in labels) for k, v in complete.items()}
-    out: dict[str, Any] = {}
-    # the mean counts the designs scored on every proxy; each proxy, every design scored on it
-    each = [(label, {k: v[label] for k, v in scores.items() if label in v}) for label in labels]
-    for what, score in [("mean", mean), *each]:
-        presets = {k: v for k, v in score.items() if k.startswith("preset_")}
-        randoms = {k: v for k, v in score.items() if k.startswith("random_")}
-        if not presets or not randoms:
-            continue
-        best = max(presets, key=presets.__getitem__)
-        close = sorted(k for k, v in randoms.items() if v >= presets[best] - margin)
-        out[what] = {
-            "best_preset": best,
-            "best_preset_score": presets[best],
-            "presets": presets,
-            "within_margin": len(close),
-            "share_within_margin": len(close) / len(randoms),
-            "random_median": statistics.median(randoms.values()),
-            "random_scored": len(randoms),
-            "close": close,
-        }
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     from contextlib import closing
 
     from evaluation.cache import cached_path, load_record, run_cached, share_work, store_module
+    from evaluation.errors import UserError
     from search.objective import chance_accuracy, proxy_config
+    from search.plausibility import study_randoms, summarize
     from search.studies import load_study_def
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -168,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     designs = draw(args.space, 0 if args.from_study else args.n, args.seed)
     scores: dict[str, dict[str, float]] = {}
     if args.from_study:
-        scores.update(study_randoms(args.from_study, args.storage, args.n, labels))
+        try:
+            scores.update(study_randoms(args.from_study, args.storage, args.n, labels))
+        except UserError as exc:
+            raise SystemExit(str(exc)) from None
     jobs = [(label, source, bench) for label, source in designs for bench in benches]
     pending = []
     for label, source, bench in jobs:

@@ -16,9 +16,8 @@ import space
 from evaluation import fidelity as fid
 from evaluation.errors import UserError
 from search.fidelity import measure
+from search.plausibility import study_randoms, summarize
 from search.storage import open_study
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Four designs whose proxy ranks are 1, 2, 3, 4 and full ranks 2, 1, 3, 4:
 # rho = 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = 0.8
@@ -168,17 +167,11 @@ def test_random_designs_alone_need_no_storage(tmp_path: Path) -> None:
 
 
 def test_random_designs_bench_takes_a_studys_random_start_and_counts_the_plausible(tmp_path: Path) -> None:
-    """bench/random_designs.py --from-study: the first N sampled trials, a crash standing in for its retry, a
-    diverged design scoring chance; refused when the study's random start is shorter than N."""
-    import importlib.util
-
+    """bench/random_designs.py --from-study (`search.plausibility`): the first N sampled trials, a crash standing
+    in for its retry, a diverged design scoring chance; refused when the study's random start is shorter than N."""
     from search.records import CRASH, DESIGN
     from search.storage import make_storage
 
-    spec = importlib.util.spec_from_file_location("random_designs", ROOT / "bench" / "random_designs.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     study_file = tmp_path / "rnd.toml"
     study_file.write_text(
         'n_trials = 20\nwarm_start = ["ewc"]\n[sampler]\nname = "tpe"\nn_startup_trials = 5\n'
@@ -201,30 +194,24 @@ def test_random_designs_bench_takes_a_studys_random_start_and_counts_the_plausib
     add(TrialState.COMPLETE, 0.7)
     add(TrialState.FAIL, fail_kind=DESIGN)
     add(TrialState.COMPLETE, 0.6)
-    got = bench.study_randoms(str(study_file), url, 4, ["permMNIST"])
+    got = study_randoms(str(study_file), url, 4, ["permMNIST"])
     assert got == {
         "random_0": {"permMNIST": 0.8},
         "random_1": {"permMNIST": 0.7},
         "random_2": {"permMNIST": 0.1},  # chance: 1 of 10
         "random_3": {"permMNIST": 0.6},
     }
-    with pytest.raises(SystemExit, match="only 4 trials at random"):
-        bench.study_randoms(str(study_file), url, 5, ["permMNIST"])
+    with pytest.raises(UserError, match="only 4 trials at random"):
+        study_randoms(str(study_file), url, 5, ["permMNIST"])
     # the figure: the share within the margin of the best preset, on the mean over the proxies and on each
     scores = {**got, "preset_ewc": {"permMNIST": 0.705}, "preset_si": {"permMNIST": 0.5}}
-    summary = bench.summarize(scores, ["permMNIST"], 0.01)
+    summary = summarize(scores, ["permMNIST"], 0.01)
     assert summary["mean"]["best_preset"] == "preset_ewc"
     assert summary["mean"]["close"] == ["random_0", "random_1"]
     assert summary["mean"]["share_within_margin"] == 0.5 and summary["permMNIST"] == summary["mean"]
 
 
 def test_plausibility_is_counted_on_the_mean_of_two_proxies_and_on_each() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("random_designs", ROOT / "bench" / "random_designs.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     scores = {
         "preset_a": {"lr": 0.90, "n500": 0.78},  # mean 0.84: the best preset on the mean and on lr
         "preset_b": {"lr": 0.80, "n500": 0.79},  # the best on n500
@@ -232,7 +219,7 @@ def test_plausibility_is_counted_on_the_mean_of_two_proxies_and_on_each() -> Non
         "random_1": {"lr": 0.86, "n500": 0.795},  # mean 0.8275: close on n500 only
         "random_2": {"lr": 0.91},  # one proxy missing: not in the mean yet
     }
-    summary = bench.summarize(scores, ["lr", "n500"], 0.01)
+    summary = summarize(scores, ["lr", "n500"], 0.01)
     assert summary["mean"]["best_preset"] == "preset_a" and summary["mean"]["close"] == ["random_0"]
     assert summary["mean"]["random_scored"] == 2 and summary["mean"]["share_within_margin"] == 0.5
     assert summary["lr"]["close"] == ["random_0", "random_2"]  # a design counts on each proxy it ran on

@@ -1,21 +1,17 @@
-"""The pruning replay: decisions in trial order as a live study would make them, and the compute they save."""
+"""The pruning replay (bench/pruning_replay.py): decisions in trial order as a live study would make them, and the
+compute they save."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("pruning_replay", ROOT / "bench" / "pruning_replay.py")
-assert spec is not None and spec.loader is not None
-replay_mod = importlib.util.module_from_spec(spec)
-sys.modules["pruning_replay"] = replay_mod  # dataclasses look their module up
-spec.loader.exec_module(replay_mod)
+import search.pruning_replay as replay_mod
+from evaluation.errors import UserError
 
 
 def _trial(number: int, slope: float) -> optuna.trial.FrozenTrial:
@@ -80,7 +76,7 @@ def test_the_studys_pruner_takes_the_interval() -> None:
     assert checks == [10, 20]  # only where a benchmark ends
 
 
-def test_the_replay_stops_at_the_first_pruned_trial(tmp_path: Path, capsys) -> None:
+def test_the_replay_stops_at_the_first_pruned_trial(tmp_path: Path) -> None:
     """Once a pruner ran, the complete trials are its survivors: only those before the first pruned trial are
     replayed, and asking for more is refused."""
     study_file = tmp_path / "r.toml"
@@ -100,10 +96,11 @@ def test_the_replay_stops_at_the_first_pruned_trial(tmp_path: Path, capsys) -> N
                 state=TrialState.PRUNED,
             )
         study.add_trial(trial)
-    assert replay_mod.main(["--study", str(study_file), "--storage", url, "--top", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "first 3 complete trials of r: top 1 [2]" in out  # trial 4, after the pruned one, is left out
-    assert replay_mod.main(["--study", str(study_file), "--storage", url, "--first", "4"]) == 2
-    assert "3 unpruned complete trials before trial 3, the first pruned one; --first asks for 4" in (
-        capsys.readouterr().out
-    )
+    lines: list[str] = []
+    summary = replay_mod.replay_study(str(study_file), url, top=1, log=lines.append)
+    assert "first 3 complete trials of r: top 1 [2]," in "\n".join(lines)  # trial 4, after the pruned one, is out
+    assert list(summary["counts"]) == [3] and summary["counts"][3]["top"] == [2]
+    with pytest.raises(
+        UserError, match="3 unpruned complete trials before trial 3, the first pruned one; --first"
+    ):
+        replay_mod.replay_study(str(study_file), url, first=[4], log=lines.append)

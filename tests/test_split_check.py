@@ -1,15 +1,8 @@
-"""bench/split_check.py: the validation and test splits of one stream side by side."""
+"""The split check (bench/split_check.py): the validation and test splits of one stream side by side."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("split_check", ROOT / "bench" / "split_check.py")
-assert spec is not None and spec.loader is not None
-split_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(split_check)
+from evaluation import split_check
 
 
 def _runs(accs: dict[str, dict[int, float]]) -> dict[str, dict[int, dict]]:
