@@ -93,18 +93,6 @@ def _eval(tmp_path: Path, fake: FakeHarness, **kw: object) -> tuple[fe.Outcome, 
     return fe.final_eval(**args)
 
 
-def test_the_evaluation_never_imports_the_search() -> None:
-    """DESIGN.md: the search and its CLI use `evaluation`; it takes studies' modules as sources, not studies."""
-    import ast
-
-    for path in sorted((REPO / "evaluation").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            assert not [n for n in names if n == "search" or n.startswith("search.")], path
-
-
 def test_cache_key_covers_module_protocol_and_seed_but_not_device() -> None:
     version = cache.code_version()
     cfg = fe.make_config("splitMNIST", 42, device="cpu")

@@ -98,7 +98,9 @@ def test_the_replay_stops_at_the_first_pruned_trial(tmp_path: Path) -> None:
         study.add_trial(trial)
     lines: list[str] = []
     summary = replay_mod.replay_study(str(study_file), url, top=1, log=lines.append)
-    assert "first 3 complete trials of r: top 1 [2]," in "\n".join(lines)  # trial 4, after the pruned one, is out
+    assert "first 3 complete trials of r: top 1 [2]," in "\n".join(
+        lines
+    )  # trial 4, after the pruned one, is out
     assert list(summary["counts"]) == [3] and summary["counts"][3]["top"] == [2]
     with pytest.raises(
         UserError, match="3 unpruned complete trials before trial 3, the first pruned one; --first"

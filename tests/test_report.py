@@ -476,25 +476,6 @@ def test_the_readme_leads_with_the_verdict_on_the_fresh_streams() -> None:
     )
 
 
-def test_the_evaluation_modules_import_one_another_without_a_cycle() -> None:
-    """Every import between the modules of `evaluation`, lazy ones inside functions included, goes one way."""
-    import ast
-    import graphlib
-
-    graph: dict[str, set[str]] = {}
-    for path in Path(report.__file__).parent.glob("*.py"):
-        imported = graph.setdefault(path.stem, set())
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module == "evaluation":
-                imported.update(alias.name for alias in node.names)  # from evaluation import cache
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("evaluation."):
-                imported.add(str(node.module).split(".")[1])
-            elif isinstance(node, ast.Import):
-                imported.update(a.name.split(".")[1] for a in node.names if a.name.startswith("evaluation."))
-    assert graph["final_eval"] >= {"report", "cache"}  # the walk sees the imports
-    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the modules of a cycle
-
-
 REPO = Path(__file__).resolve().parents[1]
 
 
