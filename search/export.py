@@ -20,8 +20,7 @@ from evaluation.cache import TUNED_BASELINES, sha256_text
 from evaluation.errors import UserError
 from evaluation.fidelity import DesignRun
 from evaluation.final_eval import ModuleSource
-from search import storage
-from search.legacy_modules import LEGACY_MODULES
+from search import legacy_modules, storage
 from search.records import best_promoted, best_trial, promoted, rank_promoted, rank_trials
 
 # `space` imports torch: it is imported where a module is generated, so that reading a study starts without it.
@@ -71,8 +70,8 @@ def trial_module(trial: FrozenTrial, study_name: str) -> str:
     written as it is: the module is generated from the design (`space.generate_source` is deterministic, with
     the provenance the objective gives it: the study and the trial) and its sha256 must be the stored one. A
     mismatch, or a trial without a design the current space holds, is a UserError in one line. The complete
-    trials of the first studies (`studies/mnist.db`, `studies/ewc.db`), written by an earlier generator, give
-    their stored module when its sha256 is the one the repository records for them (`search.legacy_modules`).
+    trials of the committed studies, written by earlier generators, give their stored module when its sha256 is
+    one the repository records for them (`search.legacy_modules`).
     """
     import space
 
@@ -98,8 +97,8 @@ def trial_module(trial: FrozenTrial, study_name: str) -> str:
         source, why = None, f"its design cannot be generated again: {_one_line(str(exc))}"
     if source is not None and sha256_text(source) == stored_sha:
         return source
-    legacy = LEGACY_MODULES.get(study_name, {}).get(trial.number)
-    if isinstance(stored_source, str) and legacy == stored_sha:  # an earlier generator's, known here
+    if isinstance(stored_source, str) and legacy_modules.accepted(study_name, trial.number, stored_sha):
+        # an earlier generator's module, recorded by the repository: it runs as it ran
         return stored_source
     raise ModuleMismatch(
         f"{where}: refused, its stored module (sha256 {stored_sha[:12]}) is not the one its design generates "

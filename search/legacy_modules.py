@@ -1,35 +1,72 @@
-"""The modules of the first studies' trials, written by earlier versions of the generator: their sha256.
+"""The modules of the committed studies' trials written by earlier versions of the generator: their sha256.
 
 A trial's module is never taken from the study's storage as it is (`search.export.trial_module`): it is generated
-again from the trial's design and must be, byte for byte, the module the trial stored. The committed studies
-`studies/mnist.db` and `studies/ewc.db` were scored before the generator (or the space: most of mnist's designs
-are of its first version) changed, so their modules cannot be generated again; each complete trial's module is
-accepted when its sha256 is the one below for that study and trial, which the repository holds, not the storage.
-Read from the committed files at commit acd1c2a (ewc) and ca4e45c (mnist).
+again from the trial's design and must be, byte for byte, the module the trial stored. The committed studies were
+scored by earlier generators (the first ones, `studies/mnist.db` and `studies/ewc.db`, even by earlier versions of
+the space; the campaign's by the generator before issue 31 rewrote its modules as method files), so their
+modules cannot be generated again; a trial's stored module is accepted when its sha256 is one the repository
+records for that study and trial in `legacy_modules.json`, which the repository holds, not the storage. That file
+was written once, by `python -m search.legacy_modules` at commit 8527ab4 (the rewrite) from the studies committed
+then; the first studies' entries were read from the committed files at commit acd1c2a (ewc) and ca4e45c (mnist).
+Running the module again keeps every cached run of those trials valid: the run cache is keyed by the module's
+sha256.
 """
 
 from __future__ import annotations
 
-# study -> trial number -> sha256 of the module it stored.
-LEGACY_MODULES: dict[str, dict[int, str]] = {
-    "ewc": {
-        0: "0624a191a273f9c9b78054086a8e49f4d22ce3c753880c111f8899104835a2e8",
-        1: "744b55083f7e8c6032cae762074052251bbdbfb4c97c67ac2935f505f544d01b",
-        2: "15f17f0c5a67d4a5addb3dbabd358b9f28a7681fc38e5a04508d87c2da0842c2",
-        3: "3a03e7d22a2c42d88f0d321e0406a5eb30f4a28899cf1fce48e4fdf0318a3c34",
-        4: "d45dbb083c3fc0a49d11124665ddd3b2e59c837c50409b2a7322df715de1a8e9",
-        5: "00cf563c8f062edf260985a307540087197c35ad74988a18d071e49a3b42022c",
-        6: "357d68442b0aaabdc93d5187c557482b87002fa5eb6471c628570819d93fa20b",
-        7: "4c05a7149adcdf52b8e5a467719cca2a54fa639acc92a49d27ce3a4245c7abd6",
-    },
-    "mnist": {
-        0: "8eb150ca140e2e2be0e93cb2014b2de8e6d145d460ce3a317da9e058ef8eb437",
-        1: "34e01b4102f802907c3efb05bc780b616ca40eb8b421da6071d9fdd26ca3e8ee",
-        2: "227a02453d8bbad12b1cc89f6f015293dacb15ceab93837a5cfa8a0dfffe6861",
-        3: "b014e74ac1a0fd3c18d05b0aecff86890b721db32af71e89af1dfd417739bede",
-        4: "6025fd7e7085ace322c0891d479527731e6003045ab7817bede7196c76ab9ba5",
-        5: "e0479e82a27f6f0ff0d053add46d4ed32ccdd0e2711260dd3d3537dec5d79206",
-        6: "2781c6375ecf8c213145aedd36a78e409a14e0567437e5660a37d6a9c7ce8df6",
-        7: "ba7a78ca24196e2b3c4c366d193b0d4c4deafb9814e48e10d55e835fca650153",
-    },
-}
+import json
+from functools import cache
+from pathlib import Path
+
+RECORD = Path(__file__).with_name("legacy_modules.json")
+
+
+@cache
+def legacy_modules() -> dict[str, dict[int, frozenset[str]]]:
+    """study -> trial number -> the sha256s of the modules the repository accepts for it."""
+    raw = json.loads(RECORD.read_text(encoding="utf-8"))
+    return {study: {int(n): frozenset(shas) for n, shas in trials.items()} for study, trials in raw.items()}
+
+
+def accepted(study: str, trial: int, sha: str) -> bool:
+    """Whether the repository records `sha` as a module that trial `trial` of study `study` stored."""
+    return sha in legacy_modules().get(study, {}).get(trial, frozenset())
+
+
+def _record(roots: list[Path]) -> dict[str, dict[str, list[str]]]:
+    """Every stored module sha256 of the studies in `roots`' .db files, by study and trial (sorted)."""
+    import optuna
+
+    from evaluation.cache import sha256_text
+
+    found: dict[str, dict[str, set[str]]] = {}
+    for db in roots:
+        url = f"sqlite:///{db}"
+        for summary in optuna.get_all_study_summaries(url):
+            if summary.study_name.endswith(":promoted") or summary.study_name.startswith("_"):
+                continue
+            study = optuna.load_study(study_name=summary.study_name, storage=url)
+            for t in study.get_trials(deepcopy=False):
+                source = t.user_attrs.get("module_source")
+                if isinstance(source, str):
+                    found.setdefault(summary.study_name, {}).setdefault(str(t.number), set()).add(
+                        sha256_text(source)
+                    )
+    return {
+        s: {n: sorted(v) for n, v in sorted(ts.items(), key=lambda kv: int(kv[0]))}
+        for s, ts in sorted(found.items())
+    }
+
+
+if __name__ == "__main__":
+    root = Path(__file__).resolve().parents[1] / "studies"
+    dbs = sorted(root.glob("*.db")) + sorted((root / "campaign").glob("*.db"))
+    record = _record(dbs)
+    lines = [
+        f"{json.dumps(study)}: {{\n"
+        + ",\n".join(f"  {json.dumps(n)}: {json.dumps(shas)}" for n, shas in trials.items())
+        + "\n}"
+        for study, trials in record.items()
+    ]
+    RECORD.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")  # a trial a line: reviewable
+    print(f"wrote {RECORD}")
