@@ -12,7 +12,7 @@ STORAGE_ARG = $(if $(STORAGE),--storage $(if $(findstring ://,$(STORAGE)),$(STOR
 export CL_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: setup test test-slow lint search campaign reproduce final-eval results-table regenerate dashboard status fidelity panel promote gonogo \
-        sweeps fresh-streams \
+        sweeps budget ladder fresh-streams \
         bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
@@ -48,14 +48,6 @@ campaign: $(STAMP)
 # Two single-thread processes of one command side by side: they share its runs (claims on the run cache).
 twice = (OMP_NUM_THREADS=1 $(1) & pid=$$!; OMP_NUM_THREADS=1 $(1); rc=$$?; wait $$pid || rc=2; exit $$rc)
 BASELINES := ewc online_ewc si mas l2
-# Promotion, the campaign's top 5 and each baseline's top 3 (with their warm starts), on two single-thread
-# processes that walk the studies in opposite orders: they share runs through the cache's claims and meet in the
-# middle, where two processes on one study at a time would leave a core idle at the tail of every study.
-PROMOTED := campaign $(BASELINES)
-reverse = $(if $(1),$(call reverse,$(wordlist 2,$(words $(1)),$(1))) $(firstword $(1)))
-promote_chain = (for b in $(1); do OMP_NUM_THREADS=1 $(PY) -m search promote --study $$b \
-	--top $$(if [ $$b = campaign ]; then echo 5; else echo 3; fi) --storage $(call CAMPAIGN_DB,$$b) --threads 1 \
-	|| exit 2; done)
 CAMPAIGN_DB = sqlite:///$(CURDIR)/studies/campaign/$(1).db
 
 # The whole campaign behind the results table (issue 10), in order; every step resumes where it stopped (studies
@@ -65,12 +57,12 @@ CAMPAIGN_DB = sqlite:///$(CURDIR)/studies/campaign/$(1).db
 reproduce: $(STAMP)
 	$(MAKE) campaign STUDY=campaign
 	for b in $(BASELINES); do $(MAKE) campaign STUDY=$$b || exit 2; done
-	($(call promote_chain,$(PROMOTED)) & pid=$$!; $(call promote_chain,$(call reverse,$(PROMOTED))); rc=$$?; \
-		wait $$pid || rc=2; exit $$rc)
+	$(MAKE) budget
 	$(MAKE) regenerate STUDY="campaign $(BASELINES)"
 	$(call twice,$(PY) -m search final-eval --benchmarks permMNIST --seeds 100 101 102 \
 		--methods candidate tuned_best mas --out results/heldout --device $(DEVICE) --threads 1)
 	$(call twice,$(PY) -m search final-eval --benchmarks splitMNIST permMNIST --device $(DEVICE) --threads 1)
+	$(MAKE) fresh-streams
 	$(MAKE) results-table
 
 # These read studies/local/$(STUDY).db when you have one, else the committed study (studies/campaign/, else
@@ -111,14 +103,36 @@ GONOGO := trial_105=results/fidelity/modules/campaign/trial_105-3faca402d092.py 
 gonogo: $(STAMP)
 	$(call twice,$(PY) -m search validate --threads 1 --module $(GONOGO) --report results/fidelity/gonogo.md)
 
-# Issue 29's budget rule at full fidelity (README, "The budget rule", step 2): strength sweeps, in steps of at
-# most 2x, of the presets whose tuned strength moved more than 3x from the published one (MAS to 22x, SI to
-# 0.06x), on validation stream 1001 (a family's best two go on to stream 1002); the published strengths are the
-# presets themselves (`mas`, `si`), whose runs are already cached; two single-thread processes share the runs.
-SWEEPS := mas mas@2 mas@4 mas@8 mas@16 mas@32 si@0.03 si@0.06 si@0.12 si@0.25 si@0.5 si
+# Issue 29's budget rule (README, "The budget rule"). Step 2, the strength sweeps of the baselines whose tuned
+# strength moved more than 3x from the published one: MAS (to 22x) gets 2x-16x beside its 1x, 22x and 32x
+# finalists, each point a trial of its study (outside its budget), promoted with its warm starts; SI's finalists
+# (0.03x, 0.06x, 0.12x and its published 1x) already bracket its best in steps of at most 2x.
+SWEEP_POINTS := mas@2 mas@4 mas@8 mas@16
 sweeps: $(STAMP)
-	$(call twice,$(PY) -m search validate --threads 1 --seeds 1001 --module $(SWEEPS) \
-		--report results/fidelity/sweeps.md)
+	OMP_NUM_THREADS=1 $(PY) -m search sweep --study mas --storage $(call CAMPAIGN_DB,mas) --points $(SWEEP_POINTS) \
+		--threads 1
+	$(call twice,$(PY) -m search promote --study mas --top 5 --storage $(call CAMPAIGN_DB,mas) --threads 1)
+
+# Steps 1 and 3: every family's finalists (its 5 best by proxy and its warm starts) on stream 1001, then its best
+# two at full fidelity on streams 1001 and 1002 (Split-MNIST 1000 and 1003), whose mean picks the family's design;
+# cached runs are reused, so it resumes where it stopped.
+FAMILIES := campaign ewc online_ewc si mas l2
+TWO_STREAMS := permMNIST=1001,1002 splitMNIST=1000,1003
+budget: sweeps
+	for s in $(FAMILIES); do \
+		$(call twice,$(PY) -m search promote --study $$s --top 5 --storage $(call CAMPAIGN_DB,$$s) --threads 1) \
+		|| exit 2; done
+	for s in $(FAMILIES); do \
+		$(call twice,$(PY) -m search promote --study $$s --from full --top 2 --streams $(TWO_STREAMS) \
+			--storage $(call CAMPAIGN_DB,$$s) --threads 1) || exit 2; done
+
+# The ladder of fidelities (docs/fidelity.md): a study's proxies (make search) filter; its 20 best then run the
+# protocol's own iterations and rate on the first 4 contexts (fidelity contexts4); the 5 best of those run the full
+# protocol on two validation streams, whose mean ranks them for make regenerate.
+ladder: $(STAMP)
+	$(call twice,$(PY) -m search promote --study $(STUDY) $(STORAGE_ARG) --top 20 --contexts 4 --threads 1)
+	$(call twice,$(PY) -m search promote --study $(STUDY) $(STORAGE_ARG) --from contexts4 --top 5 \
+		--streams $(TWO_STREAMS) --threads 1)
 
 # Fresh Permuted-MNIST test streams that nothing in the project has touched (permutation seeds 103-107, test
 # split): the shipped module, published MAS and the two strongest tuned baselines.

@@ -28,6 +28,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "cli.fidelity",
     "cli.panel",
     "cli.promote",
+    "cli.sweep",
     "cli.reorder",
     "cli.validate",
 )

@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="validation streams per benchmark instead of the study's proxy streams (e.g. permMNIST=1001,1002 "
         "splitMNIST=1000,1003): each design is scored by the mean over them",
     )
+    p.add_argument(
+        "--from",
+        dest="rank_from",
+        metavar="FIDELITY",
+        help="pick the --top designs by their results at this fidelity instead of by proxy value (the next rung "
+        "of a ladder, e.g. --from contexts4; a family's best two on a second stream, --from full)",
+    )
     add_device(p)
     p.add_argument(
         "--out", type=Path, default=prm.DEFAULT_OUT, help="run cache and modules (default: results/fidelity)"
@@ -75,6 +82,7 @@ def _main(args: argparse.Namespace) -> int:
         top=args.top,
         overrides=overrides,
         streams=streams,
+        rank_from=args.rank_from,
         device=args.device,
         out_dir=args.out,
     )

@@ -57,11 +57,13 @@ def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
         label, sep, path = spec.partition("=")
         name, at, times = spec.partition("@")
         if not sep and name in named:
-            design, label, provenance = named[name], name, {"preset": name}
-            if at:
-                scale = _positive(times, spec)
-                design = design.replace(reg_strength_scale=design.reg_strength_scale * scale)
-                label, provenance = f"{name}_x{scale:g}".replace(".", "p"), {}
+            try:
+                design = space.named(spec)
+            except ValueError as exc:
+                raise UserError(f"--module {exc}") from None
+            label, provenance = (
+                (f"{name}_x{float(times):g}".replace(".", "p"), {}) if at else (name, {"preset": name})
+            )
             source = space.generate_source(design, provenance)
             modules[label] = store_module(module_dir, label, source)[0]
             continue
@@ -72,16 +74,6 @@ def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
             )
         modules[label] = Path(path)
     return modules
-
-
-def _positive(text: str, spec: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise UserError(f"--module {spec!r}: the strength multiple after @ must be a positive number")
-    return value
 
 
 def _main(args: argparse.Namespace) -> int:

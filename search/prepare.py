@@ -117,7 +117,7 @@ def enqueue_warm_starts(study: optuna.Study, study_def: StudyDef, storage: BaseS
         if "warm_start" in study.user_attrs:
             return  # another process enqueued them while this one waited
         for name in study_def.warm_start:
-            params = space.trial_params({**space.PRESETS, **space.VARIANTS}[name], study_def.fixed)
+            params = space.trial_params(space.named(name), study_def.fixed)
             study.enqueue_trial(params, user_attrs={"warm_start": name}, skip_if_exists=True)
         study.set_user_attr("warm_start", list(study_def.warm_start))
 

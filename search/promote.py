@@ -104,6 +104,7 @@ def promote(
     top: int,
     overrides: Mapping[str, int | None] | None = None,
     streams: Mapping[str, tuple[int, ...]] | None = None,
+    rank_from: str | None = None,
     device: str = "auto",
     out_dir: Path = DEFAULT_OUT,
     run_fn: RunFn | None = None,
@@ -118,7 +119,9 @@ def promote(
     never worse than its published setting on the validation stream, and a searched design must beat the designs
     it started from there too. `streams` (experiment -> validation stream seeds) replaces the study's proxy streams,
     for promotion on several streams: a design's score is the mean over them, and the fidelity's name says how
-    many (`full-2streams`), so that such results rank above one stream's.
+    many (`full-2streams`), so that such results rank above one stream's. `rank_from` (a fidelity the study was
+    promoted at) picks the `top` designs by their results there instead of by proxy value, warm starts only where
+    they rank: the next rung of a ladder, or a budget rule's best two going on to a second stream.
     """
 
     overrides = dict(overrides or {})
@@ -138,19 +141,13 @@ def promote(
         name += f"-{'+'.join(map(str, counts))}streams"
     runs_dir = out_dir / "runs"
     module_dir = out_dir / "modules" / study_def.name
-    ranked = [
-        t
-        for t in rank_trials(study.get_trials(deepcopy=False))
-        if isinstance(t.user_attrs.get("module_source"), str)
-        or isinstance(t.user_attrs.get("module_sha256"), str)
-    ]
     chosen: list[FrozenTrial] = []
     seen: set[str] = set()
-    for t in ranked:  # the `top` best distinct designs, and every warm start
+    for t in _ranked(study, rank_from):  # the `top` best distinct designs, and every warm start by proxy
         key = json.dumps(t.user_attrs.get("design"), sort_keys=True)
         if key in seen:
             continue
-        if len(chosen) < top or t.user_attrs.get("warm_start"):
+        if len(chosen) < top or (rank_from is None and t.user_attrs.get("warm_start")):
             seen.add(key)
             chosen.append(t)
     # Every module checked before anything is run or written: an edited trial stops the command in one line.
@@ -221,6 +218,27 @@ def promote(
                 + ", ".join(f"{b} {s:.4f}" for b, s in scores.items())
             )
     return results
+
+
+def _ranked(study: optuna.Study, rank_from: str | None) -> list[FrozenTrial]:
+    """The study's trials with a module, best first: by proxy value, or by their results at fidelity `rank_from`
+    (a UserError when the study has none there, naming the fidelities it has)."""
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if isinstance(t.user_attrs.get("module_source"), str)
+        or isinstance(t.user_attrs.get("module_sha256"), str)
+    ]
+    if rank_from is None:
+        return rank_trials(trials)
+    entries = {e["trial"]: float(e["value"]) for e in promoted(study) if e.get("fidelity") == rank_from}
+    if not entries:
+        have = sorted({str(e.get("fidelity")) for e in promoted(study)})
+        raise UserError(
+            f"study {study.study_name!r} has no results at fidelity {rank_from!r} to rank by"
+            + (f" (it has {', '.join(have)})" if have else " (it was never promoted)")
+        )
+    return sorted((t for t in trials if t.number in entries), key=lambda t: (-entries[t.number], t.number))
 
 
 def record_promoted(study: optuna.Study, storage: BaseStorage, *, artifact_folder: Path | None) -> list[int]:

@@ -37,8 +37,15 @@ PREFIX = "promoted:"
 PROMOTED_SUFFIX = ":promoted"
 
 
+# A trial a strength sweep added (`search.sweep`; the point's name): a finalist by rule, outside the search budget.
+SWEEP_ATTR = "sweep"
+
+
 def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """Whether a trial used one of the study's `n_trials`: complete, pruned, or failed by its own design."""
+    """Whether a trial used one of the study's `n_trials`: complete, pruned, or failed by its own design; a
+    strength sweep's trials never do."""
+    if trial.user_attrs.get(SWEEP_ATTR):
+        return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_kind") == DESIGN

@@ -452,24 +452,38 @@ def _scale_center(data: Mapping[str, Any]) -> float:
     return space.PRESETS[preset].reg_strength_scale if preset in space.PRESETS else 1.0
 
 
+def point_of(name: str, fixed: Mapping[str, Any], scale_center: float) -> Any:
+    """The design a warm start or sweep point names (a preset or variant, NAME@X at X times its strength) under a
+    study's fixed fields; a UserError when there is none or `suggest` could not return it."""
+    import space
+
+    try:
+        design = space.named(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:  # the study's fixed fields apply to its warm starts too
+        point = design.replace(**fixed)
+    except ValueError as exc:
+        raise UserError(f"{name!r} with the study's fixed fields: {exc}") from exc
+    why = space.outside_search(point, fixed, scale_center=scale_center)
+    if why is not None:
+        raise UserError(f"{name!r} is not a point of the study's space: {why}")
+    return point
+
+
 def _check_space(
     warm_start: tuple[str, ...], fixed: Mapping[str, Any], scale_center: float, path: Path
 ) -> None:
-    """Warm-start names are presets or variants that `suggest` can return under the study's fixed fields."""
-    import space
-
-    named = {**space.PRESETS, **space.VARIANTS}
+    """Warm-start names are presets or variants (NAME@X: at X times its strength) that `suggest` can return under
+    the study's fixed fields."""
     for name in warm_start:
-        if name not in named:
-            raise UserError(f"{path}: warm_start names {name!r}, not one of {', '.join(sorted(named))}")
-        try:  # the study's fixed fields apply to its warm starts too
-            point = named[name].replace(**fixed)
-        except ValueError as exc:
-            raise UserError(f"{path}: warm_start {name!r} with the study's fixed fields: {exc}") from exc
-        why = space.outside_search(point, fixed, scale_center=scale_center)
-        if why is not None:
-            raise UserError(f"{path}: warm_start {name!r} is not a point of the study's space: {why}")
+        try:
+            point_of(name, fixed, scale_center)
+        except UserError as exc:
+            raise UserError(f"{path}: warm_start {exc}") from None
     if fixed and not warm_start:
+        import space  # deferred: it imports torch
+
         try:
             space.Design.from_dict(fixed)
         except ValueError as exc:

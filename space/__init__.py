@@ -6,7 +6,7 @@ Public interface (docs/INTERFACES.md, "Space"): `Design`, `DesignError`, `PRESET
 
 from space.design import SPACE, SPACE_VERSION, Design, DesignError, outside_search, suggest, trial_params
 from space.generator import describe, generate_source, write_module
-from space.presets import PRESETS, VARIANTS
+from space.presets import PRESETS, VARIANTS, named
 
 __all__ = [
     "PRESETS",
@@ -17,6 +17,7 @@ __all__ = [
     "DesignError",
     "describe",
     "generate_source",
+    "named",
     "outside_search",
     "suggest",
     "trial_params",

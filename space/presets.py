@@ -46,3 +46,23 @@ VARIANTS: dict[str, Design] = {
     "kfac_per_context_r4": Design(estimators="kfac", kfac_accumulate="per_context", kfac_rank=4),
     "kfac_merged_r32_x3": Design(estimators="kfac", kfac_rank=32, reg_strength_scale=3.0),
 }
+
+
+def named(spec: str) -> Design:
+    """A preset or variant by name, or `NAME@X`: it at X (> 0) times its strength (a point of a strength sweep).
+
+    A ValueError names what is wrong."""
+    name, at, times = spec.partition("@")
+    table = {**PRESETS, **VARIANTS}
+    if name not in table:
+        raise ValueError(f"{spec!r}: {name!r} is not a preset or variant ({', '.join(sorted(table))})")
+    design = table[name]
+    if not at:
+        return design
+    try:
+        scale = float(times)
+    except ValueError:
+        scale = float("nan")
+    if not scale > 0 or scale == float("inf"):
+        raise ValueError(f"{spec!r}: the multiple after '@' must be a positive number")
+    return design.replace(reg_strength_scale=design.reg_strength_scale * scale)

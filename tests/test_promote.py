@@ -381,6 +381,28 @@ def test_promotion_takes_the_warm_starts_wherever_they_ranked(tmp_path: Path) ->
     with pytest.raises(UserError, match="not a benchmark"):
         promote(opened, study_def, storage=make_storage(url), top=1, streams={"permMNIST": (1001, 1002)})
 
+    # The budget rule's second stream for the best two at full fidelity (--from full): trials 0 (0.8) and 2
+    # (0.4), not the proxy's best two (2 and 3), and no warm start beyond them; trial 3, third at full, stays.
+    seen.clear()
+    fresh_out = tmp_path / "fid2"  # a fresh cache: every run that is asked for runs
+    picked = promote(
+        open_study("tiny_ws", url),
+        study_def,
+        storage=make_storage(url),
+        top=2,
+        rank_from="full",
+        streams={"splitMNIST": (1000, 1003)},
+        out_dir=fresh_out,
+        run_fn=two_streams,
+        joint_fn=fake_joint,
+        log=lambda line: None,
+    )
+    assert sorted(picked) == [0, 2]
+    with pytest.raises(UserError, match=r"no results at fidelity 'contexts4' to rank by \(it has full"):
+        promote(
+            open_study("tiny_ws", url), study_def, storage=make_storage(url), top=2, rank_from="contexts4"
+        )
+
 
 def test_proxies_that_are_one_run_at_full_fidelity_share_a_status_column() -> None:
     """The campaign's two Permuted-MNIST proxies (short; learning-rate-matched) become the same full run, so
