@@ -78,7 +78,7 @@ DESIGNS = {**PRESETS, **{k: VARIANTS[k] for k in ("mas_calibrated", "ewc_equaliz
 @pytest.mark.parametrize("name", [*DESIGNS, "shipped"])
 def test_a_resumed_run_ends_bit_for_bit_where_the_uninterrupted_run_ends(tmp_path: Path, name: str) -> None:
     """Every preset, two calibrated variants and the shipped module: their state lives on the model, so the
-    checkpoint holds all of it (the shipped module's learnt penalty factor, the equalized designs' reference)."""
+    checkpoint holds all of it (the importance and anchors, the equalized designs' reference)."""
     if name == "shipped":
         path = REPO / "custom_regularization.py"
     else:
