@@ -12,12 +12,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.fidelity import spearman
 from search.promote import shared_runs
-from search.records import CRASH, counts_toward_budget, promoted, rank_trials
+from search.records import CRASH, SWEEP_ATTR, counts_toward_budget, promoted, rank_trials
 from search.studies import StudyDef
 
 
 def trial_origins(trials: Sequence[FrozenTrial], study_def: StudyDef) -> dict[int, str]:
-    """Trial number -> where its design came from: `warm start` (a preset the study enqueued), `random start`
+    """Trial number -> where its design came from: `warm start` (a preset the study enqueued), `strength sweep`
+    (a point `search sweep` added, outside the budget), `random start`
     (the sampler's first sampled trials, before TPE models the history; every sampled trial for the random
     sampler) or `TPE`. A trial that crashed is left out: its retry, a later trial, stands for its design."""
     random_start = (
@@ -30,6 +31,9 @@ def trial_origins(trials: Sequence[FrozenTrial], study_def: StudyDef) -> dict[in
     for t in sorted(trials, key=lambda t: t.number):
         if t.state == TrialState.WAITING or (t.state == TrialState.FAIL and not counts_toward_budget(t)):
             continue
+        if t.user_attrs.get(SWEEP_ATTR):
+            origins[t.number] = "strength sweep"
+            continue
         if "warm_start" in t.user_attrs:
             origins[t.number] = "warm start"
             continue
@@ -41,7 +45,7 @@ def trial_origins(trials: Sequence[FrozenTrial], study_def: StudyDef) -> dict[in
 def format_origins(complete: Sequence[FrozenTrial], origins: dict[int, str], top: int = 5) -> list[str]:
     """Lines comparing the complete trials by origin: is the sampler finding better designs than random ones?"""
     lines = [f"by origin (complete trials): {'n':>4}  {'median':>7}  {f'top-{top} mean':>10}  {'best':>7}"]
-    for origin in ("warm start", "random start", "TPE"):
+    for origin in ("warm start", "strength sweep", "random start", "TPE"):
         values = sorted(
             (float(t.value or 0.0) for t in complete if origins.get(t.number) == origin), reverse=True
         )

@@ -13,6 +13,7 @@ import space
 from cli.main import main as search_main
 from evaluation.errors import UserError
 from search.records import SWEEP_ATTR, counts_toward_budget
+from search.status import format_status
 from search.storage import open_study
 from search.studies import load_study_def, point_of
 from search.sweep import sweep
@@ -45,6 +46,11 @@ def test_a_sweep_adds_its_points_as_unpruned_trials_outside_the_budget(
     assert new.user_attrs["design"] == space.named("ewc@4").to_dict()
     assert not counts_toward_budget(new)
     assert sum(map(counts_toward_budget, trials.values())) == 2  # the study's budget, untouched
+    status = format_status(open_study("tiny_sweep", url), 2, study_def=study_def)
+    assert "study tiny_sweep: 2/2 trials counted toward the budget" in status
+    assert any(
+        line.split()[:2] == ["strength", "sweep"] and line.split()[2] == "1" for line in status.splitlines()
+    )
     # Again, through the command line: nothing new.
     argv = ["sweep", "--study", str(tmp_path / "tiny_sweep.toml"), "--storage", url, "--points", "ewc@4"]
     argv += ["--data-dir", str(mnist_root), "--device", "cpu"]
