@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from evaluation import report, stats
+from evaluation.plots import average_curve, method_style
+from evaluation.published import REFERENCES
+from evaluation.readme import README_END, README_START, readme_block, verdict_line, write_readme_block
 
 
 def _record(acc: float, seed: int, k: int = 3) -> dict:
@@ -51,12 +54,12 @@ def test_published_numbers_sit_on_their_methods_rows_with_sources() -> None:
     cells = _published_cells(text)
     assert set(cells) == set(methods)
     for method in methods:
-        refs = report.REFERENCES["CIFAR100"].get(method, [])
+        refs = REFERENCES["CIFAR100"].get(method, [])
         # every published number of the method, in order, with its source; nothing on the other rows
         assert cells[method] == (", ".join(f"{value:.4g} [{tag}]" for tag, value in refs) or "—")
     assert cells["candidate"] == "—" and cells["ewc"].count("[") == 2
     footnotes = text.split("Sources of the published numbers:")[1].split("Methods:")[0]
-    for by_method in report.REFERENCES.values():
+    for by_method in REFERENCES.values():
         for refs in by_method.values():
             for tag, value in refs:
                 assert f"- [{tag}] " in footnotes  # a tag in the table is explained under it
@@ -64,7 +67,7 @@ def test_published_numbers_sit_on_their_methods_rows_with_sources() -> None:
 
 
 def test_average_curve_is_the_mean_over_contexts_seen() -> None:
-    assert report.average_curve([[1.0], [0.5, 1.0], [0.2, 0.4, 0.9]]) == pytest.approx([1.0, 0.75, 0.5])
+    assert average_curve([[1.0], [0.5, 1.0], [0.2, 0.4, 0.9]]) == pytest.approx([1.0, 0.75, 0.5])
 
 
 def test_markdown_table_and_missing_benchmarks() -> None:
@@ -172,7 +175,7 @@ def test_verdict_line_groups_the_baselines_by_their_holm_adjusted_side() -> None
     # tuned_mas 2 x 0.040 = 0.080: raw p below 0.05, adjusted not, so not called higher; mas 1
     assert tests["tuned_mas"].p is not None and tests["tuned_mas"].p < 0.05
     assert tests["tuned_mas"].p_holm == pytest.approx(2 * tests["tuned_mas"].p)
-    assert report.verdict_line("Permuted-MNIST", tests) == (
+    assert verdict_line("Permuted-MNIST", tests) == (
         "Permuted-MNIST (2-3 paired seeds): the candidate is **higher** than `none` (Holm p 0.0034); **lower** "
         "than `joint` (Holm p 0.0034); not separated from `tuned_mas`, `mas`; identical to `l2`; one paired "
         "seed so far, no test, against `si`."
@@ -187,11 +190,11 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
     }
     perm = {"candidate": _runs({42: 0.90}), "ewc": _runs({42: 0.91}), "tuned_mas": _runs({42: 0.88})}
     heldout = {"candidate": _runs({100: 0.95, 101: 0.96}), "tuned_mas": _runs({100: 0.93, 101: 0.93})}
-    block = report.readme_block(
+    block = readme_block(
         {"splitMNIST": split, "permMNIST": perm, "CIFAR100": {}}, ["candidate", "ewc", "none"], heldout
     )
     lines = block.splitlines()
-    assert lines[0] == report.README_START and lines[-1] == report.README_END
+    assert lines[0] == README_START and lines[-1] == README_END
     assert (
         "| method | Split-MNIST | Permuted-MNIST | published (original harness) |" in lines
     )  # no CIFAR column
@@ -256,12 +259,12 @@ def test_readme_block_states_means_paired_verdicts_and_the_held_out_streams(tmp_
     )
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"# T\n\n{report.README_START}\nold\n{report.README_END}\n\nafter\n", encoding="utf-8")
-    report.write_readme_block(readme, block)
+    readme.write_text(f"# T\n\n{README_START}\nold\n{README_END}\n\nafter\n", encoding="utf-8")
+    write_readme_block(readme, block)
     assert readme.read_text(encoding="utf-8") == f"# T\n\n{block}\n\nafter\n"
     readme.write_text("no markers\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no results markers"):
-        report.write_readme_block(readme, block)
+        write_readme_block(readme, block)
 
 
 def test_p_value_is_the_two_sided_paired_t_test() -> None:
@@ -280,11 +283,11 @@ def test_p_value_is_the_two_sided_paired_t_test() -> None:
 
 def test_one_colour_per_method_everywhere() -> None:
     names = ["candidate", "ewc", "online_ewc", "si", "mas", "l2", "none", "joint", *(f"tuned_{b}" for b in ("ewc", "online_ewc", "si", "mas"))]  # fmt: skip
-    colours = [report.method_style(m).color for m in names]
+    colours = [method_style(m).color for m in names]
     assert len(set(colours)) == len(colours)
     # a method without a style gets one from its name: the same in every figure and every run
-    assert report.method_style("trial_12").color == report.method_style("trial_12").color
-    assert report.method_style("trial_12").color not in colours
+    assert method_style("trial_12").color == method_style("trial_12").color
+    assert method_style("trial_12").color not in colours
 
 
 @pytest.fixture
@@ -335,11 +338,9 @@ def test_figures_bands_in_their_lines_colour_titles_inside(tmp_path: Path, figur
     full, zoom = average.axes  # the six close methods get a zoomed panel
     for line in full.get_lines():
         method = line.get_label().split(" (")[0]
-        assert to_hex(line.get_color()) == report.method_style(method).color
+        assert to_hex(line.get_color()) == method_style(method).color
     bands = [c for c in full.collections if isinstance(c, PolyCollection)]
-    assert bands and {to_hex(b.get_facecolor()[0]) for b in bands} <= {
-        report.method_style(m).color for m in accs
-    }
+    assert bands and {to_hex(b.get_facecolor()[0]) for b in bands} <= {method_style(m).color for m in accs}
     shown = {label.split(" (")[0] for label in zoom.get_legend_handles_labels()[1]}
     assert {"candidate", "ewc", "online_ewc", "si", "mas"} <= shown and not {"l2", "none"} & shown
     assert any("same accuracies as candidate" in line.get_label() for line in full.get_lines())
@@ -413,7 +414,7 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
         put("tuned_mas", "e" * 64, seed, tuned, "2026-11-28", root=held, experiment="permMNIST", k=10)
     readme = tmp_path / "project" / "README.md"
     readme.parent.mkdir()
-    readme.write_text(f"# T\n{report.README_START}\n{report.README_END}\n", encoding="utf-8")
+    readme.write_text(f"# T\n{README_START}\n{README_END}\n", encoding="utf-8")
     args = ["--out", str(tmp_path), "--benchmarks", "splitMNIST", "permMNIST", "--readme", str(readme)]
     assert report.main(args) == 0
     assert (held / "plots" / "permMNIST_paired.png").is_file()
@@ -436,7 +437,7 @@ def test_the_readme_leads_with_the_verdict_on_the_fresh_streams() -> None:
         # candidate - tuned_si: 0.00, +0.01, -0.01, +0.02, -0.02: mean 0, not separated
         "tuned_si": _runs({103: 0.96, 104: 0.96, 105: 0.97, 106: 0.95, 107: 0.98}),
     }
-    lines = report.readme_block({"permMNIST": perm}, ["candidate", "mas"], heldout, fresh=fresh).splitlines()
+    lines = readme_block({"permMNIST": perm}, ["candidate", "mas"], heldout, fresh=fresh).splitlines()
     assert lines[2] == (
         "**Fresh Permuted-MNIST test streams** (permutation seeds 103, 104, 105, 106, 107, test split, full "
         "protocol; nothing in the project ran them before): the verdict rests on these. Holm p over this list's "
@@ -467,9 +468,7 @@ def test_the_readme_leads_with_the_verdict_on_the_fresh_streams() -> None:
         for line in lines
     )
     # Without a fresh run of the candidate there is no verdict, and the block says how to get one.
-    lines = report.readme_block(
-        {"permMNIST": perm}, ["candidate"], None, fresh={"mas": fresh["mas"]}
-    ).splitlines()
+    lines = readme_block({"permMNIST": perm}, ["candidate"], None, fresh={"mas": fresh["mas"]}).splitlines()
     assert (
         "**Verdict**: none yet; the candidate has no run on the fresh streams (`make fresh-streams`)."
         in lines
@@ -483,16 +482,12 @@ def test_the_readme_results_block_is_what_the_committed_cache_gives() -> None:
     """The README's results block is exactly what `make results-table` writes from the committed cache: no stale or
     hand-typed number."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    assert report.README_START in text and report.README_END in text, "the README lost its results markers"
-    block = report.README_START + text.split(report.README_START, 1)[1].split(report.README_END, 1)[0]
+    assert README_START in text and README_END in text, "the README lost its results markers"
+    block = README_START + text.split(README_START, 1)[1].split(README_END, 1)[0]
     results, methods, _notes = report.results_as_cached(
         REPO / "results", ["splitMNIST", "permMNIST", "CIFAR100"]
     )
     streams = report.stream_sets(REPO / "results")
-    expected = report.readme_block(
-        results, [m for m, _ in methods], streams["heldout"], fresh=streams["fresh"]
-    )
-    assert block + report.README_END == expected, (
-        "the README's results block is stale: run `make results-table`"
-    )
+    expected = readme_block(results, [m for m, _ in methods], streams["heldout"], fresh=streams["fresh"])
+    assert block + README_END == expected, "the README's results block is stale: run `make results-table`"
     assert "`candidate`" in block and "`none`" in block and "`joint`" in block

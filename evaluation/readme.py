@@ -1,0 +1,207 @@
+"""The project README's results block (`make results-table`): the verdict on the fresh Permuted-MNIST streams,
+every method's mean ± SE, the candidate's paired difference against each baseline, and the held-out streams,
+written between the README's markers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from clharness.atomic import write_atomic
+
+from evaluation.published import BENCHMARK_TITLES, REFERENCES
+from evaluation.stats import CANDIDATE, Comparison, compare, paired_differences, side, summarize
+from evaluation.stats_text import comparison_numbers, paired_tests, stats_note, table_tests
+
+README_START = "<!-- results: start, written by `make results-table` from the cached runs -->"
+README_END = "<!-- results: end -->"
+
+
+def _cell(values: Sequence[float]) -> str:
+    s = summarize(values)
+    return f"{s.mean:.4f} ± {s.se:.4f} ({s.n})" if s.se is not None else f"{s.mean:.4f} (1)"
+
+
+def _paired_cell(c: Comparison) -> str:
+    p = c.paired
+    cell = f"{p.mean:+.4f} ± {p.se:.4f} ({p.n})" if p.se is not None else f"{p.mean:+.4f} (1)"
+    word = side(c)
+    cell = f"{cell} **{word}**" if word in ("higher", "lower") else f"{cell} {word}"
+    numbers = comparison_numbers(c)
+    return f"{cell}, {numbers}" if numbers else cell
+
+
+def verdict_line(title: str, tests: Mapping[str, Comparison]) -> str:
+    """One sentence per benchmark from its comparisons: the baselines the candidate lies above or below (Holm p
+    < ALPHA), those it is not separated from, identical to, or has one paired seed against (no test)."""
+    groups: dict[str, list[str]] = {}
+    for method, c in tests.items():
+        key = side(c)
+        held = key in ("higher", "lower") and c.p_holm is not None
+        groups.setdefault(key, []).append(f"`{method}` (Holm p {c.p_holm:.2g})" if held else f"`{method}`")
+    counts = sorted({c.paired.n for c in tests.values() if c.paired.n > 1})
+    span = "" if not counts else str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+    seeds = f" ({span} paired seeds)" if span else ""
+    parts = [
+        f"{label} {', '.join(groups[key])}"
+        for key, label in (
+            ("higher", "**higher** than"),
+            ("lower", "**lower** than"),
+            ("not separated", "not separated from"),
+            ("identical", "identical to"),
+            ("one seed", "one paired seed so far, no test, against"),
+        )
+        if groups.get(key)
+    ]
+    return f"{title}{seeds}: the candidate is " + "; ".join(parts) + "."
+
+
+# Test streams that are not clean, and why: the README says so wherever they appear.
+STREAM_MARKS: dict[int, str] = {
+    42: "test-split runs read to design the space",
+    43: "test-split runs read to design the space",
+    100: "also run on the validation split, by the split check",
+}
+
+
+def _accs(recs: Mapping[int, dict]) -> list[float]:
+    return [float(r["result"]["average_accuracy"]) for r in recs.values()]
+
+
+def _marks(seeds: Sequence[int], what: str) -> str:
+    """' WHAT not clean: 42 and 43 (why); 100 (why).' for the marked seeds among `seeds`, grouped by reason."""
+    by_reason: dict[str, list[int]] = {}
+    for seed in sorted(seeds):
+        if seed in STREAM_MARKS:
+            by_reason.setdefault(STREAM_MARKS[seed], []).append(seed)
+    if not by_reason:
+        return ""
+    parts = [" and ".join(map(str, group)) + f" ({reason})" for reason, group in by_reason.items()]
+    return f" {what} not clean: " + "; ".join(parts) + "."
+
+
+def fresh_lines(fresh: Mapping[str, Mapping[int, dict]], out: str = "results") -> list[str]:
+    """The verdict the README leads with: the fresh Permuted-MNIST test streams (`fresh`: method -> seed ->
+    record), each method's mean, the candidate's paired difference against every baseline with Holm p over
+    this list, and the sentence those numbers allow (`verdict_line`)."""
+    seeds = sorted({s for recs in fresh.values() for s in recs})
+    tests = compare(paired_differences(fresh)) if CANDIDATE in fresh else {}
+    family = max((c.family for c in tests.values()), default=0)
+    lines = [
+        f"**Fresh Permuted-MNIST test streams** (permutation seeds {', '.join(map(str, seeds))}, test split, full "
+        "protocol; nothing in the project ran them before): the verdict rests on these."
+        + (f" Holm p over this list's {paired_tests(family)}." if family else ""),
+        "",
+        *(f"- `{m}`: {_cell(_accs(recs))}" for m, recs in fresh.items() if recs),
+        *(f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in tests.items()),
+        "",
+    ]
+    if tests:
+        lines += [f"**Verdict.** {verdict_line('On the fresh streams', tests)}"]
+        lines += ["", f"![Fresh streams, paired]({out}/fresh/plots/permMNIST_paired.png)"]
+    else:
+        lines += [
+            "**Verdict**: none yet; the candidate has no run on the fresh streams (`make fresh-streams`)."
+        ]
+    return [*lines, ""]
+
+
+def readme_block(
+    results: Mapping[str, Mapping[str, Mapping[int, dict]]],
+    methods: Sequence[str],
+    heldout: Mapping[str, Mapping[int, dict]] | None = None,
+    out: str = "results",
+    fresh: Mapping[str, Mapping[int, dict]] | None = None,
+) -> str:
+    """The README's results: first the verdict on the fresh Permuted-MNIST streams (`fresh`, `fresh_lines`),
+    then every method's mean ± SE (seeds), the candidate's paired difference against each baseline with p, Holm
+    p (one family: the table's tests), 95% CI, verdict and a link to its figure, and the held-out Permuted-MNIST
+    streams (`heldout`: method -> seed -> record) with their figure and, pooled with the table's and the fresh
+    Permuted-MNIST seeds, the candidate's paired difference over every test stream (each list its own Holm
+    family); streams that are not clean are marked (`STREAM_MARKS`). `out` is the results folder relative to
+    the README, whose report (`evaluation.report.write_report`, the held-out and fresh ones under
+    `out/heldout`, `out/fresh`) holds the figures."""
+    accs = _accs
+    benches = [b for b in results if any(results[b].values())]
+    titles = [BENCHMARK_TITLES.get(b, b) for b in benches]
+    perm_seeds = sorted({s for recs in results.get("permMNIST", {}).values() for s in recs})
+    lines = [
+        *(fresh_lines(fresh, out) if fresh else []),
+        "Average test accuracy over contexts after the last one, mean ± standard error (seeds); full published "
+        "protocol, test split." + _marks(perm_seeds, "Permuted-MNIST seeds"),
+        "",
+        "| method | " + " | ".join(titles) + " | published (original harness) |",
+        "|---|" + "---|" * len(benches) + "---|",
+    ]
+    for m in methods:
+        cells = [_cell(accs(recs)) if (recs := results[b].get(m)) else "not run" for b in benches]
+        refs = [
+            ", ".join(f"{v:.3g}" for tag, v in REFERENCES.get(b, {}).get(m, []) if tag == "harness") or "—"
+            for b in benches
+        ]
+        published = " / ".join(refs) if any(r != "—" for r in refs) else "—"
+        lines.append(f"| `{m}` | " + " | ".join(cells) + f" | {published} |")
+    paired = table_tests({b: results[b] for b in benches})
+    baselines = [m for m in methods if any(m in paired[b] for b in benches)]
+    if baselines:
+        family = max(c.family for b in benches for c in paired[b].values())
+        lines += [
+            "",
+            "Candidate minus each baseline, paired by seed: mean ± standard error of the difference (seeds). "
+            + stats_note(family, "of the table"),
+            "",
+            "| baseline | " + " | ".join(titles) + " |",
+            "|---|" + "---|" * len(benches),
+        ]
+        for m in baselines:
+            cells = [_paired_cell(p) if (p := paired[b].get(m)) else "—" for b in benches]
+            lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+        lines += [""]
+        lines += [
+            f"- {verdict_line(t, paired[b])}" for b, t in zip(benches, titles, strict=True) if paired[b]
+        ]
+        links = [f"[{BENCHMARK_TITLES.get(b, b)}]({out}/plots/{b}_paired.png)" for b in benches if paired[b]]
+        lines += ["", "The paired differences per seed, as figures: " + ", ".join(links) + "."]
+    if heldout:
+        held_seeds = sorted({s for recs in heldout.values() for s in recs})
+        held_paired = compare(paired_differences(heldout))
+        family = max((c.family for c in held_paired.values()), default=0)
+        lines += [
+            "",
+            f"Held-out Permuted-MNIST streams (permutation seeds {', '.join(map(str, held_seeds))}, chose "
+            f"nothing), full protocol, test split.{_marks(held_seeds, 'Streams')}"
+            + (f" Holm p over this list's {paired_tests(family)}:" if family else ""),
+        ]
+        lines += ["", *(f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs)]
+        lines += [f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in held_paired.items()]
+        # The table's test streams and the held-out ones together: the most streams each comparison has.
+        perm = results.get("permMNIST", {})
+        every = {m: {**perm.get(m, {}), **recs, **(fresh or {}).get(m, {})} for m, recs in heldout.items()}
+        pooled = compare(paired_differences(every))
+        if any(c.paired.n > held_paired[m].paired.n for m, c in pooled.items() if m in held_paired):
+            streams = ", ".join(map(str, sorted({s for c in pooled.values() for s in c.paired.seeds})))
+            family = max((c.family for c in pooled.values()), default=0)
+            which = (
+                "the table's, the held-out and the fresh ones"
+                if fresh
+                else "the table's and the held-out ones"
+            )
+            lines += [
+                "",
+                f"Every Permuted-MNIST test stream, {which} (seeds {streams}), paired"
+                + (f"; Holm p over this list's {paired_tests(family)}:" if family else ":"),
+            ]
+            lines += ["", *(f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in pooled.items())]
+        if held_paired:
+            lines += ["", f"![Held-out streams, paired]({out}/heldout/plots/permMNIST_paired.png)"]
+    return "\n".join([README_START, "", *lines, "", README_END])
+
+
+def write_readme_block(readme: Path, block: str) -> None:
+    """Replace the results block of `readme` (between its markers) with `block`; a ValueError without markers."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results markers ({README_START!r} ... {README_END!r})")
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    write_atomic(readme, head + block + tail)
