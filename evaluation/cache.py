@@ -19,15 +19,13 @@ cached run on purpose.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import hashlib
 import json
 import re
 import shlex
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +35,7 @@ from clharness.atomic import write_atomic
 from evaluation import claims
 from evaluation.claims import claim_holder, try_claim  # claim_holder: also read as cache.claim_holder
 from evaluation.errors import UserError
+from evaluation.provenance import code_sha256, module_entry, sha256_text
 
 # Bump when a change alters what a cached result means (for example the evaluation settings).
 FINAL_EVAL_VERSION = 1
@@ -88,11 +87,6 @@ def make_config(
 
     fields: dict[str, Any] = {"eval_split": "test", "acc_matrix": True, **(overrides or {})}
     return RunConfig(experiment=experiment, seed=seed, device=device, **fields)
-
-
-def sha256_text(text: str) -> str:
-    """sha256 of a module's source as the harness computes it (of the file's bytes, UTF-8)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def code_version() -> str:
@@ -287,45 +281,11 @@ def store(job: Job, cfg: Any, result: dict, wall_s: float) -> dict:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "result": result,
     }
+    if job.method.kind == "hooks" and job.method.path is not None:
+        record["module"] = module_entry(job.method.path.read_text(encoding="utf-8"))
     _write(job.path, record)
     checkpoint_path(job.path).unlink(missing_ok=True)
     return record
-
-
-def code_sha256(source: str) -> str:
-    """sha256 of what a module does: its syntax tree without the module docstring (comments and layout never
-    reach the tree). Two generated modules that differ only in their header (`preset mas_calibrated` or `study
-    campaign, trial 3`) have the same one, and are the same experiment."""
-    tree = ast.parse(source)
-    first = tree.body[0] if tree.body else None
-    if (
-        isinstance(first, ast.Expr)
-        and isinstance(first.value, ast.Constant)
-        and isinstance(first.value.value, str)
-    ):
-        tree.body = tree.body[1:]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
-
-
-@functools.lru_cache(maxsize=4096)
-def _file_shas(path: Path, mtime_ns: int) -> tuple[str, str | None]:
-    """(sha256, code_sha256) of a module file; code None when it does not parse."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        return sha256_text(text), code_sha256(text)
-    except SyntaxError:
-        return sha256_text(text), None
-
-
-def equivalent_modules(module: Path, modules_root: Path) -> list[tuple[str, str]]:
-    """(sha256, file name) of every other module under `modules_root` with `module`'s code_sha256."""
-    own_sha, own_code = _file_shas(module, module.stat().st_mtime_ns)
-    found = []
-    for other in sorted(modules_root.rglob("*.py")) if own_code is not None else []:
-        sha, code = _file_shas(other, other.stat().st_mtime_ns)
-        if code == own_code and sha != own_sha:
-            found.append((sha, other.name))
-    return found
 
 
 def reuse_identical(job: Job) -> dict | None:
@@ -333,35 +293,41 @@ def reuse_identical(job: Job) -> dict | None:
 
     The key covers the module's sha256, so a candidate that equals a preset (or a tuned baseline at its
     published strength) is the same experiment: it is not run twice. A module that differs only in its docstring
-    (`code_sha256`) is the same experiment too: the modules kept beside the runs (`<runs>/../modules`, where
-    final-eval, promotion and the panel keep theirs) are searched for one, and a record of it with the same
-    configuration and seed is filed under this job's key, with `equivalent_module` naming the file that ran.
+    (`code_sha256`) is the same experiment too: a record beside this job's with the same configuration and seed
+    whose module (`module.code_sha256`, evaluation/provenance.py) has this module's code is filed under this
+    job's key, with `equivalent_module` naming the module that ran.
     """
-    candidates: list[tuple[Iterable[Path], str | None]] = [
-        (job.path.parent.glob(f"*__{job.key}__seed{job.seed}.json"), None)
-    ]
-    modules_root = job.path.parents[1].parent / "modules"
-    if job.method.kind == "hooks" and job.method.path is not None and modules_root.is_dir():
-        for sha, name in equivalent_modules(job.method.path, modules_root):
-            key = _key({**job.key_fields, "module": sha})
-            candidates.append((job.path.parent.glob(f"*__{key}__seed{job.seed}.json"), name))
-    for paths, equivalent in candidates:
-        for other in sorted(paths):
-            record = load_record(other)
-            if record is None or other == job.path:
+    own_code = None
+    if job.method.kind == "hooks" and job.method.path is not None:
+        try:
+            own_code = code_sha256(job.method.path.read_text(encoding="utf-8"))
+        except SyntaxError:
+            own_code = None
+    same_config = _key({k: v for k, v in job.key_fields.items() if k != "module"})
+    others = sorted(p for p in job.path.parent.glob(f"*__seed{job.seed}.json") if p != job.path)
+    same_key = [(p, None) for p in others if p.name.endswith(f"__{job.key}__seed{job.seed}.json")]
+    for other, equivalent in same_key + [(p, "code") for p in others if own_code is not None]:
+        record = load_record(other)
+        if record is None:
+            continue
+        if equivalent is not None:
+            module = record.get("module") or {}
+            fields = _key({k: v for k, v in record["key_fields"].items() if k != "module"})
+            if module.get("code_sha256") != own_code or fields != same_config:
                 continue
-            copy = {
-                **record,
-                "method": job.method.name,
-                "method_label": job.method.label,
-                "key": job.key,
-                "key_fields": job.key_fields,
-                "copied_from": other.name,
-            }
-            if equivalent is not None:
-                copy["equivalent_module"] = equivalent
-            _write(job.path, copy)
-            return copy
+            equivalent = f"{record['method']}-{module['sha256'][:12]}.py"
+        copy = {
+            **record,
+            "method": job.method.name,
+            "method_label": job.method.label,
+            "key": job.key,
+            "key_fields": job.key_fields,
+            "copied_from": other.name,
+        }
+        if equivalent is not None:
+            copy["equivalent_module"] = equivalent
+        _write(job.path, copy)
+        return copy
     return None
 
 
