@@ -31,6 +31,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "cli.sweep",
     "cli.reorder",
     "cli.validate",
+    "cli.modules",
 )
 
 
