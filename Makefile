@@ -12,7 +12,7 @@ STORAGE_ARG = $(if $(STORAGE),--storage $(if $(findstring ://,$(STORAGE)),$(STOR
 export CL_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: setup test test-slow lint search campaign reproduce final-eval results-table regenerate dashboard status fidelity panel promote gonogo \
-        sweeps budget ladder fresh-streams \
+        modules         sweeps budget ladder fresh-streams \
         bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
@@ -70,6 +70,12 @@ reproduce: $(STAMP)
 status: $(STAMP)
 	$(PY) -m search status --study $(STUDY) $(if $(REFERENCE),--reference) $(STORAGE_ARG)
 
+# The module files the run records name (results/**/modules/ and studies/**/modules/ are not kept in the
+# repository): written back from each record's design, the study trial it came from, or the commit that last held
+# it, each checked against its sha256.
+modules: $(STAMP)
+	$(PY) -m search modules
+
 regenerate: $(STAMP)
 	$(PY) -m search export --study $(STUDY) $(if $(REFERENCE),--reference) $(STORAGE_ARG) --out custom_regularization.py
 
@@ -87,7 +93,7 @@ fidelity: $(STAMP)
 	$(PY) -m search fidelity --study $(STUDY) $(if $(THREADS),--threads $(THREADS))
 
 # The fidelity panel (docs/fidelity.md): full runs and candidate proxies, cached; two side by side share the work.
-panel: $(STAMP)
+panel: modules
 	$(PY) -m search panel $(if $(THREADS),--threads $(THREADS))
 
 # Re-runs the study's TOP best trials at the full protocol (validation split) and stores the scores on it.
@@ -100,7 +106,7 @@ promote: $(STAMP)
 # protocol on validation streams 1001 and 1002; two single-thread processes share the runs.
 GONOGO := trial_105=results/fidelity/modules/campaign/trial_105-3faca402d092.py \
 	mas_calibrated=results/fidelity/modules/campaign/trial_3-9b20a027e4f8.py kfac_merged_r32 kfac_ewc
-gonogo: $(STAMP)
+gonogo: modules
 	$(call twice,$(PY) -m search validate --threads 1 --module $(GONOGO) --report results/fidelity/gonogo.md)
 
 # Issue 29's budget rule (README, "The budget rule"). Step 2, the strength sweeps of the baselines whose tuned

@@ -305,10 +305,8 @@ def results_as_cached(
         module = str(first["key_fields"]["module"])
         label = str(first.get("method_label", method))
         if module != "joint":
-            name = f"modules/{method}-{module[:12]}.py"
-            label += (
-                f"; module [`{name}`]({name})" if (out_dir / name).is_file() else f"; module {module[:12]}"
-            )
+            # not a link: module files are not kept in the repository (`make modules` writes them)
+            label += f"; module `modules/{method}-{module[:12]}.py`"
         labels.setdefault(method, label)
         if labels[method] != label:
             labels[method] += f"; on {BENCHMARK_TITLES.get(b, b)}: {label}"

@@ -13,8 +13,10 @@ written: an in-memory copy of it is served instead.
 from __future__ import annotations
 
 import copy
+import io
 import socket
 from collections.abc import Container, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -24,8 +26,11 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.cache import sha256_text
+from evaluation.errors import UserError
 from search import annotate, optuna_adapter
+from search.export import trial_module
 from search.promote import record_promoted
+from search.records import promoted_study_name, quiet_optuna
 from search.storage import is_reference, make_storage, open_study
 
 # Trial user attributes the dashboard does not show as they are stored: the module's text (its sha256 instead).
@@ -150,4 +155,46 @@ def prepare(name: str, url: str) -> tuple[BaseStorage, str]:
     # A reference's promoted trials are rebuilt in memory, without module files: its folder is not written.
     folder = None if is_reference(url) else annotate.artifact_dir(url, name)
     record_promoted(study, storage, artifact_folder=folder)
+    if folder is not None:
+        restore_artifacts(storage, name, folder)
     return storage, what
+
+
+def restore_artifacts(storage: BaseStorage, name: str, folder: Path) -> int:
+    """Write into `folder` the module of every artifact that the trials of study `name` and of its promoted
+    study name and the folder lacks; returns how many were written.
+
+    The repository keeps the storages, not their artifact files (issue 31): each is a trial's module, generated
+    again and checked against the trial (`search.export.trial_module`); a promoted trial's is its source trial's.
+    A trial whose module cannot be given back keeps its artifact missing (the dashboard says it is not found).
+    """
+    store = annotate.artifact_store(folder)
+    with quiet_optuna():
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        pairs = [(t, t) for t in trials.values()]
+        if promoted_study_name(name) in {s.study_name for s in storage.get_all_studies()}:
+            companion = optuna.load_study(study_name=promoted_study_name(name), storage=storage)
+            pairs += [
+                (t, trials[t.user_attrs["source_trial"]])
+                for t in companion.get_trials(deepcopy=False)
+                if t.user_attrs.get("source_trial") in trials
+            ]
+    written = 0
+    for shown, source in pairs:
+        metas = optuna.artifacts.get_all_artifact_meta(shown, storage=storage)
+        missing = [
+            m
+            for m in metas
+            if m.filename == annotate.ARTIFACT_NAME and not (folder / m.artifact_id).is_file()
+        ]
+        if not missing:
+            continue
+        try:
+            module = trial_module(source, name)
+        except UserError:
+            continue
+        for meta in missing:
+            store.write(meta.artifact_id, io.BytesIO(module.encode("utf-8")))
+            written += 1
+    return written

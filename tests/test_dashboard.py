@@ -120,7 +120,12 @@ def test_dashboard_shows_scores_note_and_module(tmp_path: Path, mnist_root: Path
         assert body.decode() == trial_module(stored, "dash")
         assert "module_source" not in attrs and attrs["module_sha256"] == sha256_text(body.decode())
 
-    # `python -m search dashboard` serves the same study with its artifact store: the module opens over HTTP.
+    # `python -m search dashboard` serves the same study with its artifact store: the module opens over HTTP,
+    # written again from the storage on launch when the folder lacks it (the repository keeps no artifact files).
+    removed = [p for p in folder.rglob("*") if p.is_file()]
+    assert len(removed) == 2
+    for p in removed:
+        p.unlink()
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -153,6 +158,7 @@ def test_dashboard_shows_scores_note_and_module(tmp_path: Path, mnist_root: Path
                 time.sleep(0.3)
         stored = next(t for t in trials if t.number == served_trial["number"])
         assert body == trial_module(stored, "dash")
+        assert all(p.is_file() for p in removed)  # every trial's, under its artifact id
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
