@@ -395,10 +395,7 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
         42: 0.99,
         43: 0.98,
     }
-    assert (
-        dict(methods)["ewc"]
-        == f"preset `ewc`; module `modules/ewc-{'a' * 12}.py`"
-    )
+    assert dict(methods)["ewc"] == f"preset `ewc`; module `modules/ewc-{'a' * 12}.py`"
     assert any("older configuration" in n and "`ewc`" in n for n in notes)
     assert any(f"si__{other}__seed42.json" in n and "another harness or protocol" in n for n in notes)
 
