@@ -1,4 +1,4 @@
-"""Continual-learning regularizer generated from study campaign, trial 105 (chosen at fidelity full) by space/generator.py.
+"""Continual-learning regularizer generated from study campaign, trial 105 (chosen at fidelity full-2streams) by space/generator.py.
 
 importance = MAS, raised to 0.9647554953698989, rescaled to the exact Fisher's total, over 200 examples
 (first); across contexts summed; reg_strength_scale 0.9935623548965016.
@@ -9,7 +9,7 @@ Edit the design rather than this file. Regenerate it with:
 
 Hook contract: HARNESS.md sections 1-2. Imports only torch and the standard library.
 
-Provenance: fidelity=full, study=campaign, trial=105
+Provenance: fidelity=full-2streams, study=campaign, trial=105
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ from clharness.protocol import PROTOCOLS
 
 from cli.options import add_data_dir, add_device, add_threads, set_threads
 from evaluation import final_eval as fe
+from evaluation.cache import SEARCHED
 from search.data_check import check_data_dir
-from search.export import best_tuned_baseline, study_modules
+from search.export import best_tuned_baseline, searched_source, study_modules
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,9 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods",
         nargs="+",
-        help="subset of: candidate, "
-        + ", ".join(fe.PRESET_METHODS)
-        + ", joint, tuned_<baseline>, tuned_best "
+        help="subset of: candidate, searched (the campaign study's best trial: the search's own design, "
+        "whichever ships), " + ", ".join(fe.PRESET_METHODS) + ", joint, tuned_<baseline>, tuned_best "
         "(the tuned baseline with the best promoted score on the validation split) (default: all, with every "
         "tuned baseline whose study exists)",
     )
@@ -71,11 +71,13 @@ def _main(args: argparse.Namespace) -> int:
         args.methods = list(dict.fromkeys(best if m == "tuned_best" else m for m in args.methods))
     command = shlex.join(command_line(args))
     candidate, tuned = study_modules(args.methods, args.study)
+    searched = searched_source() if not args.methods or SEARCHED in args.methods else None
     outcome, _ = fe.final_eval(
         methods=args.methods,
         hooks=args.hooks,
         candidate=candidate,
         tuned=tuned,
+        searched=searched,
         benchmarks=args.benchmarks,
         seeds=args.seeds,
         device=args.device,

@@ -223,6 +223,8 @@ def store_module(module_dir: Path, name: str, source: str) -> tuple[Path, str]:
 # `studies/<name>.toml` (the preset with its strength searched), when its storage has a completed trial.
 PRESET_METHODS: tuple[str, ...] = ("none", "ewc", "online_ewc", "si", "mas", "l2", "kfac_ewc")
 TUNED_BASELINES: tuple[str, ...] = ("ewc", "online_ewc", "si", "mas", "l2")
+# The search's own best design (the campaign study's best trial), filed beside the candidate that ships.
+SEARCHED = "searched"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from clharness.protocol import PROTOCOLS
 
 from evaluation import cache
-from evaluation.cache import PRESET_METHODS, TUNED_BASELINES, Job, Method, RunFn, make_config
+from evaluation.cache import PRESET_METHODS, SEARCHED, TUNED_BASELINES, Job, Method, RunFn, make_config
 from evaluation.errors import UserError
 from evaluation.report import write_report
 
@@ -76,13 +76,15 @@ def resolve_methods(
     hooks: Path | None = None,
     candidate: ModuleSource | None = None,
     tuned: Mapping[str, ModuleSource] | None = None,
+    searched: ModuleSource | None = None,
     module_dir: Path,
 ) -> list[Method]:
     """Turn method names into runnable methods; unknown names or an absent module raise `UserError`.
 
     The candidate is `candidate` when given (a study's best trial), else the file `hooks` (default
-    custom_regularization.py). `tuned` maps a baseline to its tuned module; by default (`names` None) every
-    method that has a module is evaluated.
+    custom_regularization.py). `tuned` maps a baseline to its tuned module; `searched` is the search's own best
+    design (method `searched`: the campaign study's best trial, which differs from the candidate when a tuned
+    baseline ships). By default (`names` None) every method that has a module is evaluated.
     """
     if hooks is not None and candidate is not None:
         raise UserError("give either --hooks or --study for the candidate, not both")
@@ -90,11 +92,12 @@ def resolve_methods(
     if not names:
         names = [
             "candidate",
+            *([SEARCHED] if searched is not None else []),
             *(f"tuned_{b}" for b in TUNED_BASELINES if b in tuned),
             *PRESET_METHODS,
             "joint",
         ]
-    valid = ["candidate", *PRESET_METHODS, "joint", *(f"tuned_{b}" for b in TUNED_BASELINES)]
+    valid = ["candidate", SEARCHED, *PRESET_METHODS, "joint", *(f"tuned_{b}" for b in TUNED_BASELINES)]
     methods: list[Method] = []
     for name in dict.fromkeys(names):  # keep order, drop repeats
         if name not in valid:
@@ -105,6 +108,10 @@ def resolve_methods(
             )
         elif name in PRESET_METHODS:
             methods.append(_module_method(name, preset_source(name), module_dir, f"preset `{name}`"))
+        elif name == SEARCHED:
+            if searched is None:
+                raise UserError(f"method {SEARCHED}: the campaign study has no storage or no completed trial")
+            methods.append(_module_method(name, searched.source, module_dir, searched.label))
         elif name.startswith("tuned_"):
             baseline = name[len("tuned_") :]
             found = tuned.get(baseline)
@@ -330,6 +337,7 @@ def final_eval(
     hooks: Path | None = None,
     candidate: ModuleSource | None = None,
     tuned: Mapping[str, ModuleSource] | None = None,
+    searched: ModuleSource | None = None,
     benchmarks: Sequence[str] = tuple(PROTOCOLS),
     seeds: Sequence[int] | None = None,
     device: str = "auto",
@@ -343,7 +351,7 @@ def final_eval(
 ) -> tuple[Outcome, Path]:
     """Run (or resume) the evaluation and write the report; returns what happened and the report's path.
 
-    `candidate` and `tuned` are modules taken from studies (see `resolve_methods`). `overrides` are extra
+    `candidate`, `tuned` and `searched` are modules taken from studies (see `resolve_methods`). `overrides` are extra
     RunConfig fields (tests use tiny runs); they are part of the cache key. `seeds` None: each benchmark's
     default (`default_seeds`).
     """
@@ -353,7 +361,12 @@ def final_eval(
     if seeds is not None and not seeds:
         raise UserError("give at least one seed")
     resolved = resolve_methods(
-        methods, hooks=hooks, candidate=candidate, tuned=tuned, module_dir=out_dir / "modules"
+        methods,
+        hooks=hooks,
+        candidate=candidate,
+        tuned=tuned,
+        searched=searched,
+        module_dir=out_dir / "modules",
     )
     outcome = Outcome()
     if not report_only:

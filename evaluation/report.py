@@ -317,7 +317,13 @@ def results_as_cached(
             )
     if left_out:
         notes.append(f"Left out: {', '.join(left_out)}.")
-    order = ["candidate", *(f"tuned_{t}" for t in cache.TUNED_BASELINES), *cache.PRESET_METHODS, "joint"]
+    order = [
+        "candidate",
+        cache.SEARCHED,
+        *(f"tuned_{t}" for t in cache.TUNED_BASELINES),
+        *cache.PRESET_METHODS,
+        "joint",
+    ]
     names = sorted(labels, key=lambda m: (order.index(m) if m in order else len(order), m))
     results = {b: {m: results[b][m] for m in names if m in results[b]} for b in results}  # the table's order
     return results, [(m, labels[m]) for m in names], notes

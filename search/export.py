@@ -142,6 +142,16 @@ def best_source(study_name: str) -> ModuleSource | None:
     return ModuleSource(source, f"best trial of study `{study_name}`")
 
 
+# The study whose best trial is the search's own design (final-eval's method `searched`).
+SEARCH_STUDY = "campaign"
+
+
+def searched_source() -> ModuleSource | None:
+    """The search's own best design: the best trial of the campaign study at the highest fidelity run, or None
+    when it has no storage or no completed trial."""
+    return best_source(SEARCH_STUDY)
+
+
 def top_designs(study: optuna.Study, k: int) -> list[DesignRun]:
     """The `k` best complete trials with a stored design (identical designs counted once), for fidelity."""
 

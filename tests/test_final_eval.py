@@ -615,3 +615,21 @@ def test_two_methods_with_the_same_code_run_once_per_seed(tmp_path: Path, none_p
         record = json.loads(path.read_text())
         assert record["method"] == "tuned_mas" and record["copied_from"].startswith("candidate__")
         assert record["result"]["average_accuracy"] == CANDIDATE_ACC[record["seed"]]
+
+
+def test_the_searched_design_is_filed_beside_the_candidate_and_reuses_its_runs(
+    tmp_path: Path, none_preset: None
+) -> None:
+    """`searched` (the campaign's best trial) differs from the candidate when a tuned baseline ships; when it is
+    the candidate's code under another header, its runs are the candidate's, copied, not run again."""
+    code = (HOOKS / "scaffold_ewc.py").read_text()
+    body = code.split('"""', 2)[2] if code.startswith('"""') else code
+    searched = fe.ModuleSource('"""Generated from study campaign, trial 105."""\n' + body, "study campaign")
+    fake = FakeHarness()
+    outcome, readme = _eval(tmp_path, fake, methods=["candidate", "searched"], searched=searched, seeds=[42])
+    assert [c[0] for c in fake.calls] == ["candidate"]
+    (copy,) = (tmp_path / "results" / "runs" / "splitMNIST").glob("searched__*.json")
+    assert json.loads(copy.read_text())["equivalent_module"].startswith("candidate-")
+    assert "| `searched` |" in readme.read_text()
+    with pytest.raises(UserError, match="method searched: the campaign study has no storage"):
+        fe.resolve_methods(["searched"], module_dir=tmp_path / "m")
