@@ -627,7 +627,7 @@ def test_the_searched_design_is_filed_beside_the_candidate_and_reuses_its_runs(
     searched = fe.ModuleSource('"""Generated from study campaign, trial 105."""\n' + body, "study campaign")
     fake = FakeHarness()
     outcome, readme = _eval(tmp_path, fake, methods=["candidate", "searched"], searched=searched, seeds=[42])
-    assert [c[0] for c in fake.calls] == ["candidate"]
+    assert [c[0] for c in fake.calls] == ["candidate"] and len(outcome.cached) == 1
     (copy,) = (tmp_path / "results" / "runs" / "splitMNIST").glob("searched__*.json")
     assert json.loads(copy.read_text())["equivalent_module"].startswith("candidate-")
     assert "| `searched` |" in readme.read_text()
