@@ -35,7 +35,9 @@ FULL = {"a": 0.95, "b": 0.90, "c": 0.85, "d": 0.80}
 def _panel(tmp_path: Path) -> pnl.PanelDef:
     (tmp_path / "mods").mkdir()
     for label in FULL:
-        (tmp_path / "mods" / f"{label}-000000000000.py").write_text(f"# design {label}\n")
+        (tmp_path / "mods" / f"{label}-000000000000.py").write_text(
+            f"LABEL = {label!r}\n"
+        )  # distinct code: distinct experiments
     (tmp_path / "panel.toml").write_text(PANEL)
     return pnl.load_panel(tmp_path / "panel.toml")
 
