@@ -121,16 +121,14 @@ sweeps: $(STAMP)
 
 # Steps 1 and 3: every family's finalists (its 5 best by proxy and its warm starts) on stream 1001, then its best
 # two at full fidelity on streams 1001 and 1002 (Split-MNIST 1000 and 1003), whose mean picks the family's design;
-# cached runs are reused, so it resumes where it stopped.
+# each step is one pool of runs over all families (each study read from its default storage), so the two
+# processes wait for each other once per step; cached runs are reused, so it resumes where it stopped.
 FAMILIES := campaign ewc online_ewc si mas l2
 TWO_STREAMS := permMNIST=1001,1002 splitMNIST=1000,1003
 budget: sweeps
-	for s in $(FAMILIES); do \
-		$(call twice,$(PY) -m search promote --study $$s --top 5 --storage $(call CAMPAIGN_DB,$$s) --threads 1) \
-		|| exit 2; done
-	for s in $(FAMILIES); do \
-		$(call twice,$(PY) -m search promote --study $$s --from full --top 2 --streams $(TWO_STREAMS) \
-			--storage $(call CAMPAIGN_DB,$$s) --threads 1) || exit 2; done
+	$(call twice,$(PY) -m search promote --study $(FAMILIES) --top 5 --threads 1)
+	$(call twice,$(PY) -m search promote --study $(FAMILIES) --from full --top 2 --streams $(TWO_STREAMS) \
+		--threads 1)
 
 # The ladder of fidelities (docs/fidelity.md): a study's proxies (make search) filter; its 20 best then run the
 # protocol's own iterations and rate on the first 4 contexts (fidelity contexts4); the 5 best of those run the full

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clharness.paths import check_out_dir
 
-from cli.options import add_device, add_storage, add_study, add_threads, set_threads
+from cli.options import add_device, add_storage, add_threads, set_threads
 from evaluation.errors import UserError
 from search import promote as prm
 from search.records import best_promoted, promoted_study_name
@@ -30,11 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
             "the study NAME:promoted in the same storage."
         ),
     )
-    add_study(p, required=True)
+    p.add_argument(
+        "--study",
+        nargs="+",
+        required=True,
+        metavar="NAME",
+        help="study names (studies/NAME.toml) or paths of study files; several are promoted as one pool of runs, "
+        "so that two processes sharing it wait for each other once, at the end, rather than after each study",
+    )
     p.add_argument(
         "--top", type=int, default=5, help="how many of the best trials, besides the warm starts (default 5)"
     )
-    add_storage(p)
+    add_storage(p, of="--study when it names one study; several are each read from their default storage")
     p.add_argument("--iters", type=int, help="iterations per context (default: the published protocol's)")
     p.add_argument("--contexts", type=int, help="contexts (default: all)")
     p.add_argument("--train-subset", type=int, help="training images per context (default: all)")
@@ -69,35 +76,43 @@ def _main(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    study_def = load_study_def(args.study)
-    url = read_storage_url(study_def.name, args.storage)
-    check_writable(url)  # promotion results are written onto the study: never onto a committed reference
-    study = open_study(study_def.name, url)
+    if args.storage and len(args.study) > 1:
+        raise UserError("--storage names the storage of one study; several are each read from their own")
     overrides = {"iters": args.iters, "contexts": args.contexts, "train_subset": args.train_subset}
     streams = _streams(args.streams or [])
-    results = prm.promote(
-        study,
-        study_def,
-        storage=make_storage(url),
-        top=args.top,
-        overrides=overrides,
-        streams=streams,
-        rank_from=args.rank_from,
-        device=args.device,
-        out_dir=args.out,
-    )
-    if not results:
-        raise UserError(f"study {study_def.name!r} has no complete trial with a stored module to promote")
-    best = best_promoted(study)
-    assert best is not None
-    print(
-        f"promoted {len(results)} trials at fidelity {next(iter(results.values()))['fidelity']}; best at the "
-        "highest fidelity: "
-        f"trial {best['trial']} ({best['fidelity']}, value {best['value']:.4f}); "
-        f"write it with: python -m search export --study {study_def.name}"
-        f"{f' --storage {args.storage}' if args.storage else ''} --out custom_regularization.py; "
-        f"the dashboard shows each promoted trial in study {promoted_study_name(study_def.name)}"
-    )
+    plans = []
+    for name in args.study:
+        study_def = load_study_def(name)
+        url = read_storage_url(study_def.name, args.storage)
+        check_writable(url)  # promotion results are written onto the study: never onto a committed reference
+        plans.append(
+            prm.plan(
+                open_study(study_def.name, url),
+                study_def,
+                storage=make_storage(url),
+                top=args.top,
+                overrides=overrides,
+                streams=streams,
+                rank_from=args.rank_from,
+                device=args.device,
+                out_dir=args.out,
+            )
+        )
+        if not plans[-1].chosen:
+            raise UserError(f"study {study_def.name!r} has no complete trial with a stored module to promote")
+    prm.run_plans(plans)
+    for p in plans:
+        results = prm.score(p)
+        best = best_promoted(p.study)
+        assert best is not None
+        name = p.study_def.name
+        print(
+            f"promoted {len(results)} trials of study {name} at fidelity {p.fidelity}; best at the highest "
+            f"fidelity: trial {best['trial']} ({best['fidelity']}, value {best['value']:.4f}); "
+            f"write it with: python -m search export --study {name}"
+            f"{f' --storage {args.storage}' if args.storage else ''} --out custom_regularization.py; "
+            f"the dashboard shows each promoted trial in study {promoted_study_name(name)}"
+        )
     return 0
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from statistics import fmean
@@ -96,6 +96,155 @@ def _iterations(study_def: StudyDef, overrides: Mapping[str, int | None]) -> int
     return total
 
 
+@dataclasses.dataclass
+class Plan:
+    """One study's promotion, planned: the designs chosen, their modules and every run it needs."""
+
+    study: optuna.Study
+    study_def: StudyDef
+    storage: BaseStorage
+    fidelity: str
+    overrides: dict[str, int | None]
+    device: str
+    runs_dir: Path
+    chosen: list[FrozenTrial]
+    modules: dict[int, tuple[Path, str]]
+    none_module: tuple[Path, str]
+    runs: list[CachedRun]
+
+
+def plan(
+    study: optuna.Study,
+    study_def: StudyDef,
+    *,
+    storage: BaseStorage,
+    top: int,
+    overrides: Mapping[str, int | None] | None = None,
+    streams: Mapping[str, tuple[int, ...]] | None = None,
+    rank_from: str | None = None,
+    device: str = "auto",
+    out_dir: Path = DEFAULT_OUT,
+) -> Plan:
+    """Choose the `top` best distinct designs of `study` and its warm starts (`promote`), check their modules
+    and list every run: the anchors, then each design on each benchmark. Nothing is run or written to the study."""
+    overrides = dict(overrides or {})
+    name = fidelity_name(overrides)
+    if streams:
+        unknown = sorted(set(streams) - set(study_def.experiments))
+        if unknown:
+            raise UserError(f"--streams names {unknown[0]!r}, not a benchmark of study {study_def.name!r}")
+        study_def = dataclasses.replace(
+            study_def,
+            benchmarks=tuple(
+                dataclasses.replace(b, seeds=tuple(streams.get(b.experiment, b.seeds)))
+                for b in study_def.benchmarks
+            ),
+        )
+        counts = sorted({len(b.seeds) for b in study_def.benchmarks})
+        name += f"-{'+'.join(map(str, counts))}streams"
+    module_dir = out_dir / "modules" / study_def.name
+    chosen: list[FrozenTrial] = []
+    seen: set[str] = set()
+    for t in _ranked(study, rank_from):  # the `top` best distinct designs, and every warm start by proxy
+        key = json.dumps(t.user_attrs.get("design"), sort_keys=True)
+        if key in seen:
+            continue
+        if len(chosen) < top or (rank_from is None and t.user_attrs.get("warm_start")):
+            seen.add(key)
+            chosen.append(t)
+    # Every module checked before anything is run or written: an edited trial stops the command in one line.
+    sources = {t.number: trial_module(t, study.study_name) for t in chosen}
+    none_path, none_sha = store_module(out_dir / "modules" / "anchors", "none", none_source())
+    runs: list[CachedRun] = []
+    for bench in study_def.benchmarks:
+        for cfg in _configs(bench, overrides, device):
+            runs += [CachedRun("none", none_path, none_sha, cfg), CachedRun("joint", None, "joint", cfg)]
+    modules = {t.number: store_module(module_dir, f"trial_{t.number}", sources[t.number]) for t in chosen}
+    for trial in chosen:
+        path, sha = modules[trial.number]
+        runs += [
+            CachedRun(f"trial_{trial.number}", path, sha, cfg)
+            for b in study_def.benchmarks
+            for cfg in _configs(b, overrides, device)
+        ]
+    return Plan(
+        study, study_def, storage, name, overrides, device, out_dir / "runs", chosen, modules,
+        (none_path, none_sha), runs,
+    )  # fmt: skip
+
+
+def run_plans(
+    plans: Sequence[Plan], *, run_fn: RunFn | None = None, joint_fn: RunFn | None = None, log: LogFn = print
+) -> None:
+    """Every run of the plans, each once (the anchors are shared), through the run cache; shared with any other
+    process running the same plans, which waits only at the end of all of them, not of each study's."""
+    runs: dict[Path, tuple[Plan, CachedRun]] = {}
+    for p in plans:
+        for r in p.runs:
+            runs.setdefault(r.record(p.runs_dir), (p, r))
+    with closing(
+        share_work(list(runs), log=log, record_of=lambda path: path)
+    ) as work:  # closed: claims released
+        for path in work:
+            p, run = runs[path]
+            tag = f"{run.label} {run.cfg.experiment} seed {run.cfg.seed} ({p.study_def.name}, {p.fidelity})"
+            log(f"{tag}: running")
+            t0 = time.perf_counter()
+            acc = run.execute(p.runs_dir, run_fn, joint_fn)
+            log(f"{tag}: {acc:.4f} in {time.perf_counter() - t0:.0f} s")
+
+
+def score(
+    p: Plan, *, run_fn: RunFn | None = None, joint_fn: RunFn | None = None, log: LogFn = print
+) -> dict[int, dict]:
+    """The plan's results, read back from the run cache, stored on the study and as trials of its promoted study;
+    returns them. Two processes scoring side by side write the study one at a time (no duplicate trials)."""
+    study, study_def, name = p.study, p.study_def, p.fidelity
+    none_path, none_sha = p.none_module
+    with exclusive(p.runs_dir / f"promote-{study_def.name}"):
+
+        def accuracy(label: str, path: Path | None, sha: str, bench: BenchmarkProxy) -> float:
+            return fmean(
+                CachedRun(label, path, sha, cfg).execute(p.runs_dir, run_fn, joint_fn)
+                for cfg in _configs(bench, p.overrides, p.device)
+            )
+
+        anchors = {
+            b.label: {
+                "none": accuracy("none", none_path, none_sha, b),
+                "joint": accuracy("joint", None, "joint", b),
+            }
+            for b in study_def.benchmarks
+        }
+        total_weight = sum(b.weight for b in study_def.benchmarks)
+        results: dict[int, dict] = {}
+        for trial in p.chosen:
+            path, sha = p.modules[trial.number]
+            scores = {b.label: accuracy(f"trial_{trial.number}", path, sha, b) for b in study_def.benchmarks}
+            gaps = {b: gap_share(s, anchors[b]) for b, s in scores.items()}
+            value = sum(b.weight * gaps[b.label] for b in study_def.benchmarks) / total_weight
+            entry = {
+                "trial": trial.number,
+                "fidelity": name,
+                "iterations": _iterations(study_def, p.overrides),
+                "value": value,
+                "proxy_value": trial.value,
+                "scores": scores,
+                "gaps": gaps,
+                "anchors": anchors,
+                "streams": {b.label: list(b.seeds) for b in study_def.benchmarks},
+                "module_sha256": sha,
+            }
+            study.set_user_attr(f"{PREFIX}{name}:{trial.number}", entry)
+            record_promoted(study, p.storage, artifact_folder=annotate.study_artifact_dir(study))
+            results[trial.number] = entry
+            log(
+                f"trial {trial.number}: {name} value {value:.4f} (proxy {trial.value:.4f}); "
+                + ", ".join(f"{b} {s:.4f}" for b, s in scores.items())
+            )
+    return results
+
+
 def promote(
     study: optuna.Study,
     study_def: StudyDef,
@@ -123,101 +272,19 @@ def promote(
     promoted at) picks the `top` designs by their results there instead of by proxy value, warm starts only where
     they rank: the next rung of a ladder, or a budget rule's best two going on to a second stream.
     """
-
-    overrides = dict(overrides or {})
-    name = fidelity_name(overrides)
-    if streams:
-        unknown = sorted(set(streams) - set(study_def.experiments))
-        if unknown:
-            raise UserError(f"--streams names {unknown[0]!r}, not a benchmark of study {study_def.name!r}")
-        study_def = dataclasses.replace(
-            study_def,
-            benchmarks=tuple(
-                dataclasses.replace(b, seeds=tuple(streams.get(b.experiment, b.seeds)))
-                for b in study_def.benchmarks
-            ),
-        )
-        counts = sorted({len(b.seeds) for b in study_def.benchmarks})
-        name += f"-{'+'.join(map(str, counts))}streams"
-    runs_dir = out_dir / "runs"
-    module_dir = out_dir / "modules" / study_def.name
-    chosen: list[FrozenTrial] = []
-    seen: set[str] = set()
-    for t in _ranked(study, rank_from):  # the `top` best distinct designs, and every warm start by proxy
-        key = json.dumps(t.user_attrs.get("design"), sort_keys=True)
-        if key in seen:
-            continue
-        if len(chosen) < top or (rank_from is None and t.user_attrs.get("warm_start")):
-            seen.add(key)
-            chosen.append(t)
-    # Every module checked before anything is run or written: an edited trial stops the command in one line.
-    sources = {t.number: trial_module(t, study.study_name) for t in chosen}
-    # Every run first (the anchors, then each design on each benchmark), shared with any other process promoting
-    # the same study; then the scores, read back from the cache.
-    none_path, none_sha = store_module(out_dir / "modules" / "anchors", "none", none_source())
-    runs: list[CachedRun] = []
-    for bench in study_def.benchmarks:
-        for cfg in _configs(bench, overrides, device):
-            runs += [CachedRun("none", none_path, none_sha, cfg), CachedRun("joint", None, "joint", cfg)]
-    modules = {t.number: store_module(module_dir, f"trial_{t.number}", sources[t.number]) for t in chosen}
-    for trial in chosen:
-        path, sha = modules[trial.number]
-        runs += [
-            CachedRun(f"trial_{trial.number}", path, sha, cfg)
-            for b in study_def.benchmarks
-            for cfg in _configs(b, overrides, device)
-        ]
-    with closing(share_work(runs, lambda r: r.record(runs_dir), log=log)) as work:  # closed: claims released
-        for run in work:
-            tag = f"{run.label} {run.cfg.experiment} seed {run.cfg.seed} ({name})"
-            log(f"{tag}: running")
-            t0 = time.perf_counter()
-            acc = run.execute(runs_dir, run_fn, joint_fn)
-            log(f"{tag}: {acc:.4f} in {time.perf_counter() - t0:.0f} s")
-
-    # Two processes promoting side by side both get here; one at a time writes the study (no duplicate trials).
-    with exclusive(runs_dir / f"promote-{study_def.name}"):
-
-        def accuracy(label: str, path: Path | None, sha: str, bench: BenchmarkProxy) -> float:
-            return fmean(
-                CachedRun(label, path, sha, cfg).execute(runs_dir, run_fn, joint_fn)
-                for cfg in _configs(bench, overrides, device)
-            )
-
-        anchors = {
-            b.label: {
-                "none": accuracy("none", none_path, none_sha, b),
-                "joint": accuracy("joint", None, "joint", b),
-            }
-            for b in study_def.benchmarks
-        }
-        total_weight = sum(b.weight for b in study_def.benchmarks)
-        results: dict[int, dict] = {}
-        for trial in chosen:
-            path, sha = modules[trial.number]
-            scores = {b.label: accuracy(f"trial_{trial.number}", path, sha, b) for b in study_def.benchmarks}
-            gaps = {b: gap_share(s, anchors[b]) for b, s in scores.items()}
-            value = sum(b.weight * gaps[b.label] for b in study_def.benchmarks) / total_weight
-            entry = {
-                "trial": trial.number,
-                "fidelity": name,
-                "iterations": _iterations(study_def, overrides),
-                "value": value,
-                "proxy_value": trial.value,
-                "scores": scores,
-                "gaps": gaps,
-                "anchors": anchors,
-                "streams": {b.label: list(b.seeds) for b in study_def.benchmarks},
-                "module_sha256": sha,
-            }
-            study.set_user_attr(f"{PREFIX}{name}:{trial.number}", entry)
-            record_promoted(study, storage, artifact_folder=annotate.study_artifact_dir(study))
-            results[trial.number] = entry
-            log(
-                f"trial {trial.number}: {name} value {value:.4f} (proxy {trial.value:.4f}); "
-                + ", ".join(f"{b} {s:.4f}" for b, s in scores.items())
-            )
-    return results
+    p = plan(
+        study,
+        study_def,
+        storage=storage,
+        top=top,
+        overrides=overrides,
+        streams=streams,
+        rank_from=rank_from,
+        device=device,
+        out_dir=out_dir,
+    )
+    run_plans([p], run_fn=run_fn, joint_fn=joint_fn, log=log)
+    return score(p, run_fn=run_fn, joint_fn=joint_fn, log=log)
 
 
 def _ranked(study: optuna.Study, rank_from: str | None) -> list[FrozenTrial]:

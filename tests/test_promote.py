@@ -71,7 +71,9 @@ def test_promote_the_tiny_study_and_export_the_best_at_the_higher_fidelity(
     assert search_main(args) == 0
     # The two best, and the warm starts (ewc and sqrt_fisher, trials 0 and 1) wherever they ranked.
     chosen = sorted({t.number for t in ranked[:2]} | {0, 1})
-    assert f"promoted {len(chosen)} trials at fidelity iters30" in capsys.readouterr().out
+    assert (
+        f"promoted {len(chosen)} trials of study tiny_promote at fidelity iters30" in capsys.readouterr().out
+    )
     study = open_study("tiny_promote", url)
     entries = promoted(study)
     assert sorted(e["trial"] for e in entries) == chosen
@@ -188,7 +190,8 @@ def test_promote_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFix
     assert "--top must be at least 1" in err and "--iters must be at least 1" in err
 
 
-def _promote_with_fake_runs(path: Path, url: str, out: Path, calls: Path) -> None:
+def _promote_with_fake_runs(path: Path, url: str, out: Path, calls: Path, also: Path | None = None) -> None:
+    """`promote` of the study at `path` (with `also`, that study's too, as one pool of runs), fake runs."""
     from evaluation import claims
     from search import promote as prm
 
@@ -201,16 +204,20 @@ def _promote_with_fake_runs(path: Path, url: str, out: Path, calls: Path) -> Non
         return {"average_accuracy": acc, "data_source": "torchvision"}
 
     claims.CLAIM_POLL_S = 0.05
-    prm.promote(
-        open_study("tiny_side", url),
-        load_study_def(path),
-        storage=make_storage(url),
-        top=2,
-        out_dir=out,
-        run_fn=run,
-        joint_fn=lambda cfg, progress=False: run(None, cfg),
-        log=lambda line: None,
-    )
+    fakes = {"run_fn": run, "joint_fn": lambda cfg, progress=False: run(None, cfg), "log": lambda line: None}
+    if also is None:
+        prm.promote(
+            open_study("tiny_side", url), load_study_def(path), storage=make_storage(url), top=2, out_dir=out,
+            **fakes,
+        )  # fmt: skip
+        return
+    plans = [
+        prm.plan(open_study(d.name, url), d, storage=make_storage(url), top=2, out_dir=out)
+        for d in (load_study_def(path), load_study_def(also))
+    ]
+    prm.run_plans(plans, **fakes)
+    for p in plans:
+        prm.score(p, **fakes)
 
 
 def test_two_promote_processes_side_by_side_run_each_run_once_and_record_once(tmp_path: Path) -> None:
@@ -235,6 +242,31 @@ def test_two_promote_processes_side_by_side_run_each_run_once_and_record_once(tm
     assert sorted(e["trial"] for e in promoted(study)) == [1, 2]
     companion = optuna.load_study(study_name=promoted_study_name("tiny_side"), storage=url)
     assert sorted(t.user_attrs["source_trial"] for t in companion.trials) == [1, 2]  # recorded once
+    assert not list((tmp_path / "out").rglob("*.claim"))
+
+
+def test_several_studies_promoted_as_one_pool_share_the_anchors_and_record_each_once(tmp_path: Path) -> None:
+    """`promote --study A B`: one pool of runs over both studies (the anchors once), two processes sharing it
+    wait for each other only at its end; each study gets its own results."""
+    url = f"sqlite:///{tmp_path / 'side.db'}"
+    paths = [tiny_study(tmp_path, name, 4, []) for name in ("tiny_side", "tiny_other")]
+    for name in ("tiny_side", "tiny_other"):
+        study = open_study(name, url, create=True)
+        for i, value in enumerate((0.4, 0.9, 0.7)):
+            study.add_trial(optuna.trial.create_trial(value=value, user_attrs=generated(name, i, i / 2)))
+    ctx = multiprocessing.get_context("fork")
+    args = (paths[0], url, tmp_path / "out", tmp_path / "calls", paths[1])
+    procs = [ctx.Process(target=_promote_with_fake_runs, args=args) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    # both studies hold the same designs, whose modules differ only in their header: run once, the other
+    # study's runs are copies of them (`reuse_identical`)
+    assert sorted((tmp_path / "calls").read_text().split()) == ["joint", "none", "trial_1", "trial_2"]
+    for name in ("tiny_side", "tiny_other"):
+        assert sorted(e["trial"] for e in promoted(open_study(name, url))) == [1, 2]
     assert not list((tmp_path / "out").rglob("*.claim"))
 
 
