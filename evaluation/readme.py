@@ -68,6 +68,17 @@ def _accs(recs: Mapping[int, dict]) -> list[float]:
     return [float(r["result"]["average_accuracy"]) for r in recs.values()]
 
 
+def _code(record: dict) -> str:
+    """What a run's module computes (`module.code_sha256`; records without it: the module's sha256)."""
+    return str((record.get("module") or {}).get("code_sha256") or record.get("key_fields", {}).get("module"))
+
+
+def _codes(records: Mapping[int, dict]) -> str | None:
+    """The one module code of a method's runs, or None when they ran several."""
+    codes = {_code(r) for r in records.values()}
+    return codes.pop() if len(codes) == 1 else None
+
+
 def _marks(seeds: Sequence[int], what: str) -> str:
     """' WHAT not clean: 42 and 43 (why); 100 (why).' for the marked seeds among `seeds`, grouped by reason."""
     by_reason: dict[str, list[int]] = {}
@@ -80,10 +91,23 @@ def _marks(seeds: Sequence[int], what: str) -> str:
     return f" {what} not clean: " + "; ".join(parts) + "."
 
 
-def fresh_lines(fresh: Mapping[str, Mapping[int, dict]], out: str = "results") -> list[str]:
+def fresh_lines(
+    fresh: Mapping[str, Mapping[int, dict]],
+    out: str = "results",
+    table: Mapping[str, Mapping[int, dict]] | None = None,
+) -> list[str]:
     """The verdict the README leads with: the fresh Permuted-MNIST test streams (`fresh`: method -> seed ->
     record), each method's mean, the candidate's paired difference against every baseline with Holm p over
-    this list, and the sentence those numbers allow (`verdict_line`)."""
+    this list, and the sentence those numbers allow (`verdict_line`). A method that ran another module than in
+    `table` (the table's Permuted-MNIST runs: a baseline retuned since) names its module."""
+
+    def other_module(m: str) -> str:
+        recs = fresh[m]
+        if table is None or not table.get(m) or _codes(table[m]) == _codes(recs):
+            return ""
+        shas = sorted({str(r.get("key_fields", {}).get("module"))[:12] for r in recs.values()})
+        return f" (module {', '.join(shas)}; not the table's `{m}`)"
+
     seeds = sorted({s for recs in fresh.values() for s in recs})
     tests = compare(paired_differences(fresh)) if CANDIDATE in fresh else {}
     family = max((c.family for c in tests.values()), default=0)
@@ -92,7 +116,7 @@ def fresh_lines(fresh: Mapping[str, Mapping[int, dict]], out: str = "results") -
         "protocol; nothing in the project ran them before): the verdict rests on these."
         + (f" Holm p over this list's {paired_tests(family)}." if family else ""),
         "",
-        *(f"- `{m}`: {_cell(_accs(recs))}" for m, recs in fresh.items() if recs),
+        *(f"- `{m}`{other_module(m)}: {_cell(_accs(recs))}" for m, recs in fresh.items() if recs),
         *(f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in tests.items()),
         "",
     ]
@@ -126,7 +150,7 @@ def readme_block(
     titles = [BENCHMARK_TITLES.get(b, b) for b in benches]
     perm_seeds = sorted({s for recs in results.get("permMNIST", {}).values() for s in recs})
     lines = [
-        *(fresh_lines(fresh, out) if fresh else []),
+        *(fresh_lines(fresh, out, results.get("permMNIST")) if fresh else []),
         "Average test accuracy over contexts after the last one, mean ± standard error (seeds); full published "
         "protocol, test split." + _marks(perm_seeds, "Permuted-MNIST seeds"),
         "",
@@ -175,15 +199,25 @@ def readme_block(
         lines += ["", *(f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs)]
         lines += [f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in held_paired.items()]
         # The table's test streams and the held-out ones together: the most streams each comparison has.
+        # A method's runs are pooled only where they ran its held-out streams' module (a tuned baseline retuned
+        # since, or a rewritten candidate, is another module on the fresh streams, left out here).
         perm = results.get("permMNIST", {})
-        every = {m: {**perm.get(m, {}), **recs, **(fresh or {}).get(m, {})} for m, recs in heldout.items()}
+        every = {
+            m: {
+                **{s: r for s, r in perm.get(m, {}).items() if _code(r) == _codes(recs)},
+                **recs,
+                **{s: r for s, r in (fresh or {}).get(m, {}).items() if _code(r) == _codes(recs)},
+            }
+            for m, recs in heldout.items()
+        }
         pooled = compare(paired_differences(every))
         if any(c.paired.n > held_paired[m].paired.n for m, c in pooled.items() if m in held_paired):
-            streams = ", ".join(map(str, sorted({s for c in pooled.values() for s in c.paired.seeds})))
+            seeds_pooled = sorted({s for c in pooled.values() for s in c.paired.seeds})
+            streams = ", ".join(map(str, seeds_pooled))
             family = max((c.family for c in pooled.values()), default=0)
             which = (
                 "the table's, the held-out and the fresh ones"
-                if fresh
+                if fresh and any(s in seeds_pooled for recs in fresh.values() for s in recs)
                 else "the table's and the held-out ones"
             )
             lines += [

@@ -464,6 +464,20 @@ def test_the_readme_leads_with_the_verdict_on_the_fresh_streams() -> None:
         )
         for line in lines
     )
+
+    # A baseline retuned since the table ran another module on the fresh streams: named, and left out of the pool.
+    def module(recs: dict[int, dict], sha: str) -> dict[int, dict]:
+        return {s: {**r, "key_fields": {"module": sha}} for s, r in recs.items()}
+
+    retuned = {**fresh, "mas": module(fresh["mas"], "b" * 64)}
+    table = {"candidate": perm["candidate"], "mas": module(perm["mas"], "a" * 64)}
+    held = {"candidate": heldout["candidate"], "mas": module(heldout["mas"], "a" * 64)}
+    lines = readme_block({"permMNIST": table}, ["candidate", "mas"], held, fresh=retuned).splitlines()
+    assert "- `mas` (module bbbbbbbbbbbb; not the table's `mas`): 0.9500 ± 0.0000 (5)" in lines
+    assert any(
+        line.startswith("Every Permuted-MNIST test stream, the table's and the held-out ones (seeds 42, 100)")
+        for line in lines
+    )
     # Without a fresh run of the candidate there is no verdict, and the block says how to get one.
     lines = readme_block({"permMNIST": perm}, ["candidate"], None, fresh={"mas": fresh["mas"]}).splitlines()
     assert (
