@@ -249,16 +249,10 @@ def promote(
     study: optuna.Study,
     study_def: StudyDef,
     *,
-    storage: BaseStorage,
-    top: int,
-    overrides: Mapping[str, int | None] | None = None,
-    streams: Mapping[str, tuple[int, ...]] | None = None,
-    rank_from: str | None = None,
-    device: str = "auto",
-    out_dir: Path = DEFAULT_OUT,
     run_fn: RunFn | None = None,
     joint_fn: RunFn | None = None,
     log: LogFn = print,
+    **planned: Any,
 ) -> dict[int, dict]:
     """Run the `top` best distinct designs of `study` at the fidelity, and its warm starts (the published
     settings it began from) with them; returns and stores their results, on the study and as trials of its promoted
@@ -272,17 +266,7 @@ def promote(
     promoted at) picks the `top` designs by their results there instead of by proxy value, warm starts only where
     they rank: the next rung of a ladder, or a budget rule's best two going on to a second stream.
     """
-    p = plan(
-        study,
-        study_def,
-        storage=storage,
-        top=top,
-        overrides=overrides,
-        streams=streams,
-        rank_from=rank_from,
-        device=device,
-        out_dir=out_dir,
-    )
+    p = plan(study, study_def, **planned)  # storage, top, overrides, streams, rank_from, device, out_dir
     run_plans([p], run_fn=run_fn, joint_fn=joint_fn, log=log)
     return score(p, run_fn=run_fn, joint_fn=joint_fn, log=log)
 
