@@ -250,10 +250,12 @@ def test_several_studies_promoted_as_one_pool_share_the_anchors_and_record_each_
     wait for each other only at its end; each study gets its own results."""
     url = f"sqlite:///{tmp_path / 'side.db'}"
     paths = [tiny_study(tmp_path, name, 4, []) for name in ("tiny_side", "tiny_other")]
-    for name in ("tiny_side", "tiny_other"):
+    for name, offset in (("tiny_side", 0.0), ("tiny_other", 0.25)):  # other strengths: other experiments
         study = open_study(name, url, create=True)
         for i, value in enumerate((0.4, 0.9, 0.7)):
-            study.add_trial(optuna.trial.create_trial(value=value, user_attrs=generated(name, i, i / 2)))
+            study.add_trial(
+                optuna.trial.create_trial(value=value, user_attrs=generated(name, i, i / 2 + offset))
+            )
     ctx = multiprocessing.get_context("fork")
     args = (paths[0], url, tmp_path / "out", tmp_path / "calls", paths[1])
     procs = [ctx.Process(target=_promote_with_fake_runs, args=args) for _ in range(2)]
@@ -262,9 +264,9 @@ def test_several_studies_promoted_as_one_pool_share_the_anchors_and_record_each_
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    # both studies hold the same designs, whose modules differ only in their header: run once, the other
-    # study's runs are copies of them (`reuse_identical`)
-    assert sorted((tmp_path / "calls").read_text().split()) == ["joint", "none", "trial_1", "trial_2"]
+    # the anchors once for both studies; each study's two best once
+    calls = sorted((tmp_path / "calls").read_text().split())
+    assert calls == ["joint", "none", "trial_1", "trial_1", "trial_2", "trial_2"]
     for name in ("tiny_side", "tiny_other"):
         assert sorted(e["trial"] for e in promoted(open_study(name, url))) == [1, 2]
     assert not list((tmp_path / "out").rglob("*.claim"))
