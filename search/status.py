@@ -97,6 +97,32 @@ def format_promoted(
     return lines
 
 
+def format_ladder(study: optuna.Study, complete: Sequence[FrozenTrial]) -> list[str]:
+    """One line per rung of the ladder, cheapest first: the proxy, then each fidelity trials were promoted to, with
+    how many designs reached it and its best (docs/fidelity.md, "The ladder")."""
+    entries = promoted(study)
+    if not entries:
+        return []
+    top = complete[0]
+    lines = [
+        "ladder, cheapest rung first:",
+        f"  {'rung':<24}{'designs':>8}  {'share':>6}  best",
+        f"  {'proxy':<24}{len(complete):>8}  {1:>6.0%}  trial {top.number} {float(top.value or 0.0):.4f}",
+    ]
+    rungs: dict[str, list[dict]] = {}
+    for e in entries:
+        rungs.setdefault(str(e["fidelity"]), []).append(e)
+    for fidelity, rung in sorted(
+        rungs.items(), key=lambda item: (max(e["iterations"] for e in item[1]), item[0])
+    ):
+        best = max(rung, key=lambda e: (e["value"], -e["trial"]))
+        lines.append(
+            f"  {fidelity:<24}{len(rung):>8}  {len(rung) / len(complete):>6.0%}  "
+            f"trial {best['trial']} {float(best['value']):.4f}"
+        )
+    return lines
+
+
 def crash_kind(trial: FrozenTrial) -> str:
     """What stopped a trial that failed through no fault of its design: `interrupted (Ctrl-C)`, `worker lost`
     (its heartbeat went stale) or the error's type (`DataError`, `MemoryError`, ...)."""
@@ -147,6 +173,7 @@ def format_status(
         lines.append(f"  {t.number:>5}  {t.value:>7.4f}  {cells}  {wall_txt}  {note}")
     if study_def is not None:
         lines += format_origins(complete, trial_origins(trials, study_def), top)
+    lines += format_ladder(study, complete)
     lines += format_promoted(study, complete, study_def)
     failed = [t for t in trials if t.user_attrs.get("fail_reason") and t.user_attrs.get("fail_kind") != CRASH]
     if failed:

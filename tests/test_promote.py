@@ -466,3 +466,36 @@ def test_proxies_that_are_one_run_at_full_fidelity_share_a_status_column() -> No
     assert lines[2].split() == ["0", "0.8000", "0.6000", "1", "0.9500", "0.9900"]
     assert lines[3] == "  permMNIST: one run for permMNIST_n500 and permMNIST_lr at this fidelity"
     assert format_promoted(study, complete)[1].split()[4:] == ["permMNIST_n500", "permMNIST_lr", "splitMNIST"]
+
+
+def test_status_shows_each_rung_of_the_ladder_cheapest_first_with_its_share_and_best() -> None:
+    """Ten proxy trials, four promoted to contexts4, two of those to full-2streams: one line per rung, ordered by
+    the iterations a rung runs, with the share of the complete trials that reached it and its best trial."""
+    from search.status import format_ladder
+
+    study = optuna.create_study(direction="maximize")
+    for value in range(10):
+        study.add_trial(optuna.trial.create_trial(value=value / 10))
+    for trial, fidelity, iterations, value in [
+        (9, "contexts4", 40, 0.91),
+        (8, "contexts4", 40, 0.93),
+        (7, "contexts4", 40, 0.90),
+        (6, "contexts4", 40, 0.92),
+        (9, "full-2streams", 200, 0.89),
+        (8, "full-2streams", 200, 0.88),
+    ]:
+        entry = {
+            "trial": trial,
+            "fidelity": fidelity,
+            "iterations": iterations,
+            "value": value,
+            "proxy_value": 0,
+        }
+        study.set_user_attr(f"{PREFIX}{fidelity}:{trial}", entry)
+    lines = format_ladder(study, rank_trials(study.get_trials()))
+    assert [line.split() for line in lines[2:]] == [
+        ["proxy", "10", "100%", "trial", "9", "0.9000"],
+        ["contexts4", "4", "40%", "trial", "8", "0.9300"],
+        ["full-2streams", "2", "20%", "trial", "9", "0.8900"],
+    ]
+    assert format_ladder(optuna.create_study(), []) == []
