@@ -38,6 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seeds", type=int, nargs="+", default=[1001, 1002], help="stream seeds (default: 1001 1002)"
     )
+    p.add_argument(
+        "--contexts",
+        type=int,
+        help=(
+            "run only the first N contexts, at the protocol's iterations and rate (the ladder's middle rung), "
+            "and rank the modules against their cached full runs on the same streams"
+        ),
+    )
     p.add_argument("--runs", type=Path, default=Path("results/fidelity/runs"), help="the run cache")
     p.add_argument("--report", type=Path, help="also write the table to this file")
     p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the cache")
@@ -81,10 +89,16 @@ def _main(args: argparse.Namespace) -> int:
     if args.report is not None and args.report.parent.exists() and not args.report.parent.is_dir():
         raise UserError(f"--report {args.report}: its folder is not a directory")
     modules = _modules(args.module, args.runs.parent / "modules" / "validate")
-    runs = streams.plan(modules, args.benchmark, args.seeds, device=args.device)
+    if args.contexts is not None and args.contexts < 1:
+        raise UserError(f"--contexts {args.contexts}: expected at least 1")
+    runs = streams.plan(modules, args.benchmark, args.seeds, device=args.device, contexts=args.contexts)
     if not args.report_only:
         streams.run(runs, args.runs)
     text = streams.table(runs, args.runs)
+    if args.contexts is not None:
+        full = streams.plan(modules, args.benchmark, args.seeds, device=args.device)
+        text += f"\n## The first {args.contexts} contexts against the full protocol\n\n"
+        text += streams.rung_table(runs, full, args.runs)
     print(text, end="")
     if args.report is not None:
         write_atomic(args.report, text)

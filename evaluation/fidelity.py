@@ -81,6 +81,33 @@ def spearman(proxy: Sequence[float], full: Sequence[float]) -> tuple[float, floa
     return float(res.statistic), float(res.pvalue)
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """How a cheap rung's scores order designs against their full scores (the designs both scored)."""
+
+    designs: list[str]
+    strong: list[str]  # the strong half: the better half at full fidelity, where a search decides
+    rho: float
+    p_value: float
+    rho_strong: float
+    best_in_top3: (
+        bool | None
+    )  # the full best among the rung's three best (None: the full best has no rung score)
+
+
+def agreement(scores: Mapping[str, float], full: Mapping[str, float], best: str | None = None) -> Agreement:
+    """Spearman's rho of `scores` against `full` over the designs in both, over their strong half, and whether
+    `best` (default: the best of `full`) is in the top 3 of `scores`."""
+    both = sorted(set(scores) & set(full))
+    rho, p = spearman([scores[k] for k in both], [full[k] for k in both])
+    strong = sorted(both, key=lambda k: -full[k])[: (len(both) + 1) // 2]
+    rho_strong, _ = spearman([scores[k] for k in strong], [full[k] for k in strong])
+    if best is None and full:
+        best = max(full, key=lambda k: full[k])
+    top3 = sorted(both, key=lambda k: -scores[k])[:3]
+    return Agreement(both, strong, rho, p, rho_strong, best in top3 if best in both else None)
+
+
 def random_designs(m: int, *, seed: int, fixed: Mapping[str, Any], exclude: set[str]) -> list[DesignRun]:
     """`m` designs drawn uniformly from the study's space (a seeded RandomSampler on an in-memory study)."""
     import optuna

@@ -41,7 +41,7 @@ from evaluation.cache import (
     validation_configs,
 )
 from evaluation.errors import UserError
-from evaluation.fidelity import gap_share, spearman
+from evaluation.fidelity import agreement, gap_share
 
 DEFAULT_PANEL = Path("results") / "fidelity" / "panel.toml"
 LogFn = Callable[[str], None]
@@ -329,21 +329,18 @@ def _rank_row(
     cost: float | None,
 ) -> dict[str, Any]:
     """How one proxy's scores rank the panel: rho over all and over the strong half, the best in its top 3."""
-    both = sorted(set(scores) & set(full))
-    rho, p = spearman([scores[k] for k in both], [full[k] for k in both])
-    # the order among the strong designs (the better half at full fidelity), where the search decides
-    strong = sorted(both, key=lambda k: -full[k])[: (len(both) + 1) // 2]
-    rho_strong, _ = spearman([scores[k] for k in strong], [full[k] for k in strong])
-    top3 = sorted(both, key=lambda k: -scores[k])[:3]
-    in_top3 = best in top3 if best in both else None
+    agree = agreement(scores, full, best)
     spread = None  # how far apart the strong designs are, in gap units
-    if gaps is not None and len(strong) >= 2:
-        spread = statistics.stdev(gaps[k] for k in strong)
+    if gaps is not None and len(agree.strong) >= 2:
+        spread = statistics.stdev(gaps[k] for k in agree.strong)
     return {
         "proxy": name, "settings": dict(settings), "steps": steps,
-        "n": len(both), "spearman_rho": rho, "p_value": p, "spearman_rho_strong": rho_strong,
-        "best_in_top3": in_top3, "anchors": None, "spread_strong_gap": spread,
-        "passes": bool(full and len(both) == len(full) and rho >= PASS_RHO and in_top3),
+        "n": len(agree.designs), "spearman_rho": agree.rho, "p_value": agree.p_value,
+        "spearman_rho_strong": agree.rho_strong, "best_in_top3": agree.best_in_top3, "anchors": None,
+        "spread_strong_gap": spread,
+        "passes": bool(
+            full and len(agree.designs) == len(full) and agree.rho >= PASS_RHO and agree.best_in_top3
+        ),
         "median_cost_s": cost, "scores": dict(scores),
     }  # fmt: skip
 

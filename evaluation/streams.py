@@ -12,25 +12,35 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median
 from typing import Any
 
 from evaluation.cache import CachedRun, RunFn, load_record, sha256_text, share_work, validation_configs
 from evaluation.errors import UserError
+from evaluation.fidelity import agreement
 
 VAL_FRACTION = 0.1  # the promotion and panel runs' held-out share: their cached runs are reused
 
 
 def plan(
-    modules: Mapping[str, Path], experiment: str, seeds: Sequence[int], *, device: str = "auto"
+    modules: Mapping[str, Path],
+    experiment: str,
+    seeds: Sequence[int],
+    *,
+    device: str = "auto",
+    contexts: int | None = None,
 ) -> list[CachedRun]:
-    """One CachedRun per (module, stream seed), modules in the order given."""
+    """One CachedRun per (module, stream seed), modules in the order given; `contexts`: only the first ones, at
+    the protocol's iterations and rate (the ladder's middle rung), else the whole protocol."""
     runs = []
     for label, path in modules.items():
         if not path.is_file():
             raise UserError(f"module {label!r}: {path} does not exist")
         sha = sha256_text(path.read_text(encoding="utf-8"))
-        for cfg in validation_configs(experiment, list(seeds), val_fraction=VAL_FRACTION, device=device):
+        cfgs = validation_configs(
+            experiment, list(seeds), val_fraction=VAL_FRACTION, device=device, contexts=contexts
+        )
+        for cfg in cfgs:
             runs.append(CachedRun(label, path, sha, cfg))
     return runs
 
@@ -86,4 +96,55 @@ def table(runs: Sequence[CachedRun], runs_dir: Path) -> str:
     lines.append("| module | mean over streams " + " ".join(f"({s})" for s in seeds) + " |")
     lines.append("|---|---|")
     lines.extend(f"| `{label}` | {mean:.4f} |" for label, mean in sorted(means, key=lambda m: -m[1]))
+    return "\n".join(lines) + "\n"
+
+
+def rung_table(rung: Sequence[CachedRun], full: Sequence[CachedRun], runs_dir: Path) -> str:
+    """Markdown: how a cheaper rung's runs rank the modules against their full runs, stream by stream and on the
+    mean over streams (Spearman rho over all, over the strong half, the full best in the rung's top 3), and what
+    each costs per design (median wall time of its cached runs); then the scores side by side."""
+    ours, theirs = results(rung, runs_dir), results(full, runs_dir)
+    seeds = list(dict.fromkeys(r.cfg.seed for r in rung))
+    labels = list(dict.fromkeys(r.label for r in rung))
+
+    def scores(found: dict[str, dict[int, dict[str, Any]]], which: Sequence[int]) -> dict[str, float]:
+        return {
+            k: fmean(by[s]["average_accuracy"] for s in which)
+            for k, by in found.items()
+            if all(s in by for s in which)
+        }
+
+    lines = [
+        "| streams | designs | Spearman rho | rho, strong half | full best in the rung's top 3 |",
+        "|---|---|---|---|---|",
+    ]
+    for which in [[s] for s in seeds] + ([seeds] if len(seeds) > 1 else []):
+        a = agreement(scores(ours, which), scores(theirs, which))
+        top3 = "—" if a.best_in_top3 is None else ("yes" if a.best_in_top3 else "no")
+        name = " and ".join(map(str, which)) + (" (mean)" if len(which) > 1 else "")
+        lines.append(f"| {name} | {len(a.designs)} | {a.rho:.2f} | {a.rho_strong:.2f} | {top3} |")
+    walls = {
+        name: [
+            float(rec["wall_s"])
+            for r in runs
+            if (rec := load_record(r.record(runs_dir))) is not None and "wall_s" in rec
+        ]
+        for name, runs in (("rung", rung), ("full", full))
+    }
+    if walls["rung"] and walls["full"]:
+        cost = {name: median(w) for name, w in walls.items()}
+        lines += [
+            "",
+            f"Cost per design and stream (median wall time of the cached runs): rung {cost['rung']:.0f} s, full "
+            f"{cost['full']:.0f} s ({cost['rung'] / cost['full']:.0%} of a full run).",
+        ]
+    lines += ["", "| module | " + " | ".join(f"rung {s} | full {s}" for s in seeds) + " |"]
+    lines.append("|---|" + "---|---|" * len(seeds))
+    for label in labels:
+        cells = [
+            "—" if s not in found.get(label, {}) else f"{found[label][s]['average_accuracy']:.4f}"
+            for s in seeds
+            for found in (ours, theirs)
+        ]
+        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

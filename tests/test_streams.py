@@ -63,3 +63,34 @@ def test_a_preset_at_a_multiple_of_its_strength_is_a_sweep_point(tmp_path: Path)
         in text
     )
     assert search_main(["validate", "--module", "mas@-1", "--report-only"]) == 2
+
+
+def test_a_rung_of_the_first_contexts_is_ranked_against_the_full_runs_stream_by_stream(
+    tmp_path: Path,
+) -> None:
+    """`validate --contexts N` runs the first N contexts (the ladder's middle rung) and ranks the modules against
+    their full runs: on stream 1001 the rung keeps the full order, on 1002 it swaps the best two."""
+    full = {"mas": 0.95, "ewc": 0.94, "online_ewc": 0.93, "si": 0.92, "l2": 0.90, "none": 0.80}
+    swapped = {**full, "mas": full["ewc"], "ewc": full["mas"]}
+
+    def fake(module: str, cfg: object, progress: bool = False, **kw: object) -> dict:
+        name, seed, contexts = Path(module).stem, cfg.seed, cfg.contexts  # type: ignore[attr-defined]
+        acc = full[name] if contexts is None else (swapped if seed == 1002 else full)[name] + 0.02
+        return {"average_accuracy": acc, "per_context_accuracy": [acc] * (contexts or 10), "data_source": "x"}
+
+    modules = {}
+    for name in full:
+        modules[name] = tmp_path / f"{name}.py"
+        space.write_module(modules[name], space.generate_source(space.PRESETS[name], {"preset": name}))
+    rung = streams.plan(modules, "permMNIST", [1001, 1002], device="cpu", contexts=4)
+    whole = streams.plan(modules, "permMNIST", [1001, 1002], device="cpu")
+    assert {r.cfg.contexts for r in rung} == {4} and {r.cfg.contexts for r in whole} == {None}
+    for runs in (rung, whole):
+        streams.run(runs, tmp_path / "runs", run_fn=fake, log=lambda line: None)
+    text = streams.rung_table(rung, whole, tmp_path / "runs")
+    # 1002: two of six designs swapped (rho 1 - 6*2/(6*35)); among the strong three the best two (1 - 6*2/24)
+    assert "| 1001 | 6 | 1.00 | 1.00 | yes |" in text
+    assert "| 1002 | 6 | 0.94 | 0.50 | yes |" in text
+    assert "| 1001 and 1002 (mean) | 6 |" in text
+    assert "Cost per design and stream (median wall time of the cached runs): rung" in text
+    assert "| `mas` | 0.9700 | 0.9500 | 0.9600 | 0.9500 |" in text
