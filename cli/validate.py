@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help=(
             "run only the first N contexts, at the protocol's iterations and rate (the ladder's middle rung), "
-            "and rank the modules against their cached full runs on the same streams"
+            "and rank the modules against their full runs on the same streams (copied from an equivalent run, "
+            "else run after the rung)"
         ),
     )
     p.add_argument("--runs", type=Path, default=Path("results/fidelity/runs"), help="the run cache")
@@ -88,15 +89,17 @@ def _main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.report is not None and args.report.parent.exists() and not args.report.parent.is_dir():
         raise UserError(f"--report {args.report}: its folder is not a directory")
-    modules = _modules(args.module, args.runs.parent / "modules" / "validate")
     if args.contexts is not None and args.contexts < 1:
         raise UserError(f"--contexts {args.contexts}: expected at least 1")
+    modules = _modules(args.module, args.runs.parent / "modules" / "validate")
     runs = streams.plan(modules, args.benchmark, args.seeds, device=args.device, contexts=args.contexts)
+    # the rung is ranked against each module's full runs: copied from an equivalent run, else run after the rung
+    full = streams.plan(modules, args.benchmark, args.seeds, device=args.device) if args.contexts else []
     if not args.report_only:
         streams.run(runs, args.runs)
+        streams.run(full, args.runs)
     text = streams.table(runs, args.runs)
-    if args.contexts is not None:
-        full = streams.plan(modules, args.benchmark, args.seeds, device=args.device)
+    if full:
         text += f"\n## The first {args.contexts} contexts against the full protocol\n\n"
         text += streams.rung_table(runs, full, args.runs)
     print(text, end="")

@@ -48,8 +48,13 @@ def test_validate_refuses_a_bad_module_spec_and_a_missing_file(
 ) -> None:
     assert search_main(["validate", "--module", "no-equals-sign", "--report-only"]) == 2
     assert search_main(["validate", "--module", f"x={tmp_path / 'absent.py'}", "--report-only"]) == 2
+    assert search_main(["validate", "--module", "mas", "--contexts", "0", "--report-only"]) == 2
     err = capsys.readouterr().err
-    assert "expected LABEL=PATH" in err and "does not exist" in err
+    assert (
+        "expected LABEL=PATH" in err
+        and "does not exist" in err
+        and "--contexts 0: expected at least 1" in err
+    )
 
 
 def test_a_preset_at_a_multiple_of_its_strength_is_a_sweep_point(tmp_path: Path) -> None:
