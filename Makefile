@@ -12,7 +12,7 @@ STORAGE_ARG = $(if $(STORAGE),--storage $(if $(findstring ://,$(STORAGE)),$(STOR
 export CL_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: setup test test-slow lint search campaign reproduce final-eval results-table regenerate dashboard status fidelity panel promote gonogo \
-        modules         sweeps budget ladder fresh-streams \
+        modules         sweeps budget ladder ladder-check fresh-streams \
         bench-harness bench-generator bench-search bench-pruners gpu-check pretrain-trunk clean
 
 setup: $(STAMP)
@@ -137,6 +137,15 @@ ladder: $(STAMP)
 	$(call twice,$(PY) -m search promote --study $(STUDY) $(STORAGE_ARG) --top 20 --contexts 4 --threads 1)
 	$(call twice,$(PY) -m search promote --study $(STUDY) $(STORAGE_ARG) --from contexts4 --top 5 \
 		--streams $(TWO_STREAMS) --threads 1)
+
+# The ladder's middle rung measured (docs/fidelity.md): the first 4 contexts of every family's two-stream finalists,
+# the campaign's warm start mas_calibrated and the structured kfac_merged_r32 on validation streams 1001 and 1002,
+# ranked against their full runs on the same streams (which they all have once `make budget` is done).
+LADDER_CHECK := mas_calibrated=results/fidelity/modules/campaign/trial_3-9b20a027e4f8.py \
+	kfac_merged_r32=results/fidelity/modules/validate/kfac_merged_r32-4e23475303e9.py
+ladder-check: modules
+	$(call twice,$(PY) -m search validate --threads 1 --contexts 4 --seeds 1001 1002 --finalists $(FAMILIES) \
+		--module $(LADDER_CHECK) --report results/fidelity/ladder.md)
 
 # Fresh Permuted-MNIST test streams that nothing in the project has touched (permutation seeds 103-107, test
 # split): the shipped module, the search's own design (the same while it ships), published MAS and the two strongest

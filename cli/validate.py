@@ -25,9 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
+        "--finalists",
+        nargs="+",
+        default=[],
+        metavar="STUDY",
+        help=(
+            "also every trial each study promoted at its highest fidelity (labelled STUDY_TRIAL), as the module "
+            "it scored: the budget rule's two-stream finalists"
+        ),
+    )
+    p.add_argument(
         "--module",
         nargs="+",
-        required=True,
+        default=[],
         metavar="LABEL=PATH|NAME",
         help=(
             "the modules to run: a hook module file under a label, or a preset or variant of the space by name, "
@@ -85,13 +95,36 @@ def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
     return modules
 
 
+def _finalists(studies: list[str], module_dir: Path) -> dict[str, Path]:
+    """The trials each study promoted at its highest fidelity, as the modules they scored, under STUDY_TRIAL."""
+    from search.export import trial_module
+    from search.records import promoted
+    from search.storage import open_study, read_storage_url
+
+    modules = {}
+    for name in studies:
+        study = open_study(name, read_storage_url(name))
+        entries = promoted(study)
+        if not entries:
+            raise UserError(f"--finalists {name}: the study has no promoted trial")
+        top = max(e["iterations"] for e in entries)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for e in sorted((e for e in entries if e["iterations"] == top), key=lambda e: -e["value"]):
+            label = f"{name}_{e['trial']}"
+            modules[label] = store_module(module_dir, label, trial_module(trials[e["trial"]], name))[0]
+    return modules
+
+
 def _main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.report is not None and args.report.parent.exists() and not args.report.parent.is_dir():
         raise UserError(f"--report {args.report}: its folder is not a directory")
     if args.contexts is not None and args.contexts < 1:
         raise UserError(f"--contexts {args.contexts}: expected at least 1")
-    modules = _modules(args.module, args.runs.parent / "modules" / "validate")
+    if not args.module and not args.finalists:
+        raise UserError("name the modules to run: --module LABEL=PATH|NAME ... and/or --finalists STUDY ...")
+    module_dir = args.runs.parent / "modules" / "validate"
+    modules = {**_finalists(args.finalists, module_dir), **_modules(args.module, module_dir)}
     runs = streams.plan(modules, args.benchmark, args.seeds, device=args.device, contexts=args.contexts)
     # the rung is ranked against each module's full runs: copied from an equivalent run, else run after the rung
     full = streams.plan(modules, args.benchmark, args.seeds, device=args.device) if args.contexts else []

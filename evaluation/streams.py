@@ -122,7 +122,8 @@ def rung_table(rung: Sequence[CachedRun], full: Sequence[CachedRun], runs_dir: P
         a = agreement(scores(ours, which), scores(theirs, which))
         top3 = "—" if a.best_in_top3 is None else ("yes" if a.best_in_top3 else "no")
         name = " and ".join(map(str, which)) + (" (mean)" if len(which) > 1 else "")
-        lines.append(f"| {name} | {len(a.designs)} | {a.rho:.2f} | {a.rho_strong:.2f} | {top3} |")
+        rho, strong = ("—" if r != r else f"{r:.2f}" for r in (a.rho, a.rho_strong))  # NaN: under 3 designs
+        lines.append(f"| {name} | {len(a.designs)} | {rho} | {strong} | {top3} |")
     walls = {
         name: [
             float(rec["wall_s"])

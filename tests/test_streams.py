@@ -99,3 +99,22 @@ def test_a_rung_of_the_first_contexts_is_ranked_against_the_full_runs_stream_by_
     assert "| 1001 and 1002 (mean) | 6 |" in text
     assert "Cost per design and stream (median wall time of the cached runs): rung" in text
     assert "| `mas` | 0.9700 | 0.9500 | 0.9600 | 0.9500 |" in text
+
+
+def test_finalists_are_the_modules_a_study_promoted_at_its_highest_fidelity(tmp_path: Path) -> None:
+    """`validate --finalists mas` takes the committed MAS study's two-stream finalists as the modules they scored
+    (the sha256 their promotion recorded), so their full runs are found again, not rerun."""
+    from cli.validate import _finalists
+    from evaluation.cache import sha256_text
+    from search.records import promoted
+    from search.storage import open_study, read_storage_url
+
+    entries = [
+        e for e in promoted(open_study("mas", read_storage_url("mas"))) if e["fidelity"] == "full-2streams"
+    ]
+    modules = _finalists(["mas"], tmp_path)
+    assert list(modules) == [f"mas_{e['trial']}" for e in sorted(entries, key=lambda e: -e["value"])]
+    assert list(modules)[:2] == ["mas_31", "mas_32"]
+    for e in entries:
+        assert sha256_text(modules[f"mas_{e['trial']}"].read_text()) == e["module_sha256"]
+    assert search_main(["validate", "--report-only"]) == 2
