@@ -98,18 +98,17 @@ def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
 def _finalists(studies: list[str], module_dir: Path) -> dict[str, Path]:
     """The trials each study promoted at its highest fidelity, as the modules they scored, under STUDY_TRIAL."""
     from search.export import trial_module
-    from search.records import promoted
+    from search.records import top_promoted
     from search.storage import open_study, read_storage_url
 
     modules = {}
     for name in studies:
         study = open_study(name, read_storage_url(name))
-        entries = promoted(study)
+        entries = top_promoted(study)
         if not entries:
             raise UserError(f"--finalists {name}: the study has no promoted trial")
-        top = max(e["iterations"] for e in entries)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        for e in sorted((e for e in entries if e["iterations"] == top), key=lambda e: -e["value"]):
+        for e in sorted(entries, key=lambda e: -e["value"]):
             label = f"{name}_{e['trial']}"
             modules[label] = store_module(module_dir, label, trial_module(trials[e["trial"]], name))[0]
     return modules

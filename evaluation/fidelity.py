@@ -90,9 +90,8 @@ class Agreement:
     rho: float
     p_value: float
     rho_strong: float
-    best_in_top3: (
-        bool | None
-    )  # the full best among the rung's three best (None: the full best has no rung score)
+    # the full best among the rung's three best (None: the full best has no rung score)
+    best_in_top3: bool | None
 
 
 def agreement(scores: Mapping[str, float], full: Mapping[str, float], best: str | None = None) -> Agreement:

@@ -84,13 +84,16 @@ def promoted(study: optuna.Study) -> list[dict]:
     return [v for k, v in study.user_attrs.items() if k.startswith(PREFIX) and isinstance(v, dict)]
 
 
+def top_promoted(study: optuna.Study) -> list[dict]:
+    """The promotion results at the highest fidelity run (most training iterations); empty without promotion."""
+    entries = promoted(study)
+    top = max((e["iterations"] for e in entries), default=None)
+    return [e for e in entries if e["iterations"] == top]
+
+
 def best_promoted(study: optuna.Study) -> dict | None:
     """The best result at the highest fidelity run (most training iterations), or None without promotion."""
-    entries = promoted(study)
-    if not entries:
-        return None
-    top = max(e["iterations"] for e in entries)
-    return max((e for e in entries if e["iterations"] == top), key=lambda e: (e["value"], -e["trial"]))
+    return max(top_promoted(study), key=lambda e: (e["value"], -e["trial"]), default=None)
 
 
 def promoted_study_name(name: str) -> str:

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.fidelity import spearman
 from search.promote import shared_runs
-from search.records import CRASH, SWEEP_ATTR, counts_toward_budget, promoted, rank_trials
+from search.records import CRASH, SWEEP_ATTR, counts_toward_budget, promoted, rank_trials, top_promoted
 from search.studies import StudyDef
 
 
@@ -63,11 +63,10 @@ def format_promoted(
     """Lines for the trials promoted to the highest fidelity run, best first, with their proxy values and ranks
     (`complete`, best first) and Spearman's rho between the two: does the proxy rank its finalists as full runs
     do? With `study_def`, proxies that are one run at that fidelity share a column."""
-    entries = promoted(study)
+    entries = sorted(top_promoted(study), key=lambda e: (-e["value"], e["trial"]))
     if not entries:
         return []
-    top = max(e["iterations"] for e in entries)
-    entries = sorted((e for e in entries if e["iterations"] == top), key=lambda e: (-e["value"], e["trial"]))
+    top = entries[0]["iterations"]
     rank = {t.number: i + 1 for i, t in enumerate(complete)}
     benches = list(entries[0]["scores"])
     merged: list[list[str]] = []
