@@ -325,6 +325,8 @@ def reuse_identical(job: Job) -> dict | None:
             "key": job.key,
             "key_fields": job.key_fields,
             "copied_from": other.name,
+            # when it was filed here: the report shows a method's most recently filed module
+            "copied_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if equivalent is not None:
             copy["equivalent_module"] = equivalent

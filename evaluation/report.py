@@ -267,6 +267,11 @@ AS_CACHED = (
 )
 
 
+def filed_at(record: dict) -> str:
+    """When a record was filed under its method: copied (a run of an equivalent module) or run."""
+    return str(record.get("copied_at") or record.get("finished_at", ""))
+
+
 def results_as_cached(
     out_dir: Path, benchmarks: Sequence[str]
 ) -> tuple[dict[str, dict[str, dict[int, dict]]], list[tuple[str, str]], list[str]]:
@@ -274,7 +279,7 @@ def results_as_cached(
 
     A record counts when its key is the one the current harness gives its module at the published protocol
     on the test split (so records of another harness version or of protocol overrides are left out); where a
-    method has records of several modules on a benchmark, the most recently finished one is reported and the
+    method has records of several modules on a benchmark, the most recently filed one (run or copied) is reported and the
     others are named in the notes. Returns (results, [(method, label)], notes).
     """
     version = cache.code_version()
@@ -299,7 +304,7 @@ def results_as_cached(
     labels: dict[str, str] = {}
     notes: list[str] = []
     for (b, method), keys in by_key.items():
-        latest = max(keys, key=lambda k: max(str(r.get("finished_at", "")) for r in keys[k].values()))
+        latest = max(keys, key=lambda k: max(filed_at(r) for r in keys[k].values()))
         results[b][method] = dict(sorted(keys[latest].items()))
         first = next(iter(keys[latest].values()))
         module = str(first["key_fields"]["module"])

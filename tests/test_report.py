@@ -368,7 +368,7 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
 
     def put(
         method: str, module: str, seed: int, acc: float, finished: str, version: str | None = None,
-        root: Path = tmp_path, experiment: str = "splitMNIST", k: int = 5,
+        root: Path = tmp_path, experiment: str = "splitMNIST", k: int = 5, copied_at: str | None = None,
     ) -> None:  # fmt: skip
         key, fields = cache.run_key(
             module, cache.make_config(experiment, seed, device="auto"), version or cache.code_version()
@@ -376,6 +376,8 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
         record = {"method": method, "method_label": f"preset `{method}`", "seed": seed, "key": key,
                   "key_fields": fields, "finished_at": finished, "wall_s": 1.0,
                   "result": {"average_accuracy": acc, "acc_matrix": [[acc] * (i + 1) for i in range(k)]}}  # fmt: skip
+        if copied_at:
+            record["copied_at"] = copied_at
         path = cache.result_path(root / "runs", method, experiment, key, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
@@ -386,6 +388,8 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     put("ewc", "a" * 64, 43, 0.98, "2026-11-27T10:05:00")
     put("ewc", "b" * 64, 42, 0.50, "2026-11-26T10:00:00")  # an older module of the same method
     put("candidate", "c" * 64, 42, 0.97, "2026-11-27T09:00:00")
+    # a run of another method copied under `candidate` later (the same code shipped): filed when it was copied
+    put("candidate", "f" * 64, 43, 0.95, "2026-11-20T09:00:00", copied_at="2026-11-28T09:00:00")
     other, _ = cache.run_key("d" * 64, cache.make_config("splitMNIST", 42, device="auto"), "harness-0")
     put("si", "d" * 64, 42, 0.90, "2026-11-27T09:00:00", version="harness-0")  # another harness version's
     results, methods, notes = report.results_as_cached(tmp_path, ["splitMNIST", "permMNIST"])
@@ -397,6 +401,7 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     }
     assert dict(methods)["ewc"] == f"preset `ewc`; module `modules/ewc-{'a' * 12}.py`"
     assert any("older configuration" in n and "`ewc`" in n for n in notes)
+    assert {s: r["result"]["average_accuracy"] for s, r in results["splitMNIST"]["candidate"].items()} == {43: 0.95}
     assert any(f"si__{other}__seed42.json" in n and "another harness or protocol" in n for n in notes)
 
     assert report.main(["--out", str(tmp_path), "--benchmarks", "splitMNIST", "permMNIST"]) == 0
@@ -419,7 +424,7 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     block = readme.read_text(encoding="utf-8")
     assert "- candidate − `tuned_mas`: +0.0050 ± 0.0050 (2) not separated, p 0.5, Holm p 0.5" in block
     assert "![Held-out streams, paired](../heldout/plots/permMNIST_paired.png)" in block
-    assert "[Split-MNIST](../plots/splitMNIST_paired.png)" in block  # candidate against ewc on seed 42
+    assert "[Split-MNIST](../plots/splitMNIST_paired.png)" in block  # candidate against ewc on seed 43
 
 
 def test_the_readme_leads_with_the_verdict_on_the_fresh_streams() -> None:
