@@ -91,6 +91,15 @@ def _marks(seeds: Sequence[int], what: str) -> str:
     return f" {what} not clean: " + "; ".join(parts) + "."
 
 
+def other_module(method: str, records: Mapping[int, dict], table: Mapping[str, Mapping[int, dict]] | None) -> str:
+    """' (module SHA; not the table's `method`)' where `method` ran another module code in `records` than in
+    `table` (the table's Permuted-MNIST runs: a baseline retuned, or another module shipped, since); else ''."""
+    if table is None or not table.get(method) or _codes(table[method]) == _codes(records):
+        return ""
+    shas = sorted({str(r.get("key_fields", {}).get("module"))[:12] for r in records.values()})
+    return f" (module {', '.join(shas)}; not the table's `{method}`)"
+
+
 def fresh_lines(
     fresh: Mapping[str, Mapping[int, dict]],
     out: str = "results",
@@ -98,15 +107,8 @@ def fresh_lines(
 ) -> list[str]:
     """The verdict the README leads with: the fresh Permuted-MNIST test streams (`fresh`: method -> seed ->
     record), each method's mean, the candidate's paired difference against every baseline with Holm p over
-    this list, and the sentence those numbers allow (`verdict_line`). A method that ran another module than in
-    `table` (the table's Permuted-MNIST runs: a baseline retuned since) names its module."""
-
-    def other_module(m: str) -> str:
-        recs = fresh[m]
-        if table is None or not table.get(m) or _codes(table[m]) == _codes(recs):
-            return ""
-        shas = sorted({str(r.get("key_fields", {}).get("module"))[:12] for r in recs.values()})
-        return f" (module {', '.join(shas)}; not the table's `{m}`)"
+    this list, and the sentence those numbers allow (`verdict_line`); a method that ran another module than in
+    `table` names its module (`other_module`)."""
 
     seeds = sorted({s for recs in fresh.values() for s in recs})
     tests = compare(paired_differences(fresh)) if CANDIDATE in fresh else {}
@@ -116,7 +118,7 @@ def fresh_lines(
         "protocol; nothing in the project ran them before): the verdict rests on these."
         + (f" Holm p over this list's {paired_tests(family)}." if family else ""),
         "",
-        *(f"- `{m}`{other_module(m)}: {_cell(_accs(recs))}" for m, recs in fresh.items() if recs),
+        *(f"- `{m}`{other_module(m, recs, table)}: {_cell(_accs(recs))}" for m, recs in fresh.items() if recs),
         *(f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in tests.items()),
         "",
     ]
@@ -196,12 +198,15 @@ def readme_block(
             f"nothing), full protocol, test split.{_marks(held_seeds, 'Streams')}"
             + (f" Holm p over this list's {paired_tests(family)}:" if family else ""),
         ]
-        lines += ["", *(f"- `{m}`: {_cell(accs(recs))}" for m, recs in heldout.items() if recs)]
+        perm = results.get("permMNIST", {})
+        lines += [
+            "",
+            *(f"- `{m}`{other_module(m, recs, perm)}: {_cell(accs(recs))}" for m, recs in heldout.items() if recs),
+        ]
         lines += [f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in held_paired.items()]
         # The table's test streams and the held-out ones together: the most streams each comparison has.
         # A method's runs are pooled only where they ran its held-out streams' module (a tuned baseline retuned
         # since, or a rewritten candidate, is another module on the fresh streams, left out here).
-        perm = results.get("permMNIST", {})
         every = {
             m: {
                 **{s: r for s, r in perm.get(m, {}).items() if _code(r) == _codes(recs)},

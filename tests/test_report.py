@@ -479,10 +479,16 @@ def test_the_readme_leads_with_the_verdict_on_the_fresh_streams() -> None:
     held = {"candidate": heldout["candidate"], "mas": module(heldout["mas"], "a" * 64)}
     lines = readme_block({"permMNIST": table}, ["candidate", "mas"], held, fresh=retuned).splitlines()
     assert "- `mas` (module bbbbbbbbbbbb; not the table's `mas`): 0.9500 ± 0.0000 (5)" in lines
+    assert "- `mas`: 0.9500 (1)" in lines  # on the held-out streams, the table's module
     assert any(
         line.startswith("Every Permuted-MNIST test stream, the table's and the held-out ones (seeds 42, 100)")
         for line in lines
     )
+    # Another module shipped since the held-out streams ran: their candidate line names the module it ran.
+    shipped = {**table, "candidate": module(perm["candidate"], "c" * 64)}
+    held = {**held, "candidate": module(heldout["candidate"], "d" * 64)}
+    lines = readme_block({"permMNIST": shipped}, ["candidate", "mas"], held, fresh=retuned).splitlines()
+    assert "- `candidate` (module dddddddddddd; not the table's `candidate`): 0.9600 (1)" in lines
     # Without a fresh run of the candidate there is no verdict, and the block says how to get one.
     lines = readme_block({"permMNIST": perm}, ["candidate"], None, fresh={"mas": fresh["mas"]}).splitlines()
     assert (
