@@ -91,7 +91,9 @@ def _marks(seeds: Sequence[int], what: str) -> str:
     return f" {what} not clean: " + "; ".join(parts) + "."
 
 
-def other_module(method: str, records: Mapping[int, dict], table: Mapping[str, Mapping[int, dict]] | None) -> str:
+def other_module(
+    method: str, records: Mapping[int, dict], table: Mapping[str, Mapping[int, dict]] | None
+) -> str:
     """' (module SHA; not the table's `method`)' where `method` ran another module code in `records` than in
     `table` (the table's Permuted-MNIST runs: a baseline retuned, or another module shipped, since); else ''."""
     if table is None or not table.get(method) or _codes(table[method]) == _codes(records):
@@ -118,7 +120,11 @@ def fresh_lines(
         "protocol; nothing in the project ran them before): the verdict rests on these."
         + (f" Holm p over this list's {paired_tests(family)}." if family else ""),
         "",
-        *(f"- `{m}`{other_module(m, recs, table)}: {_cell(_accs(recs))}" for m, recs in fresh.items() if recs),
+        *(
+            f"- `{m}`{other_module(m, recs, table)}: {_cell(_accs(recs))}"
+            for m, recs in fresh.items()
+            if recs
+        ),
         *(f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in tests.items()),
         "",
     ]
@@ -201,7 +207,11 @@ def readme_block(
         perm = results.get("permMNIST", {})
         lines += [
             "",
-            *(f"- `{m}`{other_module(m, recs, perm)}: {_cell(accs(recs))}" for m, recs in heldout.items() if recs),
+            *(
+                f"- `{m}`{other_module(m, recs, perm)}: {_cell(accs(recs))}"
+                for m, recs in heldout.items()
+                if recs
+            ),
         ]
         lines += [f"- candidate − `{m}`: {_paired_cell(c)}" for m, c in held_paired.items()]
         # The table's test streams and the held-out ones together: the most streams each comparison has.

@@ -493,7 +493,11 @@ def test_a_module_equal_to_a_preset_is_not_run_twice(tmp_path: Path, monkeypatch
     assert again.calls == [] and len(outcome.cached) == 2
     (copy,) = (tmp_path / "results" / "runs" / "splitMNIST").glob("candidate__*.json")
     record = json.loads(copy.read_text())
-    assert record["method"] == "candidate" and record["copied_from"].startswith("ewc__") and "copied_at" in record
+    assert (
+        record["method"] == "candidate"
+        and record["copied_from"].startswith("ewc__")
+        and "copied_at" in record
+    )
     assert "| `candidate` | 0.5000 (n=1) | 1 |" in readme.read_text()
 
 

@@ -401,7 +401,9 @@ def test_report_of_the_cached_runs_as_they_are(tmp_path: Path) -> None:
     }
     assert dict(methods)["ewc"] == f"preset `ewc`; module `modules/ewc-{'a' * 12}.py`"
     assert any("older configuration" in n and "`ewc`" in n for n in notes)
-    assert {s: r["result"]["average_accuracy"] for s, r in results["splitMNIST"]["candidate"].items()} == {43: 0.95}
+    assert {s: r["result"]["average_accuracy"] for s, r in results["splitMNIST"]["candidate"].items()} == {
+        43: 0.95
+    }
     assert any(f"si__{other}__seed42.json" in n and "another harness or protocol" in n for n in notes)
 
     assert report.main(["--out", str(tmp_path), "--benchmarks", "splitMNIST", "permMNIST"]) == 0
