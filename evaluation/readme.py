@@ -11,7 +11,7 @@ from clharness.atomic import write_atomic
 
 from evaluation.published import BENCHMARK_TITLES, REFERENCES
 from evaluation.stats import CANDIDATE, Comparison, compare, paired_differences, side, summarize
-from evaluation.stats_text import comparison_numbers, paired_tests, stats_note, table_tests
+from evaluation.stats_text import comparison_numbers, p_text, paired_tests, stats_note, table_tests
 
 README_START = "<!-- results: start, written by `make results-table` from the cached runs -->"
 README_END = "<!-- results: end -->"
@@ -38,7 +38,7 @@ def verdict_line(title: str, tests: Mapping[str, Comparison]) -> str:
     for method, c in tests.items():
         key = side(c)
         held = key in ("higher", "lower") and c.p_holm is not None
-        groups.setdefault(key, []).append(f"`{method}` (Holm p {c.p_holm:.2g})" if held else f"`{method}`")
+        groups.setdefault(key, []).append(f"`{method}` (Holm p {p_text(c.p_holm)})" if held else f"`{method}`")
     counts = sorted({c.paired.n for c in tests.values() if c.paired.n > 1})
     span = "" if not counts else str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     seeds = f" ({span} paired seeds)" if span else ""

@@ -24,7 +24,7 @@ from evaluation.plots import plot_benchmark
 from evaluation.published import BENCHMARK_SETTINGS, BENCHMARK_TITLES, REFERENCES, SOURCES
 from evaluation.readme import readme_block, write_readme_block
 from evaluation.stats import Comparison, Summary, compare, paired_differences, side, summarize, verdict
-from evaluation.stats_text import stats_note, table_tests
+from evaluation.stats_text import p_text, stats_note, table_tests
 
 
 def format_summary(summary: Summary) -> str:
@@ -73,8 +73,8 @@ def paired_table(
         per_seed = ", ".join(f"{seed}: {d:+.4f}" for seed, d in zip(p.seeds, p.diffs, strict=True))
         cell = f"{p.mean:+.4f} ± {p.se:.4f}" if p.se is not None else f"{p.mean:+.4f} (n=1)"
         ci = "—" if c.ci is None or c.p is None else f"[{c.ci[0]:+.4f}, {c.ci[1]:+.4f}]"
-        pv = "—" if c.p is None else f"{c.p:.2g}"
-        ph = "—" if c.p_holm is None else f"{c.p_holm:.2g}"
+        pv = "—" if c.p is None else p_text(c.p)
+        ph = "—" if c.p_holm is None else p_text(c.p_holm)
         lines.append(f"| `{method}` | {p.n} | {per_seed} | {cell} | {ci} | {pv} | {ph} | {verdict(c)} |")
     family = max(c.family for c in tests.values())
     in_table = sum(c.p is not None for c in tests.values())

@@ -13,11 +13,20 @@ def table_tests(results: Mapping[str, Mapping[str, Mapping[int, dict]]]) -> dict
     return compare_table({b: paired_differences(by_method) for b, by_method in results.items()})
 
 
+def p_text(p: float) -> str:
+    """`p` to 2 significant digits, or more where 2 would put it on the other side of ALPHA (0.0499, not 0.05)."""
+    for digits in range(2, 8):
+        text = f"{p:.{digits}g}"
+        if (float(text) < ALPHA) == (p < ALPHA):
+            return text
+    return repr(p)
+
+
 def comparison_numbers(c: Comparison) -> str:
     """`p 0.053, Holm p 0.58, 95% CI [-0.0003, +0.0141]`, or nothing where there is no test."""
     if c.p is None or c.p_holm is None:
         return ""
-    text = f"p {c.p:.2g}, Holm p {c.p_holm:.2g}"
+    text = f"p {p_text(c.p)}, Holm p {p_text(c.p_holm)}"
     return text if c.ci is None else f"{text}, 95% CI [{c.ci[0]:+.4f}, {c.ci[1]:+.4f}]"
 
 

@@ -85,3 +85,13 @@ def test_compare_table_puts_every_cell_in_one_family() -> None:
     assert {c.family for by in table.values() for c in by.values()} == {3}
     a = table["permMNIST"]["a"]
     assert a.p is not None and a.p_holm == pytest.approx(3 * a.p)
+
+
+def test_a_p_value_is_printed_on_its_side_of_alpha() -> None:
+    """Two significant digits, unless they would round a p across ALPHA: a Holm p of 0.04987 next to **higher**
+    must not read 0.05."""
+    from evaluation.stats_text import p_text
+
+    assert (p_text(0.04987), p_text(0.0501), p_text(0.05)) == ("0.0499", "0.05", "0.05")
+    assert (p_text(0.0096), p_text(0.19), p_text(1.0)) == ("0.0096", "0.19", "1")
+    assert p_text(0.049999999) == "0.049999999"
