@@ -37,10 +37,10 @@ def verdict_line(title: str, tests: Mapping[str, Comparison]) -> str:
     groups: dict[str, list[str]] = {}
     for method, c in tests.items():
         key = side(c)
-        held = key in ("higher", "lower") and c.p_holm is not None
-        groups.setdefault(key, []).append(
-            f"`{method}` (Holm p {p_text(c.p_holm)})" if held else f"`{method}`"
-        )
+        label = f"`{method}`"
+        if key in ("higher", "lower") and c.p_holm is not None:
+            label += f" (Holm p {p_text(c.p_holm)})"
+        groups.setdefault(key, []).append(label)
     counts = sorted({c.paired.n for c in tests.values() if c.paired.n > 1})
     span = "" if not counts else str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     seeds = f" ({span} paired seeds)" if span else ""
