@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from statistics import fmean, stdev
 
 from clharness.atomic import write_atomic
 
+from evaluation.cache import SEARCHED
 from evaluation.published import BENCHMARK_TITLES, REFERENCES
 from evaluation.stats import CANDIDATE, Comparison, compare, paired_differences, side, summarize
 from evaluation.stats_text import comparison_numbers, p_text, paired_tests, stats_note, table_tests
@@ -140,6 +142,71 @@ def fresh_lines(
     return [*lines, ""]
 
 
+# Issue 30's aims for the shipped module, reported wherever it lands. Not baselines: the candidate itself, the
+# search's own design, and joint training (the upper bound).
+AIM_PERMUTED = 0.968
+NOT_BASELINES = (CANDIDATE, SEARCHED, "joint")
+
+
+def aims_lines(
+    results: Mapping[str, Mapping[str, Mapping[int, dict]]], fresh: Mapping[str, Mapping[int, dict]] | None
+) -> list[str]:
+    """Where the candidate lands on the campaign's three aims, computed from the runs: above every baseline on
+    the fresh streams with Holm p < ALPHA (the verdict's own tests); a Permuted-MNIST mean of at least
+    AIM_PERMUTED; on Split-MNIST, on no seed below a baseline by more than one stream SD (the candidate's own
+    standard deviation over its seeds)."""
+    lines = []
+    if fresh and fresh.get(CANDIDATE):
+        tests = {m: c for m, c in compare(paired_differences(fresh)).items() if m not in NOT_BASELINES}
+        short = [f"`{m}` ({side(c)})" for m, c in tests.items() if side(c) not in ("higher", "identical")]
+        same = [f"`{m}`" for m, c in tests.items() if side(c) == "identical"]
+        above = [f"`{m}`" for m, c in tests.items() if side(c) == "higher"]
+        lines.append(
+            "- Above every baseline that ran the fresh streams, with Holm p < 0.05: "
+            + ("**met**" if not short else "**not met**, against " + ", ".join(short))
+            + (f"; above {', '.join(above)}" if above else "")
+            + (f"; {', '.join(same)} ran the same code" if same else "")
+            + "."
+        )
+    perm = results.get("permMNIST", {})
+    means = {
+        where: fmean(_accs(recs[CANDIDATE]))
+        for where, recs in (("the fresh streams", fresh or {}), ("the test split", perm))
+        if recs.get(CANDIDATE)
+    }
+    if means:
+        joint = f" (joint training {fmean(_accs(perm['joint'])):.4f})" if perm.get("joint") else ""
+        met = all(m >= AIM_PERMUTED for m in means.values())
+        lines.append(
+            f"- Permuted-MNIST at least {AIM_PERMUTED}{joint}: "
+            + ("**met**" if met else "**not met**")
+            + ": "
+            + ", ".join(f"{m:.4f} on {where}" for where, m in means.items())
+            + "."
+        )
+    split = results.get("splitMNIST", {})
+    if len(split.get(CANDIDATE, {})) > 1:
+        sd = stdev(_accs(split[CANDIDATE]))
+        below = [
+            (d, m, s)
+            for m, p in paired_differences(split).items()
+            if m not in NOT_BASELINES
+            for s, d in zip(p.seeds, p.diffs, strict=True)
+            if d < -sd
+        ]
+        lines.append(
+            f"- Split-MNIST on no seed below a baseline by more than one stream SD ({sd:.4f}, the candidate's over "
+            f"its {len(split[CANDIDATE])} seeds): "
+            + (
+                "**met**"
+                if not below
+                else "**not met**: " + ", ".join(f"`{m}` on seed {s} ({d:+.4f})" for d, m, s in sorted(below))
+            )
+            + "."
+        )
+    return ["**Aims** (issue 30), computed from the runs of this block:", "", *lines, ""] if lines else []
+
+
 def readme_block(
     results: Mapping[str, Mapping[str, Mapping[int, dict]]],
     methods: Sequence[str],
@@ -149,7 +216,8 @@ def readme_block(
 ) -> str:
     """The README's results: first the verdict on the fresh Permuted-MNIST streams (`fresh`, `fresh_lines`),
     then every method's mean ± SE (seeds), the candidate's paired difference against each baseline with p, Holm
-    p (one family: the table's tests), 95% CI, verdict and a link to its figure, and the held-out Permuted-MNIST
+    p (one family: the table's tests), 95% CI, verdict and a link to its figure, where it lands on the campaign's
+    aims (`aims_lines`), and the held-out Permuted-MNIST
     streams (`heldout`: method -> seed -> record) with their figure and, pooled with the table's and the fresh
     Permuted-MNIST seeds, the candidate's paired difference over every test stream (each list its own Holm
     family); streams that are not clean are marked (`STREAM_MARKS`). `out` is the results folder relative to
@@ -196,6 +264,8 @@ def readme_block(
         ]
         links = [f"[{BENCHMARK_TITLES.get(b, b)}]({out}/plots/{b}_paired.png)" for b in benches if paired[b]]
         lines += ["", "The paired differences per seed, as figures: " + ", ".join(links) + "."]
+    if aims := aims_lines(results, fresh):
+        lines += ["", *aims[:-1]]
     if heldout:
         held_seeds = sorted({s for recs in heldout.values() for s in recs})
         held_paired = compare(paired_differences(heldout))
