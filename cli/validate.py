@@ -95,13 +95,14 @@ def _modules(specs: list[str], module_dir: Path) -> dict[str, Path]:
     return modules
 
 
-def _finalists(studies: list[str], module_dir: Path) -> dict[str, Path]:
-    """The trials each study promoted at its highest fidelity, as the modules they scored, under STUDY_TRIAL."""
+def _finalists(studies: list[str], module_dir: Path) -> tuple[dict[str, Path], dict[str, float]]:
+    """The trials each study promoted at its highest fidelity, as the modules they scored, under STUDY_TRIAL;
+    and their proxy values (the study's objective), which the ladder's rung table ranks beside the rung."""
     from search.export import trial_module
     from search.records import top_promoted
     from search.storage import open_study, read_storage_url
 
-    modules = {}
+    modules, proxy = {}, {}
     for name in studies:
         study = open_study(name, read_storage_url(name))
         entries = top_promoted(study)
@@ -111,7 +112,9 @@ def _finalists(studies: list[str], module_dir: Path) -> dict[str, Path]:
         for e in sorted(entries, key=lambda e: -e["value"]):
             label = f"{name}_{e['trial']}"
             modules[label] = store_module(module_dir, label, trial_module(trials[e["trial"]], name))[0]
-    return modules
+            if (value := trials[e["trial"]].value) is not None:
+                proxy[label] = float(value)
+    return modules, proxy
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -123,7 +126,8 @@ def _main(args: argparse.Namespace) -> int:
     if not args.module and not args.finalists:
         raise UserError("name the modules to run: --module LABEL=PATH|NAME ... and/or --finalists STUDY ...")
     module_dir = args.runs.parent / "modules" / "validate"
-    modules = {**_finalists(args.finalists, module_dir), **_modules(args.module, module_dir)}
+    finalists, proxy = _finalists(args.finalists, module_dir)
+    modules = {**finalists, **_modules(args.module, module_dir)}
     runs = streams.plan(modules, args.benchmark, args.seeds, device=args.device, contexts=args.contexts)
     # the rung is ranked against each module's full runs: copied from an equivalent run, else run after the rung
     full = streams.plan(modules, args.benchmark, args.seeds, device=args.device) if args.contexts else []
@@ -133,7 +137,7 @@ def _main(args: argparse.Namespace) -> int:
     text = streams.table(runs, args.runs)
     if full:
         text += f"\n## The first {args.contexts} contexts against the full protocol\n\n"
-        text += streams.rung_table(runs, full, args.runs)
+        text += streams.rung_table(runs, full, args.runs, proxy)
     print(text, end="")
     if args.report is not None:
         write_atomic(args.report, text)

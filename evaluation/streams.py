@@ -99,13 +99,21 @@ def table(runs: Sequence[CachedRun], runs_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rung_table(rung: Sequence[CachedRun], full: Sequence[CachedRun], runs_dir: Path) -> str:
+def rung_table(
+    rung: Sequence[CachedRun],
+    full: Sequence[CachedRun],
+    runs_dir: Path,
+    proxy: Mapping[str, float] | None = None,
+) -> str:
     """Markdown: how a cheaper rung's runs rank the modules against their full runs, stream by stream and on the
     mean over streams (Spearman rho over all, over the strong half, the full best in the rung's top 3), and what
-    each costs per design (median wall time of its cached runs); then the scores side by side."""
+    a design's rung run costs against its full run; then the scores side by side. `proxy` (a
+    design's score on the rung below, its study's objective) is ranked against the same full runs, and the rung
+    again over the same designs where it ran more."""
     ours, theirs = results(rung, runs_dir), results(full, runs_dir)
     seeds = list(dict.fromkeys(r.cfg.seed for r in rung))
     labels = list(dict.fromkeys(r.label for r in rung))
+    proxy = proxy or {}
 
     def scores(found: dict[str, dict[int, dict[str, Any]]], which: Sequence[int]) -> dict[str, float]:
         return {
@@ -115,34 +123,53 @@ def rung_table(rung: Sequence[CachedRun], full: Sequence[CachedRun], runs_dir: P
         }
 
     lines = [
-        "| streams | designs | Spearman rho | rho, strong half | full best in the rung's top 3 |",
-        "|---|---|---|---|---|",
+        "| ranked by | streams | designs | Spearman rho | rho, strong half | full best in its top 3 |",
+        "|---|---|---|---|---|---|",
     ]
-    for which in [[s] for s in seeds] + ([seeds] if len(seeds) > 1 else []):
-        a = agreement(scores(ours, which), scores(theirs, which))
-        top3 = "—" if a.best_in_top3 is None else ("yes" if a.best_in_top3 else "no")
-        name = " and ".join(map(str, which)) + (" (mean)" if len(which) > 1 else "")
-        rho, strong = ("—" if r != r else f"{r:.2f}" for r in (a.rho, a.rho_strong))  # NaN: under 3 designs
-        lines.append(f"| {name} | {len(a.designs)} | {rho} | {strong} | {top3} |")
+    rows: list[tuple[str, Mapping[str, float] | None]] = [
+        (f"the first {rung[0].cfg.contexts} contexts" if rung else "the rung", None)
+    ]
+    if proxy:
+        if set(labels) - set(proxy):
+            rows.append(("the first contexts, the proxy's designs", proxy))
+        rows.append(("the proxy", proxy))
+    for name, only in rows:
+        for which in [[s] for s in seeds] + ([seeds] if len(seeds) > 1 else []):
+            mine = proxy if name == "the proxy" else scores(ours, which)
+            if only is not None:
+                mine = {k: v for k, v in mine.items() if k in only}
+            a = agreement(mine, scores(theirs, which))
+            top3 = "—" if a.best_in_top3 is None else ("yes" if a.best_in_top3 else "no")
+            streams = " and ".join(map(str, which)) + (" (mean)" if len(which) > 1 else "")
+            rho, strong = (
+                "—" if r != r else f"{r:.2f}" for r in (a.rho, a.rho_strong)
+            )  # NaN: under 3 designs
+            lines.append(f"| {name} | {streams} | {len(a.designs)} | {rho} | {strong} | {top3} |")
+    # Cost: each design's rung run against its own full run on the same stream, so that designs of another
+    # cost (a structured penalty) weigh on both sides alike.
     walls = {
-        name: [
-            float(rec["wall_s"])
+        name: {
+            (r.label, r.cfg.seed): float(rec["wall_s"])
             for r in runs
             if (rec := load_record(r.record(runs_dir))) is not None and "wall_s" in rec
-        ]
+        }
         for name, runs in (("rung", rung), ("full", full))
     }
-    if walls["rung"] and walls["full"]:
-        cost = {name: median(w) for name, w in walls.items()}
+    pairs = sorted(set(walls["rung"]) & set(walls["full"]))
+    if pairs:
+        cost = {name: median(w[k] for k in pairs) for name, w in walls.items()}
+        share = median(walls["rung"][k] / walls["full"][k] for k in pairs)
         lines += [
             "",
-            f"Cost per design and stream (median wall time of the cached runs): rung {cost['rung']:.0f} s, full "
-            f"{cost['full']:.0f} s ({cost['rung'] / cost['full']:.0%} of a full run).",
+            f"Cost per design and stream, over the {len(pairs)} runs with both (median wall time of the cached "
+            f"runs, each as it ran): rung {cost['rung']:.0f} s, full {cost['full']:.0f} s; a design's rung run "
+            f"takes {share:.0%} of its full run (median).",
         ]
-    lines += ["", "| module | " + " | ".join(f"rung {s} | full {s}" for s in seeds) + " |"]
-    lines.append("|---|" + "---|---|" * len(seeds))
+    head = "| module | " + ("proxy | " if proxy else "") + " | ".join(f"rung {s} | full {s}" for s in seeds)
+    lines += ["", head + " |", "|---|" + ("---|" if proxy else "") + "---|---|" * len(seeds)]
     for label in labels:
-        cells = [
+        cells = [f"{proxy[label]:.4f}" if label in proxy else "—"] if proxy else []
+        cells += [
             "—" if s not in found.get(label, {}) else f"{found[label][s]['average_accuracy']:.4f}"
             for s in seeds
             for found in (ours, theirs)

@@ -94,11 +94,20 @@ def test_a_rung_of_the_first_contexts_is_ranked_against_the_full_runs_stream_by_
         streams.run(runs, tmp_path / "runs", run_fn=fake, log=lambda line: None)
     text = streams.rung_table(rung, whole, tmp_path / "runs")
     # 1002: two of six designs swapped (rho 1 - 6*2/(6*35)); among the strong three the best two (1 - 6*2/24)
-    assert "| 1001 | 6 | 1.00 | 1.00 | yes |" in text
-    assert "| 1002 | 6 | 0.94 | 0.50 | yes |" in text
-    assert "| 1001 and 1002 (mean) | 6 |" in text
-    assert "Cost per design and stream (median wall time of the cached runs): rung" in text
+    assert "| the first 4 contexts | 1001 | 6 | 1.00 | 1.00 | yes |" in text
+    assert "| the first 4 contexts | 1002 | 6 | 0.94 | 0.50 | yes |" in text
+    assert "| the first 4 contexts | 1001 and 1002 (mean) | 6 |" in text
+    assert "Cost per design and stream, over the 12 runs with both (median wall time" in text
     assert "| `mas` | 0.9700 | 0.9500 | 0.9600 | 0.9500 |" in text
+    # A proxy for five of the six designs, with its best two swapped, ranked against the same full runs (rho
+    # 1 - 6*2/(5*24), the strong three 1 - 6*2/(3*8)), beside the rung over the same five (swapped on 1002 too).
+    proxy = {"mas": 0.60, "ewc": 0.61, "online_ewc": 0.55, "si": 0.50, "l2": 0.40}
+    text = streams.rung_table(rung, whole, tmp_path / "runs", proxy)
+    assert "| the proxy | 1001 | 5 | 0.90 | 0.50 | yes |" in text
+    assert "| the first contexts, the proxy's designs | 1001 | 5 | 1.00 | 1.00 | yes |" in text
+    assert "| the first contexts, the proxy's designs | 1002 | 5 | 0.90 | 0.50 | yes |" in text
+    assert "| `mas` | 0.6000 | 0.9700 | 0.9500 | 0.9600 | 0.9500 |" in text
+    assert "| `none` | — | 0.8200 | 0.8000 | 0.8200 | 0.8000 |" in text
 
 
 def test_finalists_are_the_modules_a_study_promoted_at_its_highest_fidelity(tmp_path: Path) -> None:
@@ -112,7 +121,9 @@ def test_finalists_are_the_modules_a_study_promoted_at_its_highest_fidelity(tmp_
     entries = [
         e for e in promoted(open_study("mas", read_storage_url("mas"))) if e["fidelity"] == "full-2streams"
     ]
-    modules = _finalists(["mas"], tmp_path)
+    modules, proxy = _finalists(["mas"], tmp_path)
+    study = open_study("mas", read_storage_url("mas"))
+    assert proxy == {f"mas_{e['trial']}": study.trials[e["trial"]].value for e in entries}
     assert list(modules) == [f"mas_{e['trial']}" for e in sorted(entries, key=lambda e: -e["value"])]
     assert list(modules)[:2] == ["mas_31", "mas_32"]
     for e in entries:
