@@ -126,12 +126,11 @@ def rung_table(
         "| ranked by | streams | designs | Spearman rho | rho, strong half | full best in its top 3 |",
         "|---|---|---|---|---|---|",
     ]
-    rows: list[tuple[str, Mapping[str, float] | None]] = [
-        (f"the first {rung[0].cfg.contexts} contexts" if rung else "the rung", None)
-    ]
+    name = f"the first {rung[0].cfg.contexts} contexts" if rung else "the rung"
+    rows: list[tuple[str, Mapping[str, float] | None]] = [(name, None)]
     if proxy:
         if set(labels) - set(proxy):
-            rows.append(("the first contexts, the proxy's designs", proxy))
+            rows.append((f"{name}, the proxy's designs", proxy))
         rows.append(("the proxy", proxy))
     for name, only in rows:
         for which in [[s] for s in seeds] + ([seeds] if len(seeds) > 1 else []):

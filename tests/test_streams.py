@@ -104,8 +104,8 @@ def test_a_rung_of_the_first_contexts_is_ranked_against_the_full_runs_stream_by_
     proxy = {"mas": 0.60, "ewc": 0.61, "online_ewc": 0.55, "si": 0.50, "l2": 0.40}
     text = streams.rung_table(rung, whole, tmp_path / "runs", proxy)
     assert "| the proxy | 1001 | 5 | 0.90 | 0.50 | yes |" in text
-    assert "| the first contexts, the proxy's designs | 1001 | 5 | 1.00 | 1.00 | yes |" in text
-    assert "| the first contexts, the proxy's designs | 1002 | 5 | 0.90 | 0.50 | yes |" in text
+    assert "| the first 4 contexts, the proxy's designs | 1001 | 5 | 1.00 | 1.00 | yes |" in text
+    assert "| the first 4 contexts, the proxy's designs | 1002 | 5 | 0.90 | 0.50 | yes |" in text
     assert "| `mas` | 0.6000 | 0.9700 | 0.9500 | 0.9600 | 0.9500 |" in text
     assert "| `none` | — | 0.8200 | 0.8000 | 0.8200 | 0.8000 |" in text
 
