@@ -12,7 +12,7 @@ from clharness.atomic import write_atomic
 
 from evaluation.cache import SEARCHED
 from evaluation.published import BENCHMARK_TITLES, REFERENCES
-from evaluation.stats import CANDIDATE, Comparison, compare, paired_differences, side, summarize
+from evaluation.stats import ALPHA, CANDIDATE, Comparison, compare, paired_differences, side, summarize
 from evaluation.stats_text import comparison_numbers, p_text, paired_tests, stats_note, table_tests
 
 README_START = "<!-- results: start, written by `make results-table` from the cached runs -->"
@@ -162,7 +162,7 @@ def aims_lines(
         same = [f"`{m}`" for m, c in tests.items() if side(c) == "identical"]
         above = [f"`{m}`" for m, c in tests.items() if side(c) == "higher"]
         lines.append(
-            "- Above every baseline that ran the fresh streams, with Holm p < 0.05: "
+            f"- Above every baseline that ran the fresh streams, with Holm p < {ALPHA:g}: "
             + ("**met**" if not short else "**not met**, against " + ", ".join(short))
             + (f"; above {', '.join(above)}" if above else "")
             + (f"; {', '.join(same)} ran the same code" if same else "")
@@ -217,8 +217,8 @@ def readme_block(
     """The README's results: first the verdict on the fresh Permuted-MNIST streams (`fresh`, `fresh_lines`),
     then every method's mean ± SE (seeds), the candidate's paired difference against each baseline with p, Holm
     p (one family: the table's tests), 95% CI, verdict and a link to its figure, where it lands on the campaign's
-    aims (`aims_lines`), and the held-out Permuted-MNIST
-    streams (`heldout`: method -> seed -> record) with their figure and, pooled with the table's and the fresh
+    aims (`aims_lines`), and the held-out Permuted-MNIST streams (`heldout`: method -> seed -> record) with
+    their figure and, pooled with the table's and the fresh
     Permuted-MNIST seeds, the candidate's paired difference over every test stream (each list its own Holm
     family); streams that are not clean are marked (`STREAM_MARKS`). `out` is the results folder relative to
     the README, whose report (`evaluation.report.write_report`, the held-out and fresh ones under

@@ -107,9 +107,9 @@ def rung_table(
 ) -> str:
     """Markdown: how a cheaper rung's runs rank the modules against their full runs, stream by stream and on the
     mean over streams (Spearman rho over all, over the strong half, the full best in the rung's top 3), and what
-    a design's rung run costs against its full run; then the scores side by side. `proxy` (a
-    design's score on the rung below, its study's objective) is ranked against the same full runs, and the rung
-    again over the same designs where it ran more."""
+    a design's rung run costs against its full run; then the scores side by side. `proxy` (a design's score on
+    the rung below, its study's objective) is ranked against the same full runs, and the rung again over the
+    same designs where it ran more."""
     ours, theirs = results(rung, runs_dir), results(full, runs_dir)
     seeds = list(dict.fromkeys(r.cfg.seed for r in rung))
     labels = list(dict.fromkeys(r.label for r in rung))
