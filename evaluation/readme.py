@@ -157,10 +157,10 @@ def aims_lines(
     standard deviation over its seeds)."""
     lines = []
     if fresh and fresh.get(CANDIDATE):
-        tests = {m: c for m, c in compare(paired_differences(fresh)).items() if m not in NOT_BASELINES}
-        short = [f"`{m}` ({side(c)})" for m, c in tests.items() if side(c) not in ("higher", "identical")]
-        same = [f"`{m}`" for m, c in tests.items() if side(c) == "identical"]
-        above = [f"`{m}`" for m, c in tests.items() if side(c) == "higher"]
+        sides = {m: side(c) for m, c in compare(paired_differences(fresh)).items() if m not in NOT_BASELINES}
+        short = [f"`{m}` ({word})" for m, word in sides.items() if word not in ("higher", "identical")]
+        same = [f"`{m}`" for m, word in sides.items() if word == "identical"]
+        above = [f"`{m}`" for m, word in sides.items() if word == "higher"]
         lines.append(
             f"- Above every baseline that ran the fresh streams, with Holm p < {ALPHA:g}: "
             + ("**met**" if not short else "**not met**, against " + ", ".join(short))
@@ -204,7 +204,7 @@ def aims_lines(
             )
             + "."
         )
-    return ["**Aims** (issue 30), computed from the runs of this block:", "", *lines, ""] if lines else []
+    return ["**Aims** (issue 30), computed from the runs of this block:", "", *lines] if lines else []
 
 
 def readme_block(
@@ -265,7 +265,7 @@ def readme_block(
         links = [f"[{BENCHMARK_TITLES.get(b, b)}]({out}/plots/{b}_paired.png)" for b in benches if paired[b]]
         lines += ["", "The paired differences per seed, as figures: " + ", ".join(links) + "."]
     if aims := aims_lines(results, fresh):
-        lines += ["", *aims[:-1]]
+        lines += ["", *aims]
     if heldout:
         held_seeds = sorted({s for recs in heldout.values() for s in recs})
         held_paired = compare(paired_differences(heldout))

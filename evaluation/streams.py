@@ -126,24 +126,27 @@ def rung_table(
         "| ranked by | streams | designs | Spearman rho | rho, strong half | full best in its top 3 |",
         "|---|---|---|---|---|---|",
     ]
-    name = f"the first {rung[0].cfg.contexts} contexts" if rung else "the rung"
-    rows: list[tuple[str, Mapping[str, float] | None]] = [(name, None)]
+    rung_name = f"the first {rung[0].cfg.contexts} contexts" if rung else "the rung"
+    rows: list[tuple[str, Callable[[Sequence[int]], Mapping[str, float]]]] = [
+        (rung_name, lambda which: scores(ours, which))
+    ]
     if proxy:
         if set(labels) - set(proxy):
-            rows.append((f"{name}, the proxy's designs", proxy))
-        rows.append(("the proxy", proxy))
-    for name, only in rows:
+            rows.append(
+                (
+                    f"{rung_name}, the proxy's designs",
+                    lambda w: {k: v for k, v in scores(ours, w).items() if k in proxy},
+                )
+            )
+        rows.append(("the proxy", lambda which: proxy))
+    for row, ranked in rows:
         for which in [[s] for s in seeds] + ([seeds] if len(seeds) > 1 else []):
-            mine = proxy if name == "the proxy" else scores(ours, which)
-            if only is not None:
-                mine = {k: v for k, v in mine.items() if k in only}
-            a = agreement(mine, scores(theirs, which))
+            a = agreement(ranked(which), scores(theirs, which))
             top3 = "—" if a.best_in_top3 is None else ("yes" if a.best_in_top3 else "no")
-            streams = " and ".join(map(str, which)) + (" (mean)" if len(which) > 1 else "")
-            rho, strong = (
-                "—" if r != r else f"{r:.2f}" for r in (a.rho, a.rho_strong)
-            )  # NaN: under 3 designs
-            lines.append(f"| {name} | {streams} | {len(a.designs)} | {rho} | {strong} | {top3} |")
+            on = " and ".join(map(str, which)) + (" (mean)" if len(which) > 1 else "")
+            # NaN: under 3 designs
+            rho, strong = ("—" if r != r else f"{r:.2f}" for r in (a.rho, a.rho_strong))
+            lines.append(f"| {row} | {on} | {len(a.designs)} | {rho} | {strong} | {top3} |")
     # Cost: each design's rung run against its own full run on the same stream, so that designs of another
     # cost (a structured penalty) weigh on both sides alike.
     walls = {
