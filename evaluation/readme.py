@@ -218,11 +218,11 @@ def readme_block(
     then every method's mean ± SE (seeds), the candidate's paired difference against each baseline with p, Holm
     p (one family: the table's tests), 95% CI, verdict and a link to its figure, where it lands on the campaign's
     aims (`aims_lines`), and the held-out Permuted-MNIST streams (`heldout`: method -> seed -> record) with
-    their figure and, pooled with the table's and the fresh
-    Permuted-MNIST seeds, the candidate's paired difference over every test stream (each list its own Holm
-    family); streams that are not clean are marked (`STREAM_MARKS`). `out` is the results folder relative to
-    the README, whose report (`evaluation.report.write_report`, the held-out and fresh ones under
-    `out/heldout`, `out/fresh`) holds the figures."""
+    their figure and, pooled with the table's and the fresh Permuted-MNIST seeds, the candidate's paired
+    difference over every test stream (each list its own Holm family); streams that are not clean are marked
+    (`STREAM_MARKS`). `out` is the results folder relative to the README, whose report
+    (`evaluation.report.write_report`, the held-out and fresh ones under `out/heldout`, `out/fresh`) holds the
+    figures."""
     accs = _accs
     benches = [b for b in results if any(results[b].values())]
     titles = [BENCHMARK_TITLES.get(b, b) for b in benches]
