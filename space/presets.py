@@ -45,6 +45,9 @@ VARIANTS: dict[str, Design] = {
     "kfac_merged_r16_damped": Design(estimators="kfac", kfac_rank=16, kfac_damping=0.01),
     "kfac_per_context_r4": Design(estimators="kfac", kfac_accumulate="per_context", kfac_rank=4),
     "kfac_merged_r32_x3": Design(estimators="kfac", kfac_rank=32, reg_strength_scale=3.0),
+    # `kfac_ewc` (raw, uncalibrated) at rank 32: apart from `kfac_merged_r32` only by the calibration, and from
+    # `kfac_ewc` only by the rank, so that its full runs tell which of the two lost the first contexts.
+    "kfac_ewc_r32": Design(estimators="kfac", reference="none", kfac_rank=32),
 }
 
 
