@@ -57,6 +57,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             "else run after the rung)"
         ),
     )
+    p.add_argument(
+        "--value",
+        metavar="STUDY",
+        help=(
+            "also each module's value on STUDY's promoted scale (the budget rule's): from its cached full runs on "
+            "the streams of the study's best promoted result, as the share of that result's none-to-joint gap "
+            "closed, weighted as the study weighs its benchmarks; the study's own pick beside it (runs nothing "
+            "more: a missing run is named)"
+        ),
+    )
     p.add_argument("--runs", type=Path, default=Path("results/fidelity/runs"), help="the run cache")
     p.add_argument("--report", type=Path, help="also write the table to this file")
     p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the cache")
@@ -117,6 +127,24 @@ def _finalists(studies: list[str], module_dir: Path) -> tuple[dict[str, Path], d
     return modules, proxy
 
 
+def _value_section(study_name: str, modules: dict[str, Path], runs_dir: Path, device: str) -> str:
+    """The modules' values on a study's promoted scale, beside the study's best promoted result."""
+    from search.records import best_promoted
+    from search.storage import open_study, read_storage_url
+    from search.studies import load_study_def
+
+    study_def = load_study_def(study_name)
+    entry = best_promoted(open_study(study_name, read_storage_url(study_name)))
+    if entry is None:
+        raise UserError(f"--value {study_name}: the study has no promoted trial")
+    benchmarks = [(b.label, b.experiment, b.weight) for b in study_def.benchmarks]
+    table, _ = streams.value_table(modules, benchmarks, entry, runs_dir, device=device)
+    return (
+        f"\n## Values on the `{study_name}` study's promoted scale ({entry['fidelity']})\n\n{table}\n"
+        f"The study's pick: trial {entry['trial']}, value {entry['value']:.4f}.\n"
+    )
+
+
 def _main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.report is not None and args.report.parent.exists() and not args.report.parent.is_dir():
@@ -138,6 +166,8 @@ def _main(args: argparse.Namespace) -> int:
     if full:
         text += f"\n## The first {args.contexts} contexts against the full protocol\n\n"
         text += streams.rung_table(runs, full, args.runs, proxy)
+    if args.value:
+        text += _value_section(args.value, modules, args.runs, args.device)
     print(text, end="")
     if args.report is not None:
         write_atomic(args.report, text)

@@ -17,7 +17,7 @@ from typing import Any
 
 from evaluation.cache import CachedRun, RunFn, load_record, sha256_text, share_work, validation_configs
 from evaluation.errors import UserError
-from evaluation.fidelity import agreement
+from evaluation.fidelity import agreement, gap_share
 
 VAL_FRACTION = 0.1  # the promotion and panel runs' held-out share: their cached runs are reused
 
@@ -61,10 +61,15 @@ def run(
 
 
 def results(runs: Sequence[CachedRun], runs_dir: Path) -> dict[str, dict[int, dict[str, Any]]]:
-    """label -> seed -> the cached result (missing runs left out)."""
+    """label -> seed -> the cached result, filed under the label or, the same run, under another (a promotion's
+    `trial_N`); missing runs left out."""
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for r in runs:
-        record = load_record(r.record(runs_dir))
+        path = r.record(runs_dir)
+        _, key, seed = path.name.rsplit("__", 2)
+        record = load_record(path) or next(
+            filter(None, map(load_record, sorted(path.parent.glob(f"*__{key}__{seed}")))), None
+        )
         if record is not None:
             out.setdefault(r.label, {})[r.cfg.seed] = record["result"]
     return out
@@ -97,6 +102,43 @@ def table(runs: Sequence[CachedRun], runs_dir: Path) -> str:
     lines.append("|---|---|")
     lines.extend(f"| `{label}` | {mean:.4f} |" for label, mean in sorted(means, key=lambda m: -m[1]))
     return "\n".join(lines) + "\n"
+
+
+def value_table(
+    modules: Mapping[str, Path],
+    benchmarks: Sequence[tuple[str, str, float]],
+    entry: Mapping[str, Any],
+    runs_dir: Path,
+    *,
+    device: str = "auto",
+) -> tuple[str, dict[str, float]]:
+    """Markdown: each module's value on a study's promoted scale, from its cached full runs on the streams of the
+    study's promoted `entry`: per benchmark (label, experiment, weight) the mean over those streams, as the share
+    of the entry's none-to-joint gap closed, weighted as the study weighs it. Returns the table and the values of
+    the modules with every run (a module missing one is listed with what it lacks)."""
+    total = sum(weight for _, _, weight in benchmarks)
+    head = " | ".join(
+        f"{label} ({', '.join(map(str, entry['streams'][label]))})" for label, _, _ in benchmarks
+    )
+    lines = [f"| module | {head} | value |", "|---|" + "---|" * len(benchmarks) + "---|"]
+    values = {}
+    for name, path in modules.items():
+        cells, gaps = [], {}
+        for label, experiment, _ in benchmarks:
+            seeds = entry["streams"][label]
+            found = results(plan({name: path}, experiment, seeds, device=device), runs_dir).get(name, {})
+            missing = [s for s in seeds if s not in found]
+            if missing:
+                cells.append("not run: " + ", ".join(map(str, missing)))
+                continue
+            score = fmean(found[s]["average_accuracy"] for s in seeds)
+            gaps[label] = gap_share(score, entry["anchors"][label])
+            cells.append(f"{score:.4f}")
+        if len(gaps) == len(benchmarks):
+            values[name] = sum(w * gaps[label] for label, _, w in benchmarks) / total
+        cells.append(f"**{values[name]:.4f}**" if name in values else "—")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n", values
 
 
 def rung_table(

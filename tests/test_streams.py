@@ -129,3 +129,38 @@ def test_finalists_are_the_modules_a_study_promoted_at_its_highest_fidelity(tmp_
     for e in entries:
         assert sha256_text(modules[f"mas_{e['trial']}"].read_text()) == e["module_sha256"]
     assert search_main(["validate", "--report-only"]) == 2
+
+
+def test_a_module_is_valued_on_a_studys_promoted_scale_from_its_cached_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`validate --value mas`: the committed cache gives MAS trial 31 exactly the value its two-stream promotion
+    stored (its Split-MNIST runs are filed under the promotion's `trial_31`), and `kfac_ewc`, which no study
+    tuned, its value on the same scale; a module without runs is named with what it lacks."""
+    from cli.validate import _finalists
+    from search.records import best_promoted
+    from search.storage import open_study, read_storage_url
+    from search.studies import load_study_def, repo_root
+
+    entry = best_promoted(open_study("mas", read_storage_url("mas")))
+    assert entry is not None and entry["trial"] == 31
+    modules, _ = _finalists(["mas"], tmp_path)
+    modules = {"mas_31": modules["mas_31"]}
+    for label, design, provenance in [
+        ("kfac_ewc", space.PRESETS["kfac_ewc"], {"preset": "kfac_ewc"}),  # as `validate --module kfac_ewc`
+        ("unrun", space.PRESETS["ewc"].replace(reg_strength_scale=0.123), {}),
+    ]:
+        modules[label] = tmp_path / f"{label}.py"
+        space.write_module(modules[label], space.generate_source(design, provenance))
+    benchmarks = [(b.label, b.experiment, b.weight) for b in load_study_def("mas").benchmarks]
+    assert [w for _, _, w in benchmarks] == [1.0, 1.0, 0.4]
+    runs = repo_root() / "results" / "fidelity" / "runs"
+    text, values = streams.value_table(modules, benchmarks, entry, runs, device="cpu")
+    assert values["mas_31"] == pytest.approx(entry["value"], abs=1e-12)
+    assert (
+        round(values["kfac_ewc"], 4) == 0.9367
+    )  # docs/fidelity-log.md, "`kfac_ewc` through the go/no-go's rule"
+    assert "unrun" not in values
+    assert "| `unrun` | not run: 1001, 1002 | not run: 1001, 1002 | not run: 1000, 1003 | — |" in text
+    assert search_main(["validate", "--report-only", "--module", "mas", "--value", "kfac"]) == 2
+    assert "--value kfac: the study has no promoted trial" in capsys.readouterr().err
