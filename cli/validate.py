@@ -137,6 +137,10 @@ def _value_section(study_name: str, modules: dict[str, Path], runs_dir: Path, de
     entry = best_promoted(open_study(study_name, read_storage_url(study_name)))
     if entry is None:
         raise UserError(f"--value {study_name}: the study has no promoted trial")
+    if not entry["fidelity"].startswith("full"):  # its anchors are then of a shorter protocol than these runs
+        raise UserError(
+            f"--value {study_name}: its promotions reach {entry['fidelity']}, not the full protocol"
+        )
     benchmarks = [(b.label, b.experiment, b.weight) for b in study_def.benchmarks]
     table, _ = streams.value_table(modules, benchmarks, entry, runs_dir, device=device)
     return (
