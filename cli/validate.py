@@ -129,6 +129,7 @@ def _finalists(studies: list[str], module_dir: Path) -> tuple[dict[str, Path], d
 
 def _value_section(study_name: str, modules: dict[str, Path], runs_dir: Path, device: str) -> str:
     """The modules' values on a study's promoted scale, beside the study's best promoted result."""
+    from search.objective import objective_value
     from search.records import best_promoted
     from search.storage import open_study, read_storage_url
     from search.studies import load_study_def
@@ -141,8 +142,14 @@ def _value_section(study_name: str, modules: dict[str, Path], runs_dir: Path, de
         raise UserError(
             f"--value {study_name}: its promotions reach {entry['fidelity']}, not the full protocol"
         )
-    benchmarks = [(b.label, b.experiment, b.weight) for b in study_def.benchmarks]
-    table, _ = streams.value_table(modules, benchmarks, entry, runs_dir, device=device)
+    table, _ = streams.value_table(
+        modules,
+        {b.label: b.experiment for b in study_def.benchmarks},
+        entry["streams"],
+        lambda scores: objective_value(scores, study_def, entry["anchors"]),
+        runs_dir,
+        device=device,
+    )
     return (
         f"\n## Values on the `{study_name}` study's promoted scale ({entry['fidelity']})\n\n{table}\n"
         f"The study's pick: trial {entry['trial']}, value {entry['value']:.4f}.\n"

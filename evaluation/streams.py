@@ -17,7 +17,7 @@ from typing import Any
 
 from evaluation.cache import CachedRun, RunFn, load_record, sha256_text, share_work, validation_configs
 from evaluation.errors import UserError
-from evaluation.fidelity import agreement, gap_share
+from evaluation.fidelity import agreement
 
 VAL_FRACTION = 0.1  # the promotion and panel runs' held-out share: their cached runs are reused
 
@@ -106,36 +106,33 @@ def table(runs: Sequence[CachedRun], runs_dir: Path) -> str:
 
 def value_table(
     modules: Mapping[str, Path],
-    benchmarks: Sequence[tuple[str, str, float]],
-    entry: Mapping[str, Any],
+    benchmarks: Mapping[str, str],
+    streams: Mapping[str, Sequence[int]],
+    value_of: Callable[[Mapping[str, float]], float],
     runs_dir: Path,
     *,
     device: str = "auto",
 ) -> tuple[str, dict[str, float]]:
-    """Markdown: each module's value on a study's promoted scale, from its cached full runs on the streams of the
-    study's promoted `entry`: per benchmark (label, experiment, weight) the mean over those streams, as the share
-    of the entry's none-to-joint gap closed, weighted as the study weighs it. Returns the table and the values of
-    the modules with every run (a module missing one is listed with what it lacks)."""
-    total = sum(weight for _, _, weight in benchmarks)
-    head = " | ".join(
-        f"{label} ({', '.join(map(str, entry['streams'][label]))})" for label, _, _ in benchmarks
-    )
+    """Markdown: each module's value on a study's scale, from its cached full runs: per benchmark (label ->
+    experiment) the mean over its `streams`, then `value_of` those scores (the study's objective on its promoted
+    anchors). Returns the table and the values of the modules with every run (a module missing one is listed
+    with what it lacks)."""
+    head = " | ".join(f"{label} ({', '.join(map(str, streams[label]))})" for label in benchmarks)
     lines = [f"| module | {head} | value |", "|---|" + "---|" * len(benchmarks) + "---|"]
     values = {}
     for name, path in modules.items():
-        cells, gaps = [], {}
-        for label, experiment, _ in benchmarks:
-            seeds = entry["streams"][label]
+        cells, scores = [], {}
+        for label, experiment in benchmarks.items():
+            seeds = streams[label]
             found = results(plan({name: path}, experiment, seeds, device=device), runs_dir).get(name, {})
             missing = [s for s in seeds if s not in found]
             if missing:
                 cells.append("not run: " + ", ".join(map(str, missing)))
                 continue
-            score = fmean(found[s]["average_accuracy"] for s in seeds)
-            gaps[label] = gap_share(score, entry["anchors"][label])
-            cells.append(f"{score:.4f}")
-        if len(gaps) == len(benchmarks):
-            values[name] = sum(w * gaps[label] for label, _, w in benchmarks) / total
+            scores[label] = fmean(found[s]["average_accuracy"] for s in seeds)
+            cells.append(f"{scores[label]:.4f}")
+        if len(scores) == len(benchmarks):
+            values[name] = value_of(scores)
         cells.append(f"**{values[name]:.4f}**" if name in values else "—")
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", values

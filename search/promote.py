@@ -41,7 +41,7 @@ from evaluation.errors import UserError
 from evaluation.fidelity import gap_share
 from search import annotate, optuna_adapter
 from search.export import trial_module
-from search.objective import none_source
+from search.objective import none_source, objective_value
 from search.records import (
     PREFIX,
     PROMOTED_METRIC,
@@ -216,13 +216,12 @@ def score(
             }
             for b in study_def.benchmarks
         }
-        total_weight = sum(b.weight for b in study_def.benchmarks)
         results: dict[int, dict] = {}
         for trial in p.chosen:
             path, sha = p.modules[trial.number]
             scores = {b.label: accuracy(f"trial_{trial.number}", path, sha, b) for b in study_def.benchmarks}
             gaps = {b: gap_share(s, anchors[b]) for b, s in scores.items()}
-            value = sum(b.weight * gaps[b.label] for b in study_def.benchmarks) / total_weight
+            value = objective_value(scores, study_def, anchors)
             entry = {
                 "trial": trial.number,
                 "fidelity": name,

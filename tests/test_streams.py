@@ -138,6 +138,7 @@ def test_a_module_is_valued_on_a_studys_promoted_scale_from_its_cached_runs(
     stored (its Split-MNIST runs are filed under the promotion's `trial_31`), and `kfac_ewc`, which no study
     tuned, its value on the same scale; a module without runs is named with what it lacks."""
     from cli.validate import _finalists
+    from search.objective import objective_value
     from search.records import best_promoted
     from search.storage import open_study, read_storage_url
     from search.studies import load_study_def, repo_root
@@ -152,10 +153,17 @@ def test_a_module_is_valued_on_a_studys_promoted_scale_from_its_cached_runs(
     ]:
         modules[label] = tmp_path / f"{label}.py"
         space.write_module(modules[label], space.generate_source(design, provenance))
-    benchmarks = [(b.label, b.experiment, b.weight) for b in load_study_def("mas").benchmarks]
-    assert [w for _, _, w in benchmarks] == [1.0, 1.0, 0.4]
+    study_def = load_study_def("mas")
+    assert [b.weight for b in study_def.benchmarks] == [1.0, 1.0, 0.4]
     runs = repo_root() / "results" / "fidelity" / "runs"
-    text, values = streams.value_table(modules, benchmarks, entry, runs, device="cpu")
+    text, values = streams.value_table(
+        modules,
+        {b.label: b.experiment for b in study_def.benchmarks},
+        entry["streams"],
+        lambda scores: objective_value(scores, study_def, entry["anchors"]),
+        runs,
+        device="cpu",
+    )
     assert values["mas_31"] == pytest.approx(entry["value"], abs=1e-12)
     assert (
         round(values["kfac_ewc"], 4) == 0.9367
